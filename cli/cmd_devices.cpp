@@ -1,0 +1,47 @@
+// `graft devices [--json]`: the compute devices graft can use (CPU threads; CUDA GPUs when built with CUDA).
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <thread>
+
+#include "command.hpp"
+#ifdef GRAFT_HAVE_CUDA
+#include "graft/cuda/device_info.hpp"
+#endif
+
+namespace {
+graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
+  auto* sub = app.add_subcommand("devices", "List the CPU and CUDA devices graft can use");
+  auto json = std::make_shared<bool>(false);
+  sub->add_flag("--json", *json, "Emit JSON");
+  sub->callback([json] {
+    nlohmann::json out;
+    out["cpu_threads"] = std::thread::hardware_concurrency();
+    out["cuda_built"] = false;
+    out["cuda_devices"] = nlohmann::json::array();
+#ifdef GRAFT_HAVE_CUDA
+    out["cuda_built"] = true;
+    int n = graft::cuda::device_count();
+    if (n == 0) out["cuda_status"] = graft::cuda::no_device_reason();
+    for (int i = 0; i < n; ++i) {
+      auto d = graft::cuda::device_info(i);
+      out["cuda_devices"].push_back(nlohmann::json{{"index", i}, {"name", d.name}, {"compute_capability", fmt::format("{}.{}", d.cc_major, d.cc_minor)},
+                                     {"sm_count", d.sm_count}, {"memory_bytes", d.total_mem_bytes},
+                                     {"smem_per_block_optin", d.smem_per_block_optin}, {"peak_dram_gbps", d.peak_dram_gbps()}});
+    }
+#endif
+    if (*json) {
+      std::printf("%s\n", out.dump(2).c_str());
+      return;
+    }
+    std::printf("cpu: %u hardware threads\n", out["cpu_threads"].get<unsigned>());
+    if (!out["cuda_built"].get<bool>()) std::printf("cuda: not built (nvcc was not found at configure time)\n");
+    else if (out["cuda_devices"].empty()) std::printf("cuda: %s\n", out["cuda_status"].get<std::string>().c_str());
+    for (auto& d : out["cuda_devices"])
+      std::printf("cuda:%d %s (sm_%s, %d SMs, %.1f GiB)\n", d["index"].get<int>(), d["name"].get<std::string>().c_str(),
+                  d["compute_capability"].get<std::string>().c_str(), d["sm_count"].get<int>(),
+                  d["memory_bytes"].get<double>() / (1ull << 30));
+  });
+}};
+}  // namespace

@@ -1,0 +1,27 @@
+# Shared compile options for graft targets.
+function(graft_target_options target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wno-missing-field-initializers>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${GRAFT_WERROR}>>:-Werror>
+    $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall>
+    $<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<BOOL:${GRAFT_WERROR}>>:-Werror=all-warnings>)
+endfunction()
+
+# graft_add_gtest(NAME name LABELS l1 [l2...] SOURCES ... LIBS ...)
+# One GoogleTest binary; every TEST becomes a CTest test carrying the labels.
+function(graft_add_gtest)
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "LABELS;SOURCES;LIBS" ${ARGN})
+  add_executable(${T_NAME} ${T_SOURCES})
+  graft_target_options(${T_NAME})
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
+  target_compile_definitions(${T_NAME} PRIVATE
+    GRAFT_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+    GRAFT_BINARY_DIR="${PROJECT_BINARY_DIR}")
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 300)
+  endif()
+  include(GoogleTest)
+  gtest_discover_tests(${T_NAME}
+    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+    DISCOVERY_TIMEOUT 60)
+endfunction()
