@@ -1,0 +1,87 @@
+// CPU reference: dense, NF4 and LoRA linear layers (fp32, Eigen GEMM).
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <vector>
+
+#include "graft/cpu/ops.hpp"
+
+namespace graft::cpu {
+namespace {
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapC = Eigen::Map<const RowMat>;
+using Map = Eigen::Map<RowMat>;
+
+void check_f32_2d(const Tensor& t, const char* what) {
+  GRAFT_CHECK(t.dtype() == DType::F32 && t.ndim() == 2 && t.is_contiguous() && t.device().is_cpu(),
+              "{} must be a contiguous 2-d f32 host tensor, got {}", what, t.describe());
+}
+}  // namespace
+
+void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
+  check_f32_2d(x, "linear: x");
+  check_f32_2d(w, "linear: w");
+  check_f32_2d(y, "linear: y");
+  const int64_t T = x.size(0), K = x.size(1), N = w.size(0);
+  GRAFT_CHECK(w.size(1) == K, "linear: x {} and w {} disagree on K", x.describe(), w.describe());
+  GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "linear: y {} must be [{}, {}]", y.describe(), T, N);
+  if (T == 0 || N == 0) return;
+  Map Y(y.data<float>(), T, N);
+  if (K == 0) {
+    Y.setZero();
+  } else {
+    Y.noalias() = MapC(x.data<float>(), T, K) * MapC(w.data<float>(), N, K).transpose();
+  }
+  if (bias.defined() && bias.numel() > 0) {
+    GRAFT_CHECK(bias.dtype() == DType::F32 && bias.numel() == N, "linear: bias {} must be f32 [{}]", bias.describe(), N);
+    Eigen::Map<const Eigen::RowVectorXf> b(bias.data<float>(), N);
+    Y.rowwise() += b;
+  }
+}
+
+void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
+  check_f32_2d(x, "linear_nf4: x");
+  check_f32_2d(y, "linear_nf4: y");
+  GRAFT_CHECK(w.shape.size() == 2, "linear_nf4: weight must be 2-d, got {}", w.shape.str());
+  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
+  GRAFT_CHECK(w.shape[1] == K, "linear_nf4: x {} and NF4 weight {} disagree on K", x.describe(), w.shape.str());
+  GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "linear_nf4: y {} must be [{}, {}]", y.describe(), T, N);
+  const std::vector<float> absmax = nf4::block_absmax(w);
+  const auto& code = nf4::code();
+  constexpr int64_t kPanel = 64;  // rows of W dequantized at a time
+  MapC X(x.data<float>(), T, K);
+  Map Y(y.data<float>(), T, N);
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+#pragma omp parallel
+  {
+    std::vector<float> buf(static_cast<size_t>(kPanel * K));
+#pragma omp for schedule(dynamic)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t r0 = p * kPanel, rows = std::min(kPanel, N - r0);
+      for (int64_t i = 0; i < rows * K; ++i) {
+        const int64_t e = r0 * K + i;
+        const uint8_t byte = w.packed[static_cast<size_t>(e / 2)];
+        const uint8_t nib = (e & 1) ? (byte & 0x0f) : (byte >> 4);
+        buf[static_cast<size_t>(i)] = code[nib] * absmax[static_cast<size_t>(e / w.blocksize)];
+      }
+      MapC Wp(buf.data(), rows, K);
+      Y.middleCols(r0, rows).noalias() = X * Wp.transpose();
+    }
+  }
+}
+
+void lora_acc(const Tensor& x, const Tensor& a, const Tensor& b, float scale, Tensor& y) {
+  check_f32_2d(x, "lora: x");
+  check_f32_2d(a, "lora: A");
+  check_f32_2d(b, "lora: B");
+  check_f32_2d(y, "lora: y");
+  const int64_t T = x.size(0), K = x.size(1), r = a.size(0), N = b.size(0);
+  GRAFT_CHECK(a.size(1) == K, "lora: A {} must be [r, {}]", a.describe(), K);
+  GRAFT_CHECK(b.size(1) == r, "lora: B {} must be [N, {}]", b.describe(), r);
+  GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "lora: y {} must be [{}, {}]", y.describe(), T, N);
+  if (T == 0 || r == 0) return;
+  RowMat xa = MapC(x.data<float>(), T, K) * MapC(a.data<float>(), r, K).transpose();  // [T, r]
+  Map(y.data<float>(), T, N).noalias() += scale * (xa * MapC(b.data<float>(), N, r).transpose());
+}
+
+}  // namespace graft::cpu
