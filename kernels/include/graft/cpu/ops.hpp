@@ -7,10 +7,13 @@
 #include <span>
 #include <vector>
 
+#include "graft/backend/ops_desc.hpp"
 #include "graft/quant/nf4.hpp"
 #include "graft/tensor.hpp"
 
 namespace graft::cpu {
+
+using namespace graft::ops;  // descriptor types shared with every backend
 
 // ---------------------------------------------------------------- linear algebra
 // y = x · wᵀ (+ bias).  x [T, K] f32, w [N, K] f32, bias [N] f32 or undefined  ->  y [T, N] (=)
@@ -30,25 +33,6 @@ void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
 void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out);
 
 // ---------------------------------------------------------------- rotary embeddings
-enum class RopeKind { Default, Linear, Llama3, Yarn };
-struct RopeParams {
-  RopeKind kind = RopeKind::Default;
-  double theta = 10000.0;
-  int rot_dim = 0;                 // rotated dims (head_dim × partial_rotary_factor); even
-  double factor = 1.0;             // linear / llama3 / yarn scale factor
-  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  double original_max_position = 8192;                    // llama3 / yarn
-  double beta_fast = 32.0, beta_slow = 1.0;               // yarn
-  double mscale = 0.0, mscale_all_dim = 0.0;              // yarn (DeepSeek)
-  double attention_factor = 0.0;   // yarn: 0 = derive like transformers
-  bool truncate = true;            // yarn
-};
-// inv_freq [rot_dim/2] and the cos/sin amplitude (attention_scaling), as transformers computes them.
-struct RopeTable {
-  std::vector<float> inv_freq;
-  float attention_scaling = 1.0f;
-};
-RopeTable rope_table(const RopeParams& p);
 // Rotate-half RoPE in place on the first rot_dim dims of each head (HF Llama convention: pairs
 // (i, i + rot_dim/2)).  x [T, heads, head_dim], positions [T]
 void rope_rotate_half(Tensor& x, std::span<const int32_t> positions, const RopeTable& table, int rot_dim);
@@ -56,12 +40,6 @@ void rope_rotate_half(Tensor& x, std::span<const int32_t> positions, const RopeT
 void rope_interleaved(Tensor& x, std::span<const int32_t> positions, const RopeTable& table, int rot_dim);
 
 // ---------------------------------------------------------------- attention
-struct AttentionMask {
-  bool causal = true;
-  int64_t sliding_window = 0;   // > 0: key must satisfy q_pos - k_pos < window
-  int64_t chunk_size = 0;       // > 0: key and query in the same chunk (Llama 4 chunked attention)
-  std::span<const int32_t> q_segments, k_segments;  // packed samples: attend within equal segment ids
-};
 // Softmax attention with grouped-query heads (query head h reads kv head h / (Hq / Hkv)).
 // q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv], q_pos [T], k_pos [S]  ->  out [T, Hq, Dv] (=)
 // lse (optional) [T, Hq]: log-sum-exp of the scaled scores (for backward). Rows with no visible
@@ -71,30 +49,10 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
                Tensor* lse = nullptr);
 
 // ---------------------------------------------------------------- MoE routing
-enum class RouterKind {
-  SoftmaxTopK,        // softmax over experts, top-k, optional renorm (Mixtral, Qwen-MoE)
-  SigmoidGroupTopK,   // DeepSeek-V3: sigmoid, +bias for selection, group-limited, renorm, × scale
-  SoftmaxGroupTopK,   // DeepSeek-V2 group_limited_greedy: softmax, group max, top groups
-  TopKSigmoid,        // Llama 4: top-k on logits, sigmoid of the chosen logits
-};
-struct RouterParams {
-  RouterKind kind = RouterKind::SoftmaxTopK;
-  int top_k = 2;
-  bool renormalize = true;        // norm_topk_prob
-  int n_group = 1, topk_group = 1;
-  float routed_scaling_factor = 1.0f;
-  const float* correction_bias = nullptr;  // [E] (DeepSeek-V3 e_score_correction_bias)
-};
 // logits [T, E] -> ids [T, k] i32 (=), weights [T, k] f32 (=). Ties resolve to the lower expert
 // index (torch.topk order on CPU); chosen experts are listed in descending score order.
 void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor& weights);
 
-// Token-major -> expert-major metadata: rows sorted by (expert, token, slot) with counts/offsets.
-struct MoePermutation {
-  std::vector<int32_t> order;     // [T*k]: position p holds the flat (token*k + slot) index
-  std::vector<int32_t> counts;    // [E]
-  std::vector<int32_t> offsets;   // [E+1]
-};
 MoePermutation moe_permute_plan(const Tensor& ids, int num_experts);
 
 }  // namespace graft::cpu

@@ -1,0 +1,92 @@
+// The Backend interface: the ops model code calls, implemented by kernels/cpu (the Eigen reference)
+// and kernels/cuda. Model code is backend-neutral: it owns weights and activations as Tensors and
+// calls these ops; it never touches a device API itself.
+//
+// Conventions: activations are contiguous row-major; token-major 2-d [T, features] unless stated.
+// Outputs are overwritten (`=`) unless the op name ends in `_acc` (`+=`).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "graft/backend/ops_desc.hpp"
+#include "graft/quant/nf4.hpp"
+#include "graft/tensor.hpp"
+
+namespace graft {
+
+// A frozen base projection y = x·Wᵀ (+ b), stored dense or NF4.
+struct LinearWeight {
+  int64_t out = 0, in = 0;
+  Tensor dense;                                      // [out, in] (backend compute dtype) or undefined
+  std::shared_ptr<const nf4::QuantizedWeight> nf4;   // [out, in] NF4 or null
+  Tensor bias;                                       // [out] or undefined
+  bool defined() const { return dense.defined() && dense.numel() > 0 ? true : nf4 != nullptr; }
+  bool quantized() const { return nf4 != nullptr; }
+  size_t bytes() const;
+};
+
+// One adapter's factors for one module: y += scale · (x·Aᵀ)·Bᵀ.
+struct LoraFactors {
+  Tensor a;  // [r, in]
+  Tensor b;  // [out, r]
+  float scale = 1.0f;
+  int64_t rank() const { return a.defined() && a.ndim() == 2 ? a.size(0) : 0; }
+};
+
+// Which adapter each row uses, for one module: slots[row_slot[t]] (row_slot[t] < 0: base only).
+// Adapters of different ranks share a batch; nothing is padded.
+struct LoraBatch {
+  std::span<const LoraFactors* const> slots;
+  std::span<const int32_t> row_slot;  // [T]
+  bool empty() const { return slots.empty(); }
+};
+
+// The experts of one MoE layer. Expert e: out = down(silu(gate(x)) · up(x)).
+struct ExpertWeights {
+  std::vector<LinearWeight> gate, up, down;  // [E] each; gate/up [I, H], down [H, I]
+  int64_t num_experts() const { return static_cast<int64_t>(gate.size()); }
+};
+// Per-expert LoRA for one layer: expert e of the adapter in slot s is at [s][e] (null = none).
+struct ExpertLora {
+  std::vector<std::vector<const LoraFactors*>> gate, up, down;  // [slots][E]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  virtual Tensor empty(const Dims& shape, DType dtype) = 0;
+
+  // y = x·Wᵀ (+b) + Σ LoRA per row.  x [T, in] -> y [T, out] (=)
+  virtual void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) = 0;
+  // y = x / rms(x) · w over the last dim.  x [..., H], w [H] -> y like x (=); y may alias x
+  virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) = 0;
+  // out = silu(gate) · up.  [T, I] (=)
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // out[t] = table[ids[t]].  table [V, H] -> out [T, H] (=)
+  virtual void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out) = 0;
+  // In-place RoPE on the first rot_dim dims of each head.  x [T, heads, head_dim]
+  virtual void rope(Tensor& x, std::span<const int32_t> positions, const ops::RopeTable& table, int rot_dim,
+                    bool interleaved) = 0;
+  // q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] -> out [T, Hq, Dv] (=)
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<const int32_t> q_pos,
+                         std::span<const int32_t> k_pos, const ops::AttentionMask& mask, float scale, Tensor& out) = 0;
+  // logits [T, E] -> ids [T, k] i32, weights [T, k] f32 (=)
+  virtual void moe_route(const Tensor& logits, const ops::RouterParams& p, Tensor& ids, Tensor& weights) = 0;
+  // Routed experts with SwiGLU: out[t] = Σ_j w[t,j] · expert_{ids[t,j]}(x_in[t, j]) where x_in is x,
+  // or x · w[t,j] when `scale_input` (Llama 4 scales the expert input, not its output).
+  // x [T, H], ids/weights [T, k] -> out [T, H] (=). lora may be null; row_slot [T] picks its slot.
+  virtual void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& experts,
+                           const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input,
+                           Tensor& out) = 0;
+  // y += x (same shape)
+  virtual void add_acc(const Tensor& x, Tensor& y) = 0;
+  // y *= s (scalar) or, with a [T] or [T,1] tensor, row-wise
+  virtual void scale_rows(Tensor& y, const Tensor& row_scale) = 0;
+};
+
+}  // namespace graft

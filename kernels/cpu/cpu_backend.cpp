@@ -1,0 +1,194 @@
+// graft::Backend on the CPU: fp32 reference ops, Eigen + OpenMP.
+#include "graft/cpu/cpu_backend.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "graft/cpu/ops.hpp"
+
+namespace graft::cpu {
+namespace {
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MapC = Eigen::Map<const RowMat>;
+using Map = Eigen::Map<RowMat>;
+
+void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
+  GRAFT_CHECK(w.defined(), "linear: weight [{}, {}] is not loaded", w.out, w.in);
+  if (w.quantized()) {
+    linear_nf4(x, *w.nf4, y);
+    if (w.bias.defined()) {
+      Map Y(y.data<float>(), y.size(0), y.size(1));
+      Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(w.bias.data<float>(), w.out);
+    }
+  } else {
+    linear(x, w.dense, w.bias, y);
+  }
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  Device device() const override { return {}; }
+  Tensor empty(const Dims& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
+
+  void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) override {
+    base_linear(x, w, y);
+    if (!lora.empty()) lora_rows_acc(x, lora, y);
+  }
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) override { cpu::rmsnorm(x, w, eps, y); }
+  void swiglu(const Tensor& g, const Tensor& u, Tensor& o) override { cpu::swiglu(g, u, o); }
+  void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out) override {
+    cpu::embedding(ids, table, out);
+  }
+  void rope(Tensor& x, std::span<const int32_t> pos, const RopeTable& t, int rot_dim, bool interleaved) override {
+    if (interleaved) rope_interleaved(x, pos, t, rot_dim);
+    else rope_rotate_half(x, pos, t, rot_dim);
+  }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<const int32_t> q_pos,
+                 std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out) override {
+    cpu::attention(q, k, v, q_pos, k_pos, mask, scale, out);
+  }
+  void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor& weights) override {
+    cpu::moe_route(logits, p, ids, weights);
+  }
+  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& ex,
+                   const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input, Tensor& out) override;
+  void add_acc(const Tensor& x, Tensor& y) override {
+    GRAFT_CHECK(x.numel() == y.numel() && x.dtype() == DType::F32 && y.dtype() == DType::F32,
+                "add_acc: {} and {} differ", x.describe(), y.describe());
+    const float* a = x.data<float>();
+    float* b = y.data<float>();
+    const int64_t n = x.numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) b[i] += a[i];
+  }
+  void scale_rows(Tensor& y, const Tensor& s) override {
+    const int64_t T = y.size(0), H = y.numel() / std::max<int64_t>(T, 1);
+    GRAFT_CHECK(s.numel() == T, "scale_rows: {} scales for {} rows", s.numel(), T);
+    float* p = y.data<float>();
+    const float* sp = s.data<float>();
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) p[t * H + h] *= sp[t];
+  }
+};
+
+// Gathers rows `rows` of x into a dense matrix.
+RowMat gather(const float* x, int64_t cols, const std::vector<int64_t>& rows) {
+  RowMat m(static_cast<Eigen::Index>(rows.size()), cols);
+  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(m.row(static_cast<Eigen::Index>(i)).data(), x + rows[i] * cols, sizeof(float) * static_cast<size_t>(cols));
+  return m;
+}
+
+void lora_into(const RowMat& xs, const LoraFactors& f, RowMat& ys) {
+  if (f.rank() == 0) return;
+  RowMat xa = xs * MapC(f.a.data<float>(), f.a.size(0), f.a.size(1)).transpose();
+  ys.noalias() += f.scale * (xa * MapC(f.b.data<float>(), f.b.size(0), f.b.size(1)).transpose());
+}
+
+void check_factors(const LoraFactors& f, int64_t in, int64_t out) {
+  GRAFT_CHECK(f.a.dtype() == DType::F32 && f.b.dtype() == DType::F32 && f.a.ndim() == 2 && f.b.ndim() == 2,
+              "LoRA factors must be 2-d f32: A {}, B {}", f.a.describe(), f.b.describe());
+  GRAFT_CHECK(f.a.size(1) == in && f.b.size(0) == out && f.b.size(1) == f.a.size(0),
+              "LoRA factors A {} / B {} do not fit a [{} -> {}] projection", f.a.describe(), f.b.describe(), in, out);
+}
+}  // namespace
+
+void lora_rows_acc(const Tensor& x, const LoraBatch& lora, Tensor& y) {
+  const int64_t T = x.size(0), in = x.size(1), out = y.size(1);
+  GRAFT_CHECK(static_cast<int64_t>(lora.row_slot.size()) == T, "LoRA batch: {} row slots for {} rows",
+              lora.row_slot.size(), T);
+  const int64_t S = static_cast<int64_t>(lora.slots.size());
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(S));
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t s = lora.row_slot[static_cast<size_t>(t)];
+    GRAFT_CHECK(s < S, "LoRA batch: row {} uses slot {} of {}", t, s, S);
+    if (s >= 0 && lora.slots[static_cast<size_t>(s)]) rows[static_cast<size_t>(s)].push_back(t);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const auto& r = rows[static_cast<size_t>(s)];
+    if (r.empty()) continue;
+    const LoraFactors& f = *lora.slots[static_cast<size_t>(s)];
+    check_factors(f, in, out);
+    if (static_cast<int64_t>(r.size()) == T) {  // whole batch on one adapter: no gather
+      cpu::lora_acc(x, f.a, f.b, f.scale, y);
+      continue;
+    }
+    RowMat xs = gather(x.data<float>(), in, r);
+    RowMat ys = RowMat::Zero(xs.rows(), out);
+    lora_into(xs, f, ys);
+    float* yp = y.data<float>();
+    for (size_t i = 0; i < r.size(); ++i)
+      for (int64_t o = 0; o < out; ++o) yp[r[i] * out + o] += ys(static_cast<Eigen::Index>(i), o);
+  }
+}
+
+void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& ex,
+                             const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input, Tensor& out) {
+  const int64_t T = x.size(0), H = x.size(1), k = ids.numel() / std::max<int64_t>(T, 1);
+  const int E = static_cast<int>(ex.num_experts());
+  GRAFT_CHECK(ids.numel() == T * k && weights.numel() == T * k, "moe_experts: ids {} / weights {} for {} tokens",
+              ids.describe(), weights.describe(), T);
+  GRAFT_CHECK(out.size(0) == T && out.size(1) == H, "moe_experts: out {} must be [{}, {}]", out.describe(), T, H);
+  GRAFT_CHECK(!lora || row_slot.size() == static_cast<size_t>(T), "moe_experts: {} row slots for {} tokens",
+              row_slot.size(), T);
+  const MoePermutation plan = moe_permute_plan(ids, E);
+  const float* w = weights.data<float>();
+  RowMat results(T * k, H);  // per (token, slot j) expert output, then reduced in slot order
+#pragma omp parallel for schedule(dynamic)
+  for (int e = 0; e < E; ++e) {
+    const int32_t n = plan.counts[static_cast<size_t>(e)];
+    if (n == 0) continue;
+    std::vector<int64_t> flat(static_cast<size_t>(n)), tok(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) {
+      flat[static_cast<size_t>(i)] = plan.order[static_cast<size_t>(plan.offsets[static_cast<size_t>(e)] + i)];
+      tok[static_cast<size_t>(i)] = flat[static_cast<size_t>(i)] / k;
+    }
+    RowMat xs = gather(x.data<float>(), H, tok);
+    if (scale_input)
+      for (int32_t i = 0; i < n; ++i) xs.row(i) *= w[flat[static_cast<size_t>(i)]];
+    Tensor xt = Tensor::wrap(xs.data(), {n, H}, DType::F32);
+    const LinearWeight& G = ex.gate[static_cast<size_t>(e)];
+    const LinearWeight& U = ex.up[static_cast<size_t>(e)];
+    const LinearWeight& D = ex.down[static_cast<size_t>(e)];
+    Tensor g = Tensor::empty({n, G.out}, DType::F32), u = Tensor::empty({n, U.out}, DType::F32);
+    base_linear(xt, G, g);
+    base_linear(xt, U, u);
+    std::vector<int32_t> slots;
+    std::vector<const LoraFactors*> gs, us, ds;
+    if (lora) {
+      slots.resize(static_cast<size_t>(n));
+      for (int32_t i = 0; i < n; ++i) slots[static_cast<size_t>(i)] = row_slot[static_cast<size_t>(tok[static_cast<size_t>(i)])];
+      for (size_t s = 0; s < lora->gate.size(); ++s) {
+        gs.push_back(lora->gate[s].empty() ? nullptr : lora->gate[s][static_cast<size_t>(e)]);
+        us.push_back(lora->up[s].empty() ? nullptr : lora->up[s][static_cast<size_t>(e)]);
+        ds.push_back(lora->down[s].empty() ? nullptr : lora->down[s][static_cast<size_t>(e)]);
+      }
+      lora_rows_acc(xt, LoraBatch{gs, slots}, g);
+      lora_rows_acc(xt, LoraBatch{us, slots}, u);
+    }
+    cpu::swiglu(g, u, g);
+    Tensor y = Tensor::empty({n, D.out}, DType::F32);
+    base_linear(g, D, y);
+    if (lora) lora_rows_acc(g, LoraBatch{ds, slots}, y);
+    const float* yp = y.data<float>();
+    for (int32_t i = 0; i < n; ++i) std::memcpy(results.row(flat[static_cast<size_t>(i)]).data(), yp + i * H, sizeof(float) * static_cast<size_t>(H));
+  }
+  float* op = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    float* o = op + t * H;
+    std::fill(o, o + H, 0.0f);
+    for (int64_t j = 0; j < k; ++j) {
+      const float c = scale_input ? 1.0f : w[t * k + j];
+      const float* r = results.row(t * k + j).data();
+      for (int64_t h = 0; h < H; ++h) o[h] += c * r[h];
+    }
+  }
+}
+
+std::unique_ptr<Backend> make_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace graft::cpu
