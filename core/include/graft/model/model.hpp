@@ -1,0 +1,114 @@
+// A decoder-only language model of any supported family, loaded from a Hugging Face directory into
+// one internal layout, and its forward pass over a Backend.
+//
+// Weights: embeddings, norms and routers are kept dense f32 (CPU backend); every other projection is
+// a LinearWeight, dense f32 or NF4 (quantized on load with `load_in_4bit`, or read from a
+// bitsandbytes pre-quantized checkpoint). Experts load from per-expert or fused 3-D layouts.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "graft/backend/backend.hpp"
+#include "graft/config/model_config.hpp"
+
+namespace graft::model {
+
+struct LoadOptions {
+  bool load_in_4bit = false;  // quantize projection weights to NF4 (bitsandbytes layout)
+  bool double_quant = true;   // NF4 double quantization of absmax
+};
+
+// The projections a LoRA adapter can target, per layer.
+enum class Module : int {
+  Q, K, V, O, QA, QB, KVA, KVB,          // attention (QA/QB/KVA/KVB: DeepSeek MLA)
+  Gate, Up, Down,                        // dense MLP
+  SharedGate, SharedUp, SharedDown,      // shared expert(s)
+  kCount
+};
+enum class ExpertProj : int { Gate, Up, Down };
+// HF module path of a projection, e.g. "self_attn.q_proj" (family-specific names).
+std::string module_path(config::Family f, Module m);
+
+// What one adapter contributes: LoRA factors per (layer, module) and per (layer, expert, projection).
+class LoraSource {
+ public:
+  virtual ~LoraSource() = default;
+  virtual const LoraFactors* find(int layer, Module m) const = 0;
+  virtual const LoraFactors* find_expert(int layer, ExpertProj p, int expert) const = 0;
+};
+
+// Tokens to run. All rows belong to one sequence unless `segments` is set (packed training
+// samples: attention stays inside equal segment ids). With a KvCache, rows are appended to it.
+struct Batch {
+  std::span<const int32_t> ids;        // [T]
+  std::span<const int32_t> positions;  // [T]; empty = cache length + 0..T-1
+  std::span<const int32_t> segments;   // [T] or empty
+  std::span<const LoraSource* const> adapters;  // LoRA slots (may be empty)
+  std::span<const int32_t> row_adapter;         // [T] slot per row (-1 = base); empty = all slot 0
+};
+
+// Contiguous per-sequence KV cache (keys after RoPE).
+struct KvCache {
+  std::vector<Tensor> k, v;  // per layer [capacity, kv_heads, dim]
+  std::vector<int32_t> positions;  // [len]
+  int64_t len = 0, capacity = 0;
+};
+
+struct AttentionWeights {
+  LinearWeight q, k, v, o;
+  Tensor q_norm, k_norm;                 // Qwen3 per-head RMSNorm [head_dim]
+  LinearWeight q_a, q_b, kv_a, kv_b;     // MLA
+  Tensor q_a_norm, kv_a_norm;            // MLA [q_lora_rank], [kv_lora_rank]
+};
+struct MlpWeights {
+  LinearWeight gate, up, down;
+  bool defined() const { return gate.defined(); }
+};
+struct MoeWeights {
+  Tensor router;            // [E, H] f32
+  Tensor correction_bias;   // [E] (DeepSeek-V3) or undefined
+  ExpertWeights experts;
+  MlpWeights shared;
+  Tensor shared_gate;       // [1, H] (Qwen2-MoE) or undefined
+};
+struct LayerWeights {
+  config::LayerKind kind;
+  Tensor input_norm, post_norm;  // [H]
+  AttentionWeights attn;
+  MlpWeights mlp;  // dense layers
+  MoeWeights moe;  // MoE layers
+};
+
+class Model {
+ public:
+  // Loads DIR (config.json + safetensors). Throws graft::Error naming any missing, unexpected or
+  // misshaped tensor, or config/weight mismatch.
+  static Model load(const std::string& dir, const LoadOptions& opts = {});
+  // Builds a model from a config and named tensors (used by init-model and tests).
+  static Model from_tensors(const config::ModelConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                            const LoadOptions& opts = {});
+
+  const config::ModelConfig& config() const { return cfg_; }
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+  int64_t vocab_size() const { return cfg_.vocab_size; }
+  // Bytes held by weights (NF4 counted packed).
+  size_t weight_bytes() const;
+
+  KvCache new_cache(int64_t capacity) const;
+  // Returns logits [T, vocab] f32. With a cache, appends the batch to it (single sequence).
+  Tensor forward(Backend& be, const Batch& batch, KvCache* cache = nullptr) const;
+
+ private:
+  friend struct Forward;
+  config::ModelConfig cfg_;
+  Tensor embed_, final_norm_;
+  LinearWeight lm_head_;
+  std::vector<LayerWeights> layers_;
+  std::vector<ops::RopeTable> rope_;  // per layer kind: [0] = main
+  friend struct Loader;
+};
+
+}  // namespace graft::model

@@ -1,0 +1,313 @@
+// The decoder forward pass, shared by every family: embeddings -> layers (attention variant + dense
+// MLP or routed experts) -> final norm -> lm_head. Every projection goes through Backend::linear
+// (the one LoRA-aware linear entry point); MoE layers go through Backend::moe_experts.
+#include <cmath>
+#include <algorithm>
+#include <numeric>
+
+#include "family_spec.hpp"
+#include "graft/error.hpp"
+#include "graft/model/model.hpp"
+
+namespace graft::model {
+
+std::string module_path(config::Family f, Module m) {
+  const bool l4 = f == config::Family::Llama4;
+  const std::string mlp = l4 ? "feed_forward" : "mlp";
+  const std::string shared = l4 || f == config::Family::Qwen2Moe ? "shared_expert" : "shared_experts";
+  switch (m) {
+    case Module::Q: return "self_attn.q_proj";
+    case Module::K: return "self_attn.k_proj";
+    case Module::V: return "self_attn.v_proj";
+    case Module::O: return "self_attn.o_proj";
+    case Module::QA: return "self_attn.q_a_proj";
+    case Module::QB: return "self_attn.q_b_proj";
+    case Module::KVA: return "self_attn.kv_a_proj_with_mqa";
+    case Module::KVB: return "self_attn.kv_b_proj";
+    case Module::Gate: return mlp + ".gate_proj";
+    case Module::Up: return mlp + ".up_proj";
+    case Module::Down: return mlp + ".down_proj";
+    case Module::SharedGate: return mlp + "." + shared + ".gate_proj";
+    case Module::SharedUp: return mlp + "." + shared + ".up_proj";
+    case Module::SharedDown: return mlp + "." + shared + ".down_proj";
+    case Module::kCount: break;
+  }
+  GRAFT_FAIL("", "invalid module id {}", static_cast<int>(m));
+}
+
+KvCache Model::new_cache(int64_t capacity) const {
+  KvCache c;
+  c.capacity = capacity;
+  const int64_t L = cfg_.num_hidden_layers;
+  const int64_t heads = cfg_.is_mla ? cfg_.num_attention_heads : cfg_.num_key_value_heads;
+  const int64_t kd = cfg_.is_mla ? cfg_.mla.qk_head_dim() : cfg_.head_dim;
+  const int64_t vd = cfg_.is_mla ? cfg_.mla.v_head_dim : cfg_.head_dim;
+  for (int64_t l = 0; l < L; ++l) {
+    c.k.push_back(Tensor::zeros({capacity, heads, kd}, DType::F32));
+    c.v.push_back(Tensor::zeros({capacity, heads, vd}, DType::F32));
+  }
+  c.positions.reserve(static_cast<size_t>(capacity));
+  return c;
+}
+
+struct Forward {
+  const Model& m;
+  Backend& be;
+  const Batch& b;
+  KvCache* cache;
+  FamilySpec spec;
+  int64_t T;
+  std::vector<int32_t> pos;
+  std::vector<int32_t> row_slot;
+
+  Tensor t2(int64_t rows, int64_t cols) { return be.empty({rows, cols}, DType::F32); }
+
+  // Builds the per-row LoRA batch of one module (empty when no adapter has it).
+  struct LoraView {
+    std::vector<const LoraFactors*> slots;
+    LoraBatch batch() const { return slots.empty() ? LoraBatch{} : LoraBatch{slots, rows}; }
+    std::span<const int32_t> rows;
+  };
+  LoraView lora(int layer, Module mod) {
+    LoraView v;
+    v.rows = row_slot;
+    bool any = false;
+    for (const LoraSource* a : b.adapters) {
+      const LoraFactors* f = a ? a->find(layer, mod) : nullptr;
+      any |= f != nullptr;
+      v.slots.push_back(f);
+    }
+    if (!any) v.slots.clear();
+    return v;
+  }
+  Tensor proj(const Tensor& x, const LinearWeight& w, int layer, Module mod) {
+    Tensor y = t2(x.size(0), w.out);
+    LoraView lv = lora(layer, mod);
+    be.linear(x, w, lv.batch(), y);
+    return y;
+  }
+  Tensor dense_proj(const Tensor& x, const Tensor& w) {  // routers: plain f32 matrices
+    LinearWeight lw;
+    lw.out = w.size(0);
+    lw.in = w.size(1);
+    lw.dense = w;
+    Tensor y = t2(x.size(0), lw.out);
+    be.linear(x, lw, {}, y);
+    return y;
+  }
+
+  ops::AttentionMask mask_for(const config::LayerKind& k, std::span<const int32_t> kseg) const {
+    ops::AttentionMask mk;
+    if (k.sliding && m.cfg_.sliding_window) mk.sliding_window = *m.cfg_.sliding_window;
+    if (k.chunked) mk.chunk_size = m.cfg_.attention_chunk_size;
+    if (!b.segments.empty()) {
+      mk.q_segments = b.segments;
+      mk.k_segments = kseg;
+    }
+    return mk;
+  }
+
+  // Appends k/v rows to the cache (when present) and returns the key/value views to attend over.
+  std::pair<Tensor, Tensor> kv_for(int layer, const Tensor& k, const Tensor& v, std::span<const int32_t>& kpos) {
+    if (!cache) {
+      kpos = pos;
+      return {k, v};
+    }
+    Tensor& ck = cache->k[static_cast<size_t>(layer)];
+    Tensor& cv = cache->v[static_cast<size_t>(layer)];
+    const int64_t at = cache->len;
+    std::copy_n(k.data<float>(), k.numel(), ck.data<float>() + at * ck.size(1) * ck.size(2));
+    std::copy_n(v.data<float>(), v.numel(), cv.data<float>() + at * cv.size(1) * cv.size(2));
+    kpos = std::span<const int32_t>(cache->positions.data(), static_cast<size_t>(at + T));
+    return {ck.slice(0, 0, at + T), cv.slice(0, 0, at + T)};
+  }
+
+  Tensor attention(int l, const LayerWeights& L, const Tensor& x) {
+    const auto& cfg = m.cfg_;
+    const int64_t nh = cfg.num_attention_heads;
+    std::span<const int32_t> kpos;
+    if (spec.mla) return mla(l, L, x);
+    const int64_t nkv = cfg.num_key_value_heads, D = cfg.head_dim;
+    Tensor q = proj(x, L.attn.q, l, Module::Q).reshape({T, nh, D});
+    Tensor k = proj(x, L.attn.k, l, Module::K).reshape({T, nkv, D});
+    Tensor v = proj(x, L.attn.v, l, Module::V).reshape({T, nkv, D});
+    const float eps = static_cast<float>(cfg.rms_norm_eps);
+    if (spec.qk_norm) {
+      be.rmsnorm(q, L.attn.q_norm, eps, q);
+      be.rmsnorm(k, L.attn.k_norm, eps, k);
+    }
+    if (L.kind.rope) {
+      be.rope(q, pos, m.rope_[0], static_cast<int>(D), spec.rope_interleaved);
+      be.rope(k, pos, m.rope_[0], static_cast<int>(D), spec.rope_interleaved);
+      if (spec.qk_l2_norm) {
+        Tensor ones = Tensor::empty({D}, DType::F32);
+        std::fill_n(ones.data<float>(), D, 1.0f);
+        be.rmsnorm(q, ones, eps, q);
+        be.rmsnorm(k, ones, eps, k);
+      }
+    } else if (spec.temperature_tuning) {
+      Tensor s = Tensor::empty({T}, DType::F32);
+      for (int64_t t = 0; t < T; ++t)
+        s.data<float>()[t] = static_cast<float>(
+            std::log(std::floor((pos[static_cast<size_t>(t)] + 1.0) / cfg.floor_scale) + 1.0) * cfg.attn_scale + 1.0);
+      Tensor q2 = q.reshape({T, nh * D});
+      be.scale_rows(q2, s);
+    }
+    auto [kk, vv] = kv_for(l, k, v, kpos);
+    Tensor out = be.empty({T, nh, D}, DType::F32);
+    const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
+    be.attention(q, kk.is_contiguous() ? kk : kk.contiguous(), vv.is_contiguous() ? vv : vv.contiguous(), pos, kpos,
+                 mask_for(L.kind, kseg_), scale, out);
+    return proj(out.reshape({T, nh * D}), L.attn.o, l, Module::O);
+  }
+
+  Tensor mla(int l, const LayerWeights& L, const Tensor& x) {
+    const auto& cfg = m.cfg_;
+    const auto& ml = cfg.mla;
+    const int64_t nh = cfg.num_attention_heads, dn = ml.qk_nope_head_dim, dr = ml.qk_rope_head_dim, dv = ml.v_head_dim;
+    const int64_t dq = dn + dr, kvr = ml.kv_lora_rank;
+    const float eps = static_cast<float>(cfg.rms_norm_eps);
+    Tensor q;
+    if (L.attn.q_a.defined()) {
+      Tensor qa = proj(x, L.attn.q_a, l, Module::QA);
+      be.rmsnorm(qa, L.attn.q_a_norm, eps, qa);
+      q = proj(qa, L.attn.q_b, l, Module::QB);
+    } else {
+      q = proj(x, L.attn.q, l, Module::Q);
+    }
+    q = q.reshape({T, nh, dq});
+    Tensor ckv = proj(x, L.attn.kv_a, l, Module::KVA);  // [T, kvr + dr]
+    Tensor c = ckv.slice(1, 0, kvr).contiguous();
+    be.rmsnorm(c, L.attn.kv_a_norm, eps, c);
+    Tensor kpe = ckv.slice(1, kvr, kvr + dr).contiguous().reshape({T, 1, dr});
+    Tensor kv = proj(c, L.attn.kv_b, l, Module::KVB).reshape({T, nh, dn + dv});
+    // q_pe / k_pe RoPE on the last dr dims of each head.
+    Tensor qpe = q.slice(2, dn, dq).contiguous();
+    be.rope(qpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
+    be.rope(kpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
+    Tensor qf = be.empty({T, nh, dq}, DType::F32), kf = be.empty({T, nh, dq}, DType::F32), vf = be.empty({T, nh, dv}, DType::F32);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* qs = q.data<float>() + (t * nh + h) * dq;
+        const float* qr = qpe.data<float>() + (t * nh + h) * dr;
+        const float* kvs = kv.data<float>() + (t * nh + h) * (dn + dv);
+        const float* kr = kpe.data<float>() + t * dr;
+        float* qd = qf.data<float>() + (t * nh + h) * dq;
+        float* kd = kf.data<float>() + (t * nh + h) * dq;
+        float* vd = vf.data<float>() + (t * nh + h) * dv;
+        std::copy_n(qs, dn, qd);
+        std::copy_n(qr, dr, qd + dn);
+        std::copy_n(kvs, dn, kd);
+        std::copy_n(kr, dr, kd + dn);
+        std::copy_n(kvs + dn, dv, vd);
+      }
+    std::span<const int32_t> kpos;
+    auto [kk, vv] = kv_for(l, kf, vf, kpos);
+    Tensor out = be.empty({T, nh, dv}, DType::F32);
+    const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(dq));
+    be.attention(qf, kk.is_contiguous() ? kk : kk.contiguous(), vv.is_contiguous() ? vv : vv.contiguous(), pos, kpos,
+                 mask_for(L.kind, kseg_), scale, out);
+    return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
+  }
+
+  Tensor mlp(int l, const MlpWeights& w, const Tensor& x, Module g, Module u, Module d) {
+    Tensor gate = proj(x, w.gate, l, g);
+    Tensor up = proj(x, w.up, l, u);
+    be.swiglu(gate, up, gate);
+    return proj(gate, w.down, l, d);
+  }
+
+  Tensor moe(int l, const LayerWeights& L, const Tensor& x) {
+    const auto& mw = L.moe;
+    Tensor logits = dense_proj(x, mw.router);
+    ops::RouterParams rp = spec.router_params;
+    rp.correction_bias = mw.correction_bias.defined() ? mw.correction_bias.data<float>() : nullptr;
+    Tensor ids = be.empty({T, rp.top_k}, DType::I32), w = be.empty({T, rp.top_k}, DType::F32);
+    be.moe_route(logits, rp, ids, w);
+    ExpertLora el;
+    bool any = false;
+    const int64_t E = mw.experts.num_experts();
+    for (const LoraSource* a : b.adapters) {
+      std::vector<const LoraFactors*> g(static_cast<size_t>(E)), u(static_cast<size_t>(E)), d(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) {
+        if (!a) break;
+        g[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Gate, static_cast<int>(e));
+        u[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Up, static_cast<int>(e));
+        d[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Down, static_cast<int>(e));
+        any |= g[static_cast<size_t>(e)] || u[static_cast<size_t>(e)] || d[static_cast<size_t>(e)];
+      }
+      el.gate.push_back(std::move(g));
+      el.up.push_back(std::move(u));
+      el.down.push_back(std::move(d));
+    }
+    Tensor out = t2(T, x.size(1));
+    be.moe_experts(x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
+    if (mw.shared.defined()) {
+      Tensor s = mlp(l, mw.shared, x, Module::SharedGate, Module::SharedUp, Module::SharedDown);
+      if (mw.shared_gate.defined()) {
+        Tensor gl = dense_proj(x, mw.shared_gate);  // [T, 1]
+        for (int64_t t = 0; t < T; ++t) gl.data<float>()[t] = 1.0f / (1.0f + std::exp(-gl.data<float>()[t]));
+        be.scale_rows(s, gl);
+      }
+      be.add_acc(s, out);
+    }
+    return out;
+  }
+
+  std::vector<int32_t> kseg_store_;
+  std::span<const int32_t> kseg_;
+
+  Tensor run() {
+    const auto& cfg = m.cfg_;
+    T = static_cast<int64_t>(b.ids.size());
+    GRAFT_CHECK(b.positions.empty() || b.positions.size() == b.ids.size(), "forward: {} positions for {} tokens",
+                b.positions.size(), b.ids.size());
+    GRAFT_CHECK(b.segments.empty() || (b.segments.size() == b.ids.size() && !cache),
+                "forward: segment ids need one per token and no KV cache");
+    const int64_t base = cache ? cache->len : 0;
+    if (b.positions.empty()) {
+      pos.resize(static_cast<size_t>(T));
+      std::iota(pos.begin(), pos.end(), static_cast<int32_t>(base));
+    } else {
+      pos.assign(b.positions.begin(), b.positions.end());
+    }
+    if (cache) {
+      GRAFT_CHECK_FIX(cache->len + T <= cache->capacity, "start a new sequence or allocate a larger cache",
+                      "KV cache full: {} + {} tokens exceed its capacity {}", cache->len, T, cache->capacity);
+      cache->positions.insert(cache->positions.end(), pos.begin(), pos.end());
+    }
+    kseg_ = b.segments;
+    if (!b.adapters.empty()) {
+      if (b.row_adapter.empty()) row_slot.assign(static_cast<size_t>(T), 0);
+      else row_slot.assign(b.row_adapter.begin(), b.row_adapter.end());
+      GRAFT_CHECK(static_cast<int64_t>(row_slot.size()) == T, "forward: {} adapter slots for {} rows", row_slot.size(), T);
+    }
+    const int64_t H = cfg.hidden_size;
+    Tensor h = t2(T, H);
+    be.embedding(b.ids, m.embed_, h);
+    Tensor x = t2(T, H);
+    const float eps = static_cast<float>(cfg.rms_norm_eps);
+    for (int l = 0; l < static_cast<int>(m.layers_.size()); ++l) {
+      const LayerWeights& L = m.layers_[static_cast<size_t>(l)];
+      be.rmsnorm(h, L.input_norm, eps, x);
+      be.add_acc(attention(l, L, x), h);
+      be.rmsnorm(h, L.post_norm, eps, x);
+      be.add_acc(L.kind.moe ? moe(l, L, x) : mlp(l, L.mlp, x, Module::Gate, Module::Up, Module::Down), h);
+    }
+    if (cache) cache->len += T;
+    be.rmsnorm(h, m.final_norm_, eps, x);
+    Tensor logits = t2(T, m.lm_head_.out);
+    be.linear(x, m.lm_head_, {}, logits);
+    return logits;
+  }
+};
+
+Tensor Model::forward(Backend& be, const Batch& batch, KvCache* cache) const {
+  Forward f{*this, be, batch, cache, family_spec(cfg_), 0, {}, {}, {}, {}};
+  if (cache && !cfg_.is_mla) {
+    GRAFT_CHECK(cache->k.size() == layers_.size(), "KV cache has {} layers, model has {}", cache->k.size(), layers_.size());
+  }
+  return f.run();
+}
+
+}  // namespace graft::model

@@ -1,0 +1,390 @@
+// Loading a model's weights into graft's internal layout: names per family (FamilySpec), dtype
+// conversion to f32, NF4 quantization on load or bitsandbytes pre-quantized weights, FP8
+// block-scaled dequantization, per-expert and fused expert layouts. Every tensor of the checkpoint
+// must be used (or be known to be ignorable); every expected tensor must exist with its shape.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "family_spec.hpp"
+#include "graft/error.hpp"
+#include "graft/io/safetensors.hpp"
+#include "graft/model/model.hpp"
+
+namespace graft::model {
+namespace {
+constexpr const char* kFixWeights =
+    "check that the weights belong to this config.json (same architecture and sizes) and are complete";
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual bool has(const std::string& n) const = 0;
+  virtual Tensor get(const std::string& n) const = 0;
+  virtual std::vector<std::string> names() const = 0;
+  virtual std::string where() const = 0;
+};
+class SafetensorsSource final : public TensorSource {
+ public:
+  explicit SafetensorsSource(io::SafetensorsModel m) : m_(std::move(m)) {}
+  bool has(const std::string& n) const override { return m_.contains(n); }
+  Tensor get(const std::string& n) const override { return m_.tensor(n); }
+  std::vector<std::string> names() const override { return m_.names(); }
+  std::string where() const override { return m_.source(); }
+ private:
+  io::SafetensorsModel m_;
+};
+class MemorySource final : public TensorSource {
+ public:
+  explicit MemorySource(const std::vector<std::pair<std::string, Tensor>>& t) {
+    for (auto& [n, x] : t) m_[n] = x;
+  }
+  bool has(const std::string& n) const override { return m_.count(n) != 0; }
+  Tensor get(const std::string& n) const override { return m_.at(n); }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> v;
+    for (auto& [n, x] : m_) v.push_back(n);
+    return v;
+  }
+  std::string where() const override { return "in-memory tensors"; }
+ private:
+  std::map<std::string, Tensor> m_;
+};
+
+bool ignorable(const std::string& n, const config::ModelConfig& cfg, const std::string& prefix) {
+  if (n.find("rotary_emb.inv_freq") != std::string::npos) return true;
+  if (n.rfind("vision_model.", 0) == 0 || n.rfind("multi_modal_projector.", 0) == 0) return true;  // Llama 4 multimodal
+  // DeepSeek multi-token-prediction layers follow the decoder: model.layers.{N..N+k}
+  const std::string lp = prefix + "model.layers.";
+  if (cfg.num_nextn_predict_layers > 0 && n.rfind(lp, 0) == 0) {
+    const int64_t i = std::atoll(n.c_str() + lp.size());
+    if (i >= cfg.num_hidden_layers) return true;
+  }
+  return false;
+}
+}  // namespace
+
+namespace {
+ops::RopeParams rope_params(const config::ModelConfig& cfg, int rot_dim) {
+  ops::RopeParams p;
+  p.theta = cfg.rope_theta;
+  p.rot_dim = rot_dim;
+  const auto& rs = cfg.rope_scaling;
+  p.factor = rs.factor;
+  const double orig = rs.original_max_position_embeddings > 0 ? static_cast<double>(rs.original_max_position_embeddings)
+                                                               : static_cast<double>(cfg.max_position_embeddings);
+  p.original_max_position = orig;
+  if (rs.type == "default") {
+    p.kind = ops::RopeKind::Default;
+  } else if (rs.type == "linear") {
+    p.kind = ops::RopeKind::Linear;
+  } else if (rs.type == "llama3") {
+    p.kind = ops::RopeKind::Llama3;
+    p.low_freq_factor = rs.low_freq_factor;
+    p.high_freq_factor = rs.high_freq_factor;
+  } else if (rs.type == "yarn") {
+    p.kind = ops::RopeKind::Yarn;
+    p.beta_fast = rs.beta_fast;
+    p.beta_slow = rs.beta_slow;
+    p.mscale = rs.mscale;
+    p.mscale_all_dim = rs.mscale_all_dim;
+    p.attention_factor = rs.attention_factor.value_or(0.0);
+  } else {
+    GRAFT_FAIL("use rope_scaling type default, linear, llama3 or yarn",
+               "rope_scaling type '{}' is not supported (config.json)", rs.type);
+  }
+  return p;
+}
+}  // namespace
+
+struct Loader {
+  const config::ModelConfig& cfg;
+  const TensorSource& src;
+  LoadOptions opts;
+  FamilySpec spec;
+  std::string prefix;  // "" or "language_model."
+  std::set<std::string> used;
+
+  std::string full(const std::string& n) const { return prefix + n; }
+
+  Tensor raw(const std::string& n) {
+    const std::string f = full(n);
+    GRAFT_CHECK_FIX(src.has(f), kFixWeights, "tensor '{}' is missing from {}", f, src.where());
+    used.insert(f);
+    return src.get(f);
+  }
+
+  // Converts a checkpoint tensor to f32 (FP8 with its block scale when present).
+  Tensor to_f32(const std::string& n, const Tensor& t) {
+    if (t.dtype() == DType::F32) return t.contiguous().clone();
+    if (t.dtype() == DType::F8E4M3 || t.dtype() == DType::F8E5M2) {
+      const std::string sname = n.substr(0, n.size() - std::string("weight").size()) + "weight_scale_inv";
+      Tensor f = t.to(DType::F32);
+      if (src.has(full(sname))) {
+        Tensor s = raw(sname).to(DType::F32);
+        int64_t bo = 128, bi = 128;
+        if (cfg.quantization.weight_block_size.size() == 2) {
+          bo = cfg.quantization.weight_block_size[0];
+          bi = cfg.quantization.weight_block_size[1];
+        }
+        GRAFT_CHECK_FIX(f.ndim() == 2 && s.ndim() == 2 && s.size(0) == (f.size(0) + bo - 1) / bo &&
+                            s.size(1) == (f.size(1) + bi - 1) / bi,
+                        kFixWeights, "FP8 tensor '{}' {} has a block scale {} that does not match {}x{} blocks", full(n),
+                        f.describe(), s.describe(), bo, bi);
+        float* p = f.data<float>();
+        const float* sp = s.data<float>();
+        for (int64_t r = 0; r < f.size(0); ++r)
+          for (int64_t c = 0; c < f.size(1); ++c) p[r * f.size(1) + c] *= sp[(r / bo) * s.size(1) + c / bi];
+      }
+      return f;
+    }
+    GRAFT_CHECK_FIX(dtype_is_float(t.dtype()), kFixWeights, "tensor '{}' has dtype {}, expected a float type", full(n),
+                    dtype_name(t.dtype()));
+    return t.to(DType::F32);
+  }
+
+  Tensor dense(const std::string& n, const Dims& shape) {
+    Tensor t = raw(n);
+    GRAFT_CHECK_FIX(t.shape() == shape, kFixWeights, "tensor '{}' has shape {}, expected {} from config.json", full(n),
+                    t.shape().str(), shape.str());
+    return to_f32(n, t);
+  }
+
+  // bitsandbytes pre-quantized weight: P.weight (u8 packed) + P.weight.absmax, quant_map, nested_*, quant_state.
+  bool is_bnb(const std::string& wname) const { return src.has(full(wname + ".quant_state.bitsandbytes__nf4")); }
+  std::shared_ptr<nf4::QuantizedWeight> bnb(const std::string& wname, int64_t out, int64_t in) {
+    Tensor st = raw(wname + ".quant_state.bitsandbytes__nf4");
+    std::string js(static_cast<const char*>(st.raw()), st.nbytes());
+    nlohmann::json q = nlohmann::json::parse(js, nullptr, false);
+    GRAFT_CHECK_FIX(q.is_object(), kFixWeights, "'{}' is not a bitsandbytes quant state (bad JSON)", full(wname));
+    auto w = std::make_shared<nf4::QuantizedWeight>();
+    w->shape = Dims{out, in};
+    w->blocksize = q.value("blocksize", 64);
+    GRAFT_CHECK_FIX(q.value("quant_type", std::string()) == "nf4", "re-quantize with bnb_4bit_quant_type=nf4",
+                    "'{}': only NF4 is supported, got quant_type '{}'", full(wname), q.value("quant_type", std::string()));
+    if (q.contains("shape")) {
+      auto sh = q["shape"].get<std::vector<int64_t>>();
+      GRAFT_CHECK_FIX(sh.size() == 2 && sh[0] == out && sh[1] == in, kFixWeights,
+                      "'{}' quant state shape does not match [{}, {}]", full(wname), out, in);
+    }
+    Tensor packed = raw(wname);
+    GRAFT_CHECK_FIX(packed.dtype() == DType::U8 && packed.numel() == (out * in + 1) / 2, kFixWeights,
+                    "'{}' is {}, expected {} packed NF4 bytes", full(wname), packed.describe(), (out * in + 1) / 2);
+    const uint8_t* pp = static_cast<const uint8_t*>(packed.raw());
+    w->packed.assign(pp, pp + packed.numel());
+    const int64_t nb = w->num_blocks();
+    Tensor am = raw(wname + ".absmax");
+    if (src.has(full(wname + ".quant_map"))) used.insert(full(wname + ".quant_map"));
+    if (src.has(full(wname + ".nested_absmax"))) {
+      w->double_quant = true;
+      GRAFT_CHECK_FIX(am.dtype() == DType::U8 && am.numel() == nb, kFixWeights, "'{}.absmax' is {}, expected u8[{}]",
+                      full(wname), am.describe(), nb);
+      const uint8_t* ap = static_cast<const uint8_t*>(am.raw());
+      w->absmax_q.assign(ap, ap + nb);
+      Tensor na = raw(wname + ".nested_absmax").to(DType::F32);
+      w->nested_blocksize = q.value("nested_blocksize", 256);
+      GRAFT_CHECK_FIX(na.numel() == (nb + w->nested_blocksize - 1) / w->nested_blocksize, kFixWeights,
+                      "'{}.nested_absmax' has {} values for {} blocks", full(wname), na.numel(), nb);
+      w->nested_absmax.assign(na.data<float>(), na.data<float>() + na.numel());
+      w->nested_offset = q.value("nested_offset", 0.0f);
+      if (src.has(full(wname + ".nested_quant_map"))) used.insert(full(wname + ".nested_quant_map"));
+    } else {
+      w->double_quant = false;
+      Tensor af = am.to(DType::F32);
+      GRAFT_CHECK_FIX(af.numel() == nb, kFixWeights, "'{}.absmax' has {} values for {} blocks", full(wname), af.numel(), nb);
+      w->absmax.assign(af.data<float>(), af.data<float>() + nb);
+    }
+    return w;
+  }
+
+  LinearWeight from_dense(Tensor w, Tensor bias) {
+    LinearWeight lw;
+    lw.out = w.size(0);
+    lw.in = w.size(1);
+    lw.bias = std::move(bias);
+    if (opts.load_in_4bit) lw.nf4 = std::make_shared<nf4::QuantizedWeight>(nf4::quantize(w, opts.double_quant));
+    else lw.dense = std::move(w);
+    return lw;
+  }
+
+  LinearWeight linear(const std::string& module, int64_t out, int64_t in, bool bias) {
+    const std::string wn = module + ".weight";
+    Tensor b;
+    if (bias) b = dense(module + ".bias", Dims{out});
+    if (is_bnb(wn)) {
+      LinearWeight lw;
+      lw.out = out;
+      lw.in = in;
+      lw.nf4 = bnb(wn, out, in);
+      lw.bias = b;
+      return lw;
+    }
+    return from_dense(dense(wn, Dims{out, in}), b);
+  }
+
+  MlpWeights mlp(const std::string& m, int64_t H, int64_t I, const std::string& g, const std::string& u,
+                 const std::string& d) {
+    return {linear(m + "." + g, I, H, cfg.mlp_bias), linear(m + "." + u, I, H, cfg.mlp_bias),
+            linear(m + "." + d, H, I, cfg.mlp_bias)};
+  }
+
+  void experts(const std::string& block, int64_t E, int64_t H, int64_t I, ExpertWeights& ex) {
+    const std::string base = block + "." + spec.experts;
+    ex.gate.resize(static_cast<size_t>(E));
+    ex.up.resize(static_cast<size_t>(E));
+    ex.down.resize(static_cast<size_t>(E));
+    if (src.has(full(base + ".gate_up_proj"))) {  // fused 3-D layout
+      const bool io = spec.fused_in_out;
+      Tensor gu = dense(base + ".gate_up_proj", io ? Dims{E, H, 2 * I} : Dims{E, 2 * I, H});
+      Tensor dn = dense(base + ".down_proj", io ? Dims{E, I, H} : Dims{E, H, I});
+      for (int64_t e = 0; e < E; ++e) {
+        Tensor g = gu.select(0, e), d = dn.select(0, e);
+        Tensor gate = io ? g.slice(1, 0, I).transpose(0, 1).contiguous() : g.slice(0, 0, I).contiguous();
+        Tensor up = io ? g.slice(1, I, 2 * I).transpose(0, 1).contiguous() : g.slice(0, I, 2 * I).contiguous();
+        Tensor down = io ? d.transpose(0, 1).contiguous() : d.contiguous();
+        ex.gate[static_cast<size_t>(e)] = from_dense(gate.clone(), {});
+        ex.up[static_cast<size_t>(e)] = from_dense(up.clone(), {});
+        ex.down[static_cast<size_t>(e)] = from_dense(down.clone(), {});
+      }
+      return;
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string p = fmt::format("{}.{}.", base, e);
+      ex.gate[static_cast<size_t>(e)] = linear(p + spec.e_gate, I, H, false);
+      ex.up[static_cast<size_t>(e)] = linear(p + spec.e_up, I, H, false);
+      ex.down[static_cast<size_t>(e)] = linear(p + spec.e_down, H, I, false);
+    }
+  }
+
+  void attention(const std::string& a, AttentionWeights& w) {
+    const int64_t H = cfg.hidden_size, nh = cfg.num_attention_heads, nkv = cfg.num_key_value_heads, D = cfg.head_dim;
+    if (spec.mla) {
+      const auto& m = cfg.mla;
+      if (m.q_lora_rank > 0) {
+        w.q_a = linear(a + ".q_a_proj", m.q_lora_rank, H, cfg.attention_bias);
+        w.q_a_norm = dense(a + ".q_a_layernorm.weight", Dims{m.q_lora_rank});
+        w.q_b = linear(a + ".q_b_proj", nh * m.qk_head_dim(), m.q_lora_rank, false);
+      } else {
+        w.q = linear(a + ".q_proj", nh * m.qk_head_dim(), H, false);
+      }
+      w.kv_a = linear(a + ".kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, H, cfg.attention_bias);
+      w.kv_a_norm = dense(a + ".kv_a_layernorm.weight", Dims{m.kv_lora_rank});
+      w.kv_b = linear(a + ".kv_b_proj", nh * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false);
+      w.o = linear(a + ".o_proj", H, nh * m.v_head_dim, cfg.attention_bias);
+      return;
+    }
+    const bool qkvb = cfg.attention_bias || cfg.qkv_bias;
+    w.q = linear(a + ".q_proj", nh * D, H, qkvb);
+    w.k = linear(a + ".k_proj", nkv * D, H, qkvb);
+    w.v = linear(a + ".v_proj", nkv * D, H, qkvb);
+    w.o = linear(a + ".o_proj", H, nh * D, cfg.attention_bias);
+    if (spec.qk_norm) {
+      w.q_norm = dense(a + ".q_norm.weight", Dims{D});
+      w.k_norm = dense(a + ".k_norm.weight", Dims{D});
+    }
+  }
+
+  static void finish(Model& m, const config::ModelConfig& cfg) {
+    const int rot = static_cast<int>(cfg.is_mla ? cfg.mla.qk_rope_head_dim : cfg.head_dim);
+    m.rope_.push_back(ops::rope_table(rope_params(cfg, rot)));
+  }
+
+  void load(Model& m) {
+    const int64_t H = cfg.hidden_size, V = cfg.vocab_size;
+    GRAFT_CHECK_FIX(H > 0 && V > 0 && cfg.num_hidden_layers > 0, "fix config.json",
+                    "config has hidden_size {}, vocab_size {}, num_hidden_layers {}", H, V, cfg.num_hidden_layers);
+    if (!src.has("model.embed_tokens.weight") && src.has("language_model.model.embed_tokens.weight"))
+      prefix = "language_model.";
+    m.embed_ = dense("model.embed_tokens.weight", Dims{V, H});
+    m.final_norm_ = dense("model.norm.weight", Dims{H});
+    if (src.has(full("lm_head.weight")) || !cfg.tie_word_embeddings) {
+      m.lm_head_ = linear("lm_head", V, H, false);
+    } else {
+      m.lm_head_.out = V;
+      m.lm_head_.in = H;
+      m.lm_head_.dense = m.embed_;  // tied: shares the embedding table, never quantized
+    }
+    m.layers_.resize(static_cast<size_t>(cfg.num_hidden_layers));
+    for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+      LayerWeights& L = m.layers_[static_cast<size_t>(i)];
+      const std::string p = fmt::format("model.layers.{}.", i);
+      L.kind = cfg.layer_kind(i);
+      L.input_norm = dense(p + "input_layernorm.weight", Dims{H});
+      L.post_norm = dense(p + "post_attention_layernorm.weight", Dims{H});
+      attention(p + spec.attn, L.attn);
+      if (L.kind.moe) {
+        const int64_t E = cfg.moe.num_experts, I = cfg.expert_intermediate_size();
+        const std::string b = p + spec.moe;
+        L.moe.router = dense(b + "." + spec.router + ".weight", Dims{E, H});
+        if (cfg.moe.e_score_correction_bias || src.has(full(b + "." + spec.router + ".e_score_correction_bias")))
+          L.moe.correction_bias = dense(b + "." + spec.router + ".e_score_correction_bias", Dims{E});
+        experts(b, E, H, I, L.moe.experts);
+        if (!spec.shared.empty()) {
+          int64_t SI = cfg.moe.shared_expert_intermediate_size;
+          if (SI == 0 && cfg.moe.n_shared_experts > 0) SI = cfg.moe.n_shared_experts * cfg.moe.moe_intermediate_size;
+          if (SI == 0 && cfg.family == config::Family::Llama4) SI = cfg.intermediate_size;
+          if (SI > 0) L.moe.shared = mlp(b + "." + spec.shared, H, SI, "gate_proj", "up_proj", "down_proj");
+        }
+        if (!spec.shared_gate.empty() && L.moe.shared.defined())
+          L.moe.shared_gate = dense(b + "." + spec.shared_gate + ".weight", Dims{1, H});
+      } else {
+        L.mlp = mlp(p + spec.mlp, H, cfg.dense_intermediate_size(), "gate_proj", "up_proj", "down_proj");
+      }
+    }
+    std::vector<std::string> extra;
+    for (const auto& n : src.names())
+      if (!used.count(n) && !ignorable(n, cfg, prefix)) extra.push_back(n);
+    if (!extra.empty()) {
+      std::string list;
+      for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", " : "") + extra[i];
+      GRAFT_FAIL(kFixWeights, "{} has {} tensor(s) the {} config does not describe: {}{}", src.where(), extra.size(),
+                 cfg.model_type, list, extra.size() > 5 ? ", ..." : "");
+    }
+  }
+};
+
+Model Model::load(const std::string& dir, const LoadOptions& opts) {
+  Model m;
+  m.cfg_ = config::load_model_config(dir);
+  LoadOptions o = opts;
+  SafetensorsSource src(io::SafetensorsModel::open(dir));
+  Loader ld{m.cfg_, src, o, family_spec(m.cfg_), "", {}};
+  ld.load(m);
+  Loader::finish(m, m.cfg_);
+  return m;
+}
+
+Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                          const LoadOptions& opts) {
+  Model m;
+  m.cfg_ = cfg;
+  MemorySource src(tensors);
+  Loader ld{m.cfg_, src, opts, family_spec(m.cfg_), "", {}};
+  ld.load(m);
+  Loader::finish(m, m.cfg_);
+  return m;
+}
+
+
+size_t Model::weight_bytes() const {
+  size_t b = embed_.nbytes() + final_norm_.nbytes();
+  if (lm_head_.dense.raw() != embed_.raw()) b += lm_head_.bytes();
+  for (const auto& L : layers_) {
+    b += L.input_norm.nbytes() + L.post_norm.nbytes();
+    for (const LinearWeight* w : {&L.attn.q, &L.attn.k, &L.attn.v, &L.attn.o, &L.attn.q_a, &L.attn.q_b, &L.attn.kv_a,
+                                  &L.attn.kv_b, &L.mlp.gate, &L.mlp.up, &L.mlp.down, &L.moe.shared.gate,
+                                  &L.moe.shared.up, &L.moe.shared.down})
+      b += w->bytes();
+    for (const auto* v : {&L.moe.experts.gate, &L.moe.experts.up, &L.moe.experts.down})
+      for (const auto& w : *v) b += w.bytes();
+    b += L.moe.router.defined() ? L.moe.router.nbytes() : 0;
+  }
+  return b;
+}
+
+}  // namespace graft::model
