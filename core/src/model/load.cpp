@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <random>
 #include <set>
 
 #include "family_spec.hpp"
@@ -28,6 +29,8 @@ class TensorSource {
   virtual Tensor get(const std::string& n) const = 0;
   virtual std::vector<std::string> names() const = 0;
   virtual std::string where() const = 0;
+  // A tensor the loader expects with `shape` (sources that synthesise weights use the shape).
+  virtual Tensor get_expected(const std::string& n, const Dims&) const { return get(n); }
 };
 class SafetensorsSource final : public TensorSource {
  public:
@@ -54,6 +57,50 @@ class MemorySource final : public TensorSource {
   std::string where() const override { return "in-memory tensors"; }
  private:
   std::map<std::string, Tensor> m_;
+};
+
+// Synthesises the canonical checkpoint of a config: every tensor the loader asks for, per-expert
+// expert layout (fused for Llama 4, whose checkpoints only have it), deterministic values from
+// (seed, name): N(0, 0.02) weights and biases, ones for norms, zeros for router correction biases.
+class RandomSource final : public TensorSource {
+ public:
+  RandomSource(const config::ModelConfig& cfg, uint64_t seed) : cfg_(cfg), seed_(seed) {}
+  bool has(const std::string& n) const override {
+    if (n.find(".quant_state.") != std::string::npos || n.find("weight_scale_inv") != std::string::npos) return false;
+    if (n.rfind("language_model.", 0) == 0) return false;
+    if (n == "lm_head.weight") return !cfg_.tie_word_embeddings;
+    if (n.find(".gate_up_proj") != std::string::npos) return cfg_.family == config::Family::Llama4;
+    if (n.find("e_score_correction_bias") != std::string::npos) return cfg_.moe.e_score_correction_bias;
+    return true;
+  }
+  Tensor get(const std::string& n) const override {
+    GRAFT_FAIL("", "random source: no shape known for '{}'", n);
+  }
+  Tensor get_expected(const std::string& n, const Dims& shape) const override {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    float* p = t.data<float>();
+    const bool norm = n.size() > 11 && (n.find("norm.weight") != std::string::npos);
+    const bool zero = n.find("e_score_correction_bias") != std::string::npos;
+    uint64_t h = seed_ ^ 0x9E3779B97F4A7C15ull;
+    for (char c : n) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001B3ull;
+    std::mt19937_64 rng(h);
+    std::normal_distribution<float> g(0.0f, 0.02f);
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = norm ? 1.0f : zero ? 0.0f : g(rng);
+    made_.emplace_back(n, t);
+    return t;
+  }
+  std::vector<std::string> names() const override {
+    std::vector<std::string> v;
+    for (auto& [n, t] : made_) v.push_back(n);
+    return v;
+  }
+  std::string where() const override { return "random init"; }
+  std::vector<std::pair<std::string, Tensor>> take() { return std::move(made_); }
+
+ private:
+  const config::ModelConfig& cfg_;
+  uint64_t seed_;
+  mutable std::vector<std::pair<std::string, Tensor>> made_;
 };
 
 bool ignorable(const std::string& n, const config::ModelConfig& cfg, const std::string& prefix) {
@@ -149,7 +196,10 @@ struct Loader {
   }
 
   Tensor dense(const std::string& n, const Dims& shape) {
-    Tensor t = raw(n);
+    const std::string f = full(n);
+    GRAFT_CHECK_FIX(src.has(f), kFixWeights, "tensor '{}' is missing from {}", f, src.where());
+    used.insert(f);
+    Tensor t = src.get_expected(f, shape);
     GRAFT_CHECK_FIX(t.shape() == shape, kFixWeights, "tensor '{}' has shape {}, expected {} from config.json", full(n),
                     t.shape().str(), shape.str());
     return to_f32(n, t);
@@ -370,6 +420,15 @@ Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std:
   return m;
 }
 
+
+std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed) {
+  RandomSource src(cfg, seed);
+  Model m;
+  m.cfg_ = cfg;
+  Loader ld{m.cfg_, src, {}, family_spec(m.cfg_), "", {}};
+  ld.load(m);
+  return src.take();
+}
 
 size_t Model::weight_bytes() const {
   size_t b = embed_.nbytes() + final_norm_.nbytes();

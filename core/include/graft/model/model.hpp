@@ -103,6 +103,7 @@ class Model {
 
  private:
   friend struct Forward;
+  friend std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig&, uint64_t);
   config::ModelConfig cfg_;
   Tensor embed_, final_norm_;
   LinearWeight lm_head_;
@@ -110,5 +111,9 @@ class Model {
   std::vector<ops::RopeTable> rope_;  // per layer kind: [0] = main
   friend struct Loader;
 };
+
+// Every tensor of a canonical Hugging Face checkpoint for `cfg`, with deterministic random values
+// derived from (seed, tensor name): N(0, 0.02) weights, ones for norms.
+std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed);
 
 }  // namespace graft::model
