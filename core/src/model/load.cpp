@@ -156,6 +156,9 @@ struct Loader {
   FamilySpec spec;
   std::string prefix;  // "" or "language_model."
   std::set<std::string> used;
+  // Every projection loaded, by its per-module weight name (fused experts get per-expert names).
+  std::vector<std::pair<std::string, LinearWeight>> linears;
+  std::set<std::string> fused_sources;  // fused 3-D expert tensors replaced by per-expert weights
 
   std::string full(const std::string& n) const { return prefix + n; }
 
@@ -266,15 +269,22 @@ struct Loader {
     const std::string wn = module + ".weight";
     Tensor b;
     if (bias) b = dense(module + ".bias", Dims{out});
+    LinearWeight lw;
     if (is_bnb(wn)) {
-      LinearWeight lw;
       lw.out = out;
       lw.in = in;
       lw.nf4 = bnb(wn, out, in);
       lw.bias = b;
-      return lw;
+    } else {
+      lw = from_dense(dense(wn, Dims{out, in}), b);
     }
-    return from_dense(dense(wn, Dims{out, in}), b);
+    linears.emplace_back(full(wn), lw);
+    return lw;
+  }
+  // A matrix kept dense (routers, gates): bitsandbytes checkpoints may hold it quantized.
+  Tensor dense_matrix(const std::string& wn, int64_t out, int64_t in) {
+    if (is_bnb(wn)) return nf4::dequantize(*bnb(wn, out, in));
+    return dense(wn, Dims{out, in});
   }
 
   MlpWeights mlp(const std::string& m, int64_t H, int64_t I, const std::string& g, const std::string& u,
@@ -292,6 +302,8 @@ struct Loader {
       const bool io = spec.fused_in_out;
       Tensor gu = dense(base + ".gate_up_proj", io ? Dims{E, H, 2 * I} : Dims{E, 2 * I, H});
       Tensor dn = dense(base + ".down_proj", io ? Dims{E, I, H} : Dims{E, H, I});
+      fused_sources.insert(full(base + ".gate_up_proj"));
+      fused_sources.insert(full(base + ".down_proj"));
       for (int64_t e = 0; e < E; ++e) {
         Tensor g = gu.select(0, e), d = dn.select(0, e);
         Tensor gate = io ? g.slice(1, 0, I).transpose(0, 1).contiguous() : g.slice(0, 0, I).contiguous();
@@ -300,6 +312,10 @@ struct Loader {
         ex.gate[static_cast<size_t>(e)] = from_dense(gate.clone(), {});
         ex.up[static_cast<size_t>(e)] = from_dense(up.clone(), {});
         ex.down[static_cast<size_t>(e)] = from_dense(down.clone(), {});
+        const std::string p = full(fmt::format("{}.{}.", base, e));
+        linears.emplace_back(p + spec.e_gate + ".weight", ex.gate[static_cast<size_t>(e)]);
+        linears.emplace_back(p + spec.e_up + ".weight", ex.up[static_cast<size_t>(e)]);
+        linears.emplace_back(p + spec.e_down + ".weight", ex.down[static_cast<size_t>(e)]);
       }
       return;
     }
@@ -353,7 +369,11 @@ struct Loader {
     m.embed_ = dense("model.embed_tokens.weight", Dims{V, H});
     m.final_norm_ = dense("model.norm.weight", Dims{H});
     if (src.has(full("lm_head.weight")) || !cfg.tie_word_embeddings) {
-      m.lm_head_ = linear("lm_head", V, H, false);
+      // Like bitsandbytes (modules_to_not_convert = the output embedding), lm_head stays unquantized.
+      m.lm_head_.out = V;
+      m.lm_head_.in = H;
+      if (is_bnb("lm_head.weight")) m.lm_head_.nf4 = bnb("lm_head.weight", V, H);
+      else m.lm_head_.dense = dense("lm_head.weight", Dims{V, H});
     } else {
       m.lm_head_.out = V;
       m.lm_head_.in = H;
@@ -370,7 +390,7 @@ struct Loader {
       if (L.kind.moe) {
         const int64_t E = cfg.moe.num_experts, I = cfg.expert_intermediate_size();
         const std::string b = p + spec.moe;
-        L.moe.router = dense(b + "." + spec.router + ".weight", Dims{E, H});
+        L.moe.router = dense_matrix(b + "." + spec.router + ".weight", E, H);
         if (cfg.moe.e_score_correction_bias || src.has(full(b + "." + spec.router + ".e_score_correction_bias")))
           L.moe.correction_bias = dense(b + "." + spec.router + ".e_score_correction_bias", Dims{E});
         experts(b, E, H, I, L.moe.experts);
@@ -381,7 +401,7 @@ struct Loader {
           if (SI > 0) L.moe.shared = mlp(b + "." + spec.shared, H, SI, "gate_proj", "up_proj", "down_proj");
         }
         if (!spec.shared_gate.empty() && L.moe.shared.defined())
-          L.moe.shared_gate = dense(b + "." + spec.shared_gate + ".weight", Dims{1, H});
+          L.moe.shared_gate = dense_matrix(b + "." + spec.shared_gate + ".weight", 1, H);
       } else {
         L.mlp = mlp(p + spec.mlp, H, cfg.dense_intermediate_size(), "gate_proj", "up_proj", "down_proj");
       }
@@ -428,6 +448,28 @@ std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::Mode
   Loader ld{m.cfg_, src, {}, family_spec(m.cfg_), "", {}};
   ld.load(m);
   return src.take();
+}
+
+QuantizedCheckpoint quantize_checkpoint(const std::string& dir, bool double_quant) {
+  QuantizedCheckpoint qc;
+  qc.config = config::load_model_config(dir);
+  io::SafetensorsModel st = io::SafetensorsModel::open(dir);
+  SafetensorsSource src(st);
+  Model m;
+  m.cfg_ = qc.config;
+  LoadOptions o;
+  o.load_in_4bit = true;
+  o.double_quant = double_quant;
+  Loader ld{m.cfg_, src, o, family_spec(m.cfg_), "", {}};
+  ld.load(m);
+  std::set<std::string> replaced = ld.fused_sources;
+  for (auto& [name, lw] : ld.linears) {
+    replaced.insert(name);
+    qc.quantized.emplace_back(name, lw.nf4);
+  }
+  for (const auto& n : st.names())
+    if (!replaced.count(n)) qc.kept.emplace_back(n, st.tensor(n));
+  return qc;
 }
 
 size_t Model::weight_bytes() const {

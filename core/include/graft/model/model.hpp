@@ -104,6 +104,7 @@ class Model {
  private:
   friend struct Forward;
   friend std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig&, uint64_t);
+  friend struct QuantizedCheckpoint quantize_checkpoint(const std::string&, bool);
   config::ModelConfig cfg_;
   Tensor embed_, final_norm_;
   LinearWeight lm_head_;
@@ -115,5 +116,18 @@ class Model {
 // Every tensor of a canonical Hugging Face checkpoint for `cfg`, with deterministic random values
 // derived from (seed, tensor name): N(0, 0.02) weights, ones for norms.
 std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed);
+
+// A checkpoint with every projection weight quantized to NF4 (bitsandbytes algorithm): `quantized`
+// holds the projections by weight name (per-expert names even when the source was fused), `kept`
+// every other tensor as stored (embeddings, norms, routers, lm_head, biases).
+struct QuantizedCheckpoint {
+  config::ModelConfig config;
+  std::vector<std::pair<std::string, std::shared_ptr<const nf4::QuantizedWeight>>> quantized;
+  std::vector<std::pair<std::string, Tensor>> kept;
+};
+QuantizedCheckpoint quantize_checkpoint(const std::string& dir, bool double_quant = true);
+// Writes `qc` to out_dir in bitsandbytes' serialized layout (model.safetensors with quant states,
+// config.json with quantization_config, tokenizer/generation files copied from src_dir).
+void write_bnb_checkpoint(const QuantizedCheckpoint& qc, const std::string& src_dir, const std::string& out_dir);
 
 }  // namespace graft::model
