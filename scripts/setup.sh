@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libeigen3-dev libhdf5-dev libprotobuf-dev protobuf-compiler libyaml-cpp-dev
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libpcre2-dev libicu-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev
-  python3-torch python3-jinja2 python3-numpy
+  libopenblas-dev python3-torch python3-jinja2 python3-numpy
   nodejs npm clang
 )
 

@@ -1,0 +1,66 @@
+// CPU GEMM ceiling: Eigen (what graft's CPU backend uses) vs OpenBLAS sgemm on the shapes of the
+// model hot paths, side by side. Run with OPENBLAS_CORETYPE unset (the environment's Haswell
+// override slows OpenBLAS) and OMP/OPENBLAS threads equal to the cores you want to measure:
+//   env -u OPENBLAS_CORETYPE ./build/bench/bench_gemm
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+
+#include <random>
+#include <vector>
+
+#ifdef GRAFT_HAVE_OPENBLAS
+extern "C" void cblas_sgemm(int order, int transA, int transB, int M, int N, int K, float alpha, const float* A,
+                            int lda, const float* B, int ldb, float beta, float* C, int ldc);
+#endif
+
+namespace {
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Shapes {
+  std::vector<float> x, w, y;
+  int T, K, N;
+  Shapes(int t, int k, int n) : x(size_t(t) * k), w(size_t(n) * k), y(size_t(t) * n), T(t), K(k), N(n) {
+    std::mt19937 r(1);
+    std::normal_distribution<float> g;
+    for (auto& v : x) v = g(r);
+    for (auto& v : w) v = g(r);
+  }
+};
+
+void BM_EigenLinear(benchmark::State& st) {
+  Shapes s(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)), static_cast<int>(st.range(2)));
+  Eigen::Map<const RowMat> X(s.x.data(), s.T, s.K), W(s.w.data(), s.N, s.K);
+  Eigen::Map<RowMat> Y(s.y.data(), s.T, s.N);
+  for (auto _ : st) {
+    Y.noalias() = X * W.transpose();
+    benchmark::DoNotOptimize(s.y.data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * s.T * s.K * s.N, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+
+#ifdef GRAFT_HAVE_OPENBLAS
+void BM_OpenBlasLinear(benchmark::State& st) {
+  Shapes s(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)), static_cast<int>(st.range(2)));
+  for (auto _ : st) {
+    // row-major (101), X no-trans (111), W transposed (112)
+    cblas_sgemm(101, 111, 112, s.T, s.N, s.K, 1.0f, s.x.data(), s.K, s.w.data(), s.K, 0.0f, s.y.data(), s.N);
+    benchmark::DoNotOptimize(s.y.data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * s.T * s.K * s.N, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+#endif
+
+// {T, K, N}: decode (T=1), prefill (T=128), the small MoE preset (512 / 1536) and stories260K (64 / 172).
+#define SHAPES                                                                                              \
+  ->Args({1, 512, 1536})->Args({128, 512, 1536})->Args({512, 512, 512})->Args({1, 64, 512})->Args({128, 64, 172}) \
+      ->Args({1, 512, 151669 / 8})->UseRealTime()
+BENCHMARK(BM_EigenLinear) SHAPES;
+#ifdef GRAFT_HAVE_OPENBLAS
+BENCHMARK(BM_OpenBlasLinear) SHAPES;
+#endif
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,88 @@
+// CPU prefill and decode throughput of the model forward (fp32, and NF4 weights), for stories260K
+// (../shared/assets, skipped when absent) and the ~100M-parameter "small" Qwen3-MoE preset built in
+// memory (8 experts, top-2, 8 layers, hidden 512, vocab 151,669 like Qwen3's tokenizer).
+//   ./build/bench/bench_model --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "graft/config/model_config.hpp"
+#include "graft/cpu/cpu_backend.hpp"
+#include "graft/model/model.hpp"
+#include "graft/model/presets.hpp"
+
+using namespace graft;
+
+namespace {
+const model::Model* get_model(int which, bool nf4) {
+  static std::unique_ptr<model::Model> cache[2][2];
+  auto& slot = cache[which][nf4 ? 1 : 0];
+  if (slot) return slot.get();
+  model::LoadOptions o;
+  o.load_in_4bit = nf4;
+  if (which == 0) {
+    const auto dir = std::filesystem::path(GRAFT_SOURCE_DIR) / ".." / "shared/assets/models/stories260K_hf_llama";
+    if (!std::filesystem::exists(dir)) return nullptr;
+    slot = std::make_unique<model::Model>(model::Model::load(dir.string(), o));
+  } else {
+    auto cfg = config::parse_model_config_text(model::preset_config("qwen3_moe", "small", 151669, 151643, 151645).dump());
+    slot = std::make_unique<model::Model>(model::Model::from_tensors(cfg, model::random_checkpoint(cfg, 1), o));
+  }
+  return slot.get();
+}
+
+std::vector<int32_t> tokens(int n, int64_t vocab) {
+  std::vector<int32_t> v;
+  for (int i = 0; i < n; ++i) v.push_back(static_cast<int32_t>((i * 7919 + 13) % vocab));
+  return v;
+}
+
+void BM_Prefill(benchmark::State& st) {
+  const auto* m = get_model(static_cast<int>(st.range(0)), st.range(1) != 0);
+  if (!m) {
+    st.SkipWithError("stories260K not found (../shared/assets absent)");
+    return;
+  }
+  auto be = cpu::make_backend();
+  const int T = static_cast<int>(st.range(2));
+  auto ids = tokens(T, m->vocab_size());
+  for (auto _ : st) {
+    model::Batch b;
+    b.ids = ids;
+    benchmark::DoNotOptimize(m->forward(*be, b));
+  }
+  st.counters["tok/s"] = benchmark::Counter(T, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Decode(benchmark::State& st) {
+  const auto* m = get_model(static_cast<int>(st.range(0)), st.range(1) != 0);
+  if (!m) {
+    st.SkipWithError("stories260K not found (../shared/assets absent)");
+    return;
+  }
+  auto be = cpu::make_backend();
+  const int ctx = static_cast<int>(st.range(2)), steps = 32;
+  auto ids = tokens(ctx, m->vocab_size());
+  for (auto _ : st) {
+    st.PauseTiming();
+    auto cache = m->new_cache(ctx + steps);
+    model::Batch b;
+    b.ids = ids;
+    m->forward(*be, b, &cache);
+    st.ResumeTiming();
+    std::vector<int32_t> one = {1};
+    for (int i = 0; i < steps; ++i) {
+      model::Batch s;
+      s.ids = one;
+      benchmark::DoNotOptimize(m->forward(*be, s, &cache));
+    }
+  }
+  st.counters["tok/s"] = benchmark::Counter(steps, benchmark::Counter::kIsIterationInvariantRate);
+}
+}  // namespace
+
+// args: {model (0 stories260K, 1 small qwen3_moe), nf4, tokens / context}
+BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_MAIN();
