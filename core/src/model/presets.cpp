@@ -70,7 +70,9 @@ ojson preset_config(const std::string& arch, const std::string& preset, int64_t 
     c["moe_intermediate_size"] = s.moe_inter;
     c["norm_topk_prob"] = true;
     c["decoder_sparse_step"] = 1;
-    c["mlp_only_layers"] = ojson::array({0});  // one dense layer, the rest MoE
+    // tiny: one dense layer to exercise mixed stacks; small (benchmarks): every layer MoE, as llama.cpp's
+    // qwen3moe graph expects.
+    c["mlp_only_layers"] = preset == "tiny" ? ojson::array({0}) : ojson::array();
     if (arch == "qwen2_moe") c["shared_expert_intermediate_size"] = s.moe_inter * 2;
   } else if (arch == "mixtral") {
     c["num_local_experts"] = s.experts;
