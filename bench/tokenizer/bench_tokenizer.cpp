@@ -81,6 +81,7 @@ void run(benchmark::State& state, const std::string& name, int mode) {
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
   state.counters["tokens"] = static_cast<double>(ntok);
+  state.counters["MB"] = static_cast<double>(bytes) / 1e6;  // per pass
   state.counters["MB_per_s"] = benchmark::Counter(static_cast<double>(bytes) / 1e6, benchmark::Counter::kIsIterationInvariantRate);
 }
 
