@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 
@@ -34,7 +35,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
   const float* vp = v.data<float>();
   float* op = out.data<float>();
   float* lp = lse ? lse->data<float>() : nullptr;
-#pragma omp parallel
+#pragma omp parallel if (graft::parallel_worth(T * Hq * S * (D + Dv)))
   {
     std::vector<float> sc(static_cast<size_t>(S));
 #pragma omp for collapse(2) schedule(dynamic)

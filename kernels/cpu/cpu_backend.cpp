@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -62,7 +63,7 @@ class CpuBackend final : public Backend {
     const float* a = x.data<float>();
     float* b = y.data<float>();
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(n))
     for (int64_t i = 0; i < n; ++i) b[i] += a[i];
   }
   void scale_rows(Tensor& y, const Tensor& s) override {
@@ -137,7 +138,7 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
   const MoePermutation plan = moe_permute_plan(ids, E);
   const float* w = weights.data<float>();
   RowMat results(T * k, H);  // per (token, slot j) expert output, then reduced in slot order
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * k * H * 3 * ex.gate.front().out))
   for (int e = 0; e < E; ++e) {
     const int32_t n = plan.counts[static_cast<size_t>(e)];
     if (n == 0) continue;
@@ -177,7 +178,7 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
     for (int32_t i = 0; i < n; ++i) std::memcpy(results.row(flat[static_cast<size_t>(i)]).data(), yp + i * H, sizeof(float) * static_cast<size_t>(H));
   }
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * k * H))
   for (int64_t t = 0; t < T; ++t) {
     float* o = op + t * H;
     std::fill(o, o + H, 0.0f);

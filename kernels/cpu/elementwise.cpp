@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 
@@ -16,7 +17,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
   const float* xp = x.data<float>();
   const float* wp = w.data<float>();
   float* yp = y.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * H * 4))
   for (int64_t t = 0; t < T; ++t) {
     const float* r = xp + t * H;
     double ss = 0.0;
@@ -37,7 +38,7 @@ void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* u = up.data<float>();
   float* o = out.data<float>();
   const int64_t n = gate.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(n * 16))
   for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
@@ -53,7 +54,7 @@ void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
                     ids[static_cast<size_t>(t)], t, V);
   const float* tp = table.data<float>();
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * H))
   for (int64_t t = 0; t < T; ++t)
     std::copy_n(tp + static_cast<int64_t>(ids[static_cast<size_t>(t)]) * H, H, op + t * H);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -52,7 +53,7 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
   const int64_t panels = (N + kPanel - 1) / kPanel;
-#pragma omp parallel
+#pragma omp parallel if (graft::parallel_worth(N * K * (T + 2)))
   {
     std::vector<float> buf(static_cast<size_t>(kPanel * K));
 #pragma omp for schedule(dynamic)

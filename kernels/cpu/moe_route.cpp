@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -46,7 +47,7 @@ void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor&
   const float* lp = logits.data<float>();
   int32_t* ip = ids.data<int32_t>();
   float* wp = weights.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * E * 16))
   for (int64_t t = 0; t < T; ++t) {
     const float* l = lp + t * E;
     std::vector<float> scores(static_cast<size_t>(E)), choice;

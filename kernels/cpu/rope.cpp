@@ -6,6 +6,7 @@
 #include <numbers>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -19,7 +20,7 @@ void rope_apply(Tensor& x, std::span<const int32_t> positions, const RopeTable& 
               "rope: rotary dim {} does not fit head_dim {} / table of {} frequencies", rot_dim, D, table.inv_freq.size());
   const int half = rot_dim / 2;
   float* xp = x.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * Hn * rot_dim * 4))
   for (int64_t t = 0; t < T; ++t) {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int i = 0; i < half; ++i) {

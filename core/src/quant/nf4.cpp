@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "graft/error.hpp"
+#include "graft/parallel.hpp"
 
 namespace graft::nf4 {
 
@@ -81,7 +82,7 @@ QuantizedWeight quantize(std::span<const float> x, const Dims& shape, bool doubl
   const int64_t nb = q.num_blocks();
   q.packed.assign(static_cast<size_t>((n + 1) / 2), 0);
   std::vector<float> absmax(static_cast<size_t>(nb));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(n * 8))
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t lo = b * blocksize, hi = std::min(n, lo + blocksize);
     float m = -INFINITY;  // bitsandbytes starts from -FLT_MAX and pads with zeros
@@ -157,7 +158,7 @@ void dequantize(const QuantizedWeight& q, std::span<float> out) {
               q.shape.str(), q.packed.size(), (n + 1) / 2);
   const std::vector<float> am = block_absmax(q);
   const auto& c = code();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(n * 4))
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t byte = q.packed[static_cast<size_t>(i / 2)];
     const uint8_t nib = (i & 1) ? (byte & 0x0f) : (byte >> 4);
