@@ -52,6 +52,12 @@ class CpuBackend final : public Backend {
                  std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out) override {
     cpu::attention(q, k, v, q_pos, k_pos, mask, scale, out);
   }
+  void mla_attention(const Tensor& q_nope, const Tensor& q_pe, const Tensor& c, const Tensor& k_pe,
+                     const LinearWeight& kv_b, int64_t dv, std::span<const int32_t> q_pos,
+                     std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out) override {
+    const Tensor w = kv_b.quantized() ? nf4::dequantize(*kv_b.nf4) : kv_b.dense;
+    mla_attention_absorbed(q_nope, q_pe, c, k_pe, w, dv, q_pos, k_pos, mask, scale, out);
+  }
   void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor& weights) override {
     cpu::moe_route(logits, p, ids, weights);
   }

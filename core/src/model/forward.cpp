@@ -39,9 +39,11 @@ KvCache Model::new_cache(int64_t capacity) const {
   KvCache c;
   c.capacity = capacity;
   const int64_t L = cfg_.num_hidden_layers;
-  const int64_t heads = cfg_.is_mla ? cfg_.num_attention_heads : cfg_.num_key_value_heads;
-  const int64_t kd = cfg_.is_mla ? cfg_.mla.qk_head_dim() : cfg_.head_dim;
-  const int64_t vd = cfg_.is_mla ? cfg_.mla.v_head_dim : cfg_.head_dim;
+  // MLA caches the compressed latent (k: [cap, 1, kv_lora_rank]) and the shared RoPE key
+  // (v: [cap, 1, qk_rope_head_dim]) instead of per-head keys and values.
+  const int64_t heads = cfg_.is_mla ? 1 : cfg_.num_key_value_heads;
+  const int64_t kd = cfg_.is_mla ? cfg_.mla.kv_lora_rank : cfg_.head_dim;
+  const int64_t vd = cfg_.is_mla ? cfg_.mla.qk_rope_head_dim : cfg_.head_dim;
   for (int64_t l = 0; l < L; ++l) {
     c.k.push_back(Tensor::zeros({capacity, heads, kd}, DType::F32));
     c.v.push_back(Tensor::zeros({capacity, heads, vd}, DType::F32));
@@ -161,6 +163,9 @@ struct Forward {
     return proj(out.reshape({T, nh * D}), L.attn.o, l, Module::O);
   }
 
+  // DeepSeek MLA. The cache holds the latent c and k_pe; attention runs in the absorbed form
+  // unless an adapter targets kv_b, in which case keys/values are expanded from the latent through
+  // the LoRA-aware projection (naive form).
   Tensor mla(int l, const LayerWeights& L, const Tensor& x) {
     const auto& cfg = m.cfg_;
     const auto& ml = cfg.mla;
@@ -180,33 +185,44 @@ struct Forward {
     Tensor c = ckv.slice(1, 0, kvr).contiguous();
     be.rmsnorm(c, L.attn.kv_a_norm, eps, c);
     Tensor kpe = ckv.slice(1, kvr, kvr + dr).contiguous().reshape({T, 1, dr});
-    Tensor kv = proj(c, L.attn.kv_b, l, Module::KVB).reshape({T, nh, dn + dv});
-    // q_pe / k_pe RoPE on the last dr dims of each head.
-    Tensor qpe = q.slice(2, dn, dq).contiguous();
+    Tensor qn = q.slice(2, 0, dn).contiguous(), qpe = q.slice(2, dn, dq).contiguous();
     be.rope(qpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
     be.rope(kpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
-    Tensor qf = be.empty({T, nh, dq}, DType::F32), kf = be.empty({T, nh, dq}, DType::F32), vf = be.empty({T, nh, dv}, DType::F32);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t h = 0; h < nh; ++h) {
-        const float* qs = q.data<float>() + (t * nh + h) * dq;
-        const float* qr = qpe.data<float>() + (t * nh + h) * dr;
-        const float* kvs = kv.data<float>() + (t * nh + h) * (dn + dv);
-        const float* kr = kpe.data<float>() + t * dr;
-        float* qd = qf.data<float>() + (t * nh + h) * dq;
-        float* kd = kf.data<float>() + (t * nh + h) * dq;
-        float* vd = vf.data<float>() + (t * nh + h) * dv;
-        std::copy_n(qs, dn, qd);
-        std::copy_n(qr, dr, qd + dn);
-        std::copy_n(kvs, dn, kd);
-        std::copy_n(kr, dr, kd + dn);
-        std::copy_n(kvs + dn, dv, vd);
-      }
     std::span<const int32_t> kpos;
-    auto [kk, vv] = kv_for(l, kf, vf, kpos);
+    auto [cc, kk] = kv_for(l, c.reshape({T, 1, kvr}), kpe, kpos);
+    const int64_t S = cc.size(0);
+    Tensor call = (cc.is_contiguous() ? cc : cc.contiguous()).reshape({S, kvr});
+    Tensor kall = (kk.is_contiguous() ? kk : kk.contiguous()).reshape({S, dr});
     Tensor out = be.empty({T, nh, dv}, DType::F32);
     const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(dq));
-    be.attention(qf, kk.is_contiguous() ? kk : kk.contiguous(), vv.is_contiguous() ? vv : vv.contiguous(), pos, kpos,
-                 mask_for(L.kind, kseg_), scale, out);
+    LoraView kvb_lora = lora(l, Module::KVB);
+    if (kvb_lora.slots.empty()) {
+      be.mla_attention(qn, qpe, call, kall, L.attn.kv_b, dv, pos, kpos, mask_for(L.kind, kseg_), scale, out);
+      return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
+    }
+    // Naive form: expand every cached row with the (adapter-aware) kv_b projection. A cache holds one
+    // sequence, so cached rows use the adapter slot of this batch's first row.
+    std::vector<int32_t> krows(static_cast<size_t>(S), row_slot.empty() ? 0 : row_slot[0]);
+    if (S == T) krows = row_slot;
+    kvb_lora.rows = krows;
+    Tensor kv = t2(S, nh * (dn + dv));
+    be.linear(call, L.attn.kv_b, kvb_lora.batch(), kv);
+    Tensor qf = be.empty({T, nh, dq}, DType::F32), kf = be.empty({S, nh, dq}, DType::F32), vf = be.empty({S, nh, dv}, DType::F32);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        float* qd = qf.data<float>() + (t * nh + h) * dq;
+        std::copy_n(qn.data<float>() + (t * nh + h) * dn, dn, qd);
+        std::copy_n(qpe.data<float>() + (t * nh + h) * dr, dr, qd + dn);
+      }
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* kvs = kv.data<float>() + (j * nh + h) * (dn + dv);
+        float* kd = kf.data<float>() + (j * nh + h) * dq;
+        std::copy_n(kvs, dn, kd);
+        std::copy_n(kall.data<float>() + j * dr, dr, kd + dn);
+        std::copy_n(kvs + dn, dv, vf.data<float>() + (j * nh + h) * dv);
+      }
+    be.attention(qf, kf, vf, pos, kpos, mask_for(L.kind, kseg_), scale, out);
     return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
   }
 
@@ -304,7 +320,7 @@ struct Forward {
 
 Tensor Model::forward(Backend& be, const Batch& batch, KvCache* cache) const {
   Forward f{*this, be, batch, cache, family_spec(cfg_), 0, {}, {}, {}, {}};
-  if (cache && !cfg_.is_mla) {
+  if (cache) {
     GRAFT_CHECK(cache->k.size() == layers_.size(), "KV cache has {} layers, model has {}", cache->k.size(), layers_.size());
   }
   return f.run();

@@ -75,6 +75,12 @@ class Backend {
   // q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv] -> out [T, Hq, Dv] (=)
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<const int32_t> q_pos,
                          std::span<const int32_t> k_pos, const ops::AttentionMask& mask, float scale, Tensor& out) = 0;
+  // DeepSeek MLA in the absorbed form over the latent cache: q_nope [T, H, dn], q_pe [T, H, dr],
+  // c [S, kv_lora_rank], k_pe [S, dr], kv_b [H·(dn+dv), kv_lora_rank] -> out [T, H, dv] (=)
+  virtual void mla_attention(const Tensor& q_nope, const Tensor& q_pe, const Tensor& c, const Tensor& k_pe,
+                             const LinearWeight& kv_b, int64_t v_head_dim, std::span<const int32_t> q_pos,
+                             std::span<const int32_t> k_pos, const ops::AttentionMask& mask, float scale,
+                             Tensor& out) = 0;
   // logits [T, E] -> ids [T, k] i32, weights [T, k] f32 (=)
   virtual void moe_route(const Tensor& logits, const ops::RouterParams& p, Tensor& ids, Tensor& weights) = 0;
   // Routed experts with SwiGLU: out[t] = Σ_j w[t,j] · expert_{ids[t,j]}(x_in[t, j]) where x_in is x,

@@ -48,6 +48,13 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
                std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out,
                Tensor* lse = nullptr);
 
+// DeepSeek MLA, absorbed form over the latent cache (see mla_attention.cpp for the math).
+// q_nope [T, H, dn], q_pe [T, H, dr] (RoPE applied), c [S, kv_lora_rank] (normalised latent),
+// k_pe [S, dr] (RoPE applied), w_kvb [H·(dn+dv), kv_lora_rank]  ->  out [T, H, dv] (=)
+void mla_attention_absorbed(const Tensor& q_nope, const Tensor& q_pe, const Tensor& c, const Tensor& k_pe,
+                            const Tensor& w_kvb, int64_t v_head_dim, std::span<const int32_t> q_pos,
+                            std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out);
+
 // ---------------------------------------------------------------- MoE routing
 // logits [T, E] -> ids [T, k] i32 (=), weights [T, k] f32 (=). Ties resolve to the lower expert
 // index (torch.topk order on CPU); chosen experts are listed in descending score order.
