@@ -3,6 +3,7 @@ function(graft_target_options target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wno-missing-field-initializers>
     $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${GRAFT_WERROR}>>:-Werror>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${GRAFT_NATIVE}>>:${GRAFT_MARCH}>
     $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall>
     $<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<BOOL:${GRAFT_WERROR}>>:-Werror=all-warnings>)
 endfunction()

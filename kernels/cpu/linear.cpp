@@ -30,6 +30,17 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   Map Y(y.data<float>(), T, N);
   if (K == 0) {
     Y.setZero();
+  } else if (T <= 8) {
+    // Decode-shaped (GEMV-like): Eigen runs these on one thread, so split W's rows across threads.
+    // Memory-bound: each thread streams its own slice of W once.
+    MapC X(x.data<float>(), T, K);
+    constexpr int64_t kRows = 256;
+    const int64_t blocks = (N + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
+      Y.middleCols(n0, rows).noalias() = X * MapC(w.data<float>() + n0 * K, rows, K).transpose();
+    }
   } else {
     Y.noalias() = MapC(x.data<float>(), T, K) * MapC(w.data<float>(), N, K).transpose();
   }

@@ -311,9 +311,11 @@ struct Forward {
       be.add_acc(L.kind.moe ? moe(l, L, x) : mlp(l, L.mlp, x, Module::Gate, Module::Up, Module::Down), h);
     }
     if (cache) cache->len += T;
-    be.rmsnorm(h, m.final_norm_, eps, x);
-    Tensor logits = t2(T, m.lm_head_.out);
-    be.linear(x, m.lm_head_, {}, logits);
+    Tensor hl = b.last_logits_only && T > 0 ? h.slice(0, T - 1, T).contiguous() : h;
+    Tensor xl = b.last_logits_only && T > 0 ? t2(1, cfg.hidden_size) : x;
+    be.rmsnorm(hl, m.final_norm_, eps, xl);
+    Tensor logits = t2(xl.size(0), m.lm_head_.out);
+    be.linear(xl, m.lm_head_, {}, logits);
     return logits;
   }
 };

@@ -73,6 +73,7 @@ std::vector<int32_t> generate(const Model& m, Backend& be, std::span<const int32
   if (o.max_tokens == 0) return out;
   Batch b;
   b.ids = prompt;
+  b.last_logits_only = true;
   Tensor logits = m.forward(be, b, &cache);
   const int64_t V = m.vocab_size();
   std::span<const float> last(logits.data<float>() + (logits.size(0) - 1) * V, static_cast<size_t>(V));

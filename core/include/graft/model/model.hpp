@@ -48,6 +48,7 @@ struct Batch {
   std::span<const int32_t> segments;   // [T] or empty
   std::span<const LoraSource* const> adapters;  // LoRA slots (may be empty)
   std::span<const int32_t> row_adapter;         // [T] slot per row (-1 = base); empty = all slot 0
+  bool last_logits_only = false;  // prompt processing for generation: logits of the last row only
 };
 
 // Contiguous per-sequence KV cache (keys after RoPE).
@@ -98,7 +99,8 @@ class Model {
   size_t weight_bytes() const;
 
   KvCache new_cache(int64_t capacity) const;
-  // Returns logits [T, vocab] f32. With a cache, appends the batch to it (single sequence).
+  // Returns logits [T, vocab] f32 ([1, vocab] with last_logits_only). With a cache, appends the batch
+  // to it (single sequence).
   Tensor forward(Backend& be, const Batch& batch, KvCache* cache = nullptr) const;
 
  private:
