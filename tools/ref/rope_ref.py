@@ -8,6 +8,9 @@ import torch
 kind, dim, base = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 rest = [float(x) for x in sys.argv[4:]]
 factor, low_ff, high_ff, orig, beta_fast, beta_slow, mscale, mscale_all = (rest + [1, 1, 4, 8192, 32, 1, 0, 0])[:8]
+if kind == "dynamic":  # transformers _compute_dynamic_ntk_parameters; LOW = seq_len, ORIG = max positions
+    seq_len = max(low_ff, orig)
+    base = base * ((factor * seq_len / orig) - (factor - 1)) ** (dim / (dim - 2))
 inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 scaling = 1.0
 if kind == "linear":

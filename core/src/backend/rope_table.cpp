@@ -31,6 +31,7 @@ RopeTable rope_table(const RopeParams& p) {
   }
   switch (p.kind) {
     case RopeKind::Default:
+    case RopeKind::Dynamic:
       break;
     case RopeKind::Linear:
       GRAFT_CHECK(p.factor > 0, "rope: linear scaling factor {} must be positive", p.factor);
@@ -83,6 +84,17 @@ RopeTable rope_table(const RopeParams& p) {
   }
   for (int i = 0; i < half; ++i) t.inv_freq[static_cast<size_t>(i)] = static_cast<float>(base[static_cast<size_t>(i)]);
   return t;
+}
+
+RopeTable rope_table_dynamic(const RopeParams& p, int64_t seq_len) {
+  RopeParams q = p;
+  q.kind = RopeKind::Default;
+  if (static_cast<double>(seq_len) > p.original_max_position) {
+    const double dim = p.rot_dim;
+    q.theta = p.theta * std::pow((p.factor * static_cast<double>(seq_len) / p.original_max_position) - (p.factor - 1.0),
+                                 dim / (dim - 2.0));
+  }
+  return rope_table(q);
 }
 
 }  // namespace graft::ops

@@ -139,8 +139,8 @@ struct Forward {
       be.rmsnorm(k, L.attn.k_norm, eps, k);
     }
     if (L.kind.rope) {
-      be.rope(q, pos, m.rope_[0], static_cast<int>(D), spec.rope_interleaved);
-      be.rope(k, pos, m.rope_[0], static_cast<int>(D), spec.rope_interleaved);
+      be.rope(q, pos, *rope_, static_cast<int>(D), spec.rope_interleaved);
+      be.rope(k, pos, *rope_, static_cast<int>(D), spec.rope_interleaved);
       if (spec.qk_l2_norm) {
         Tensor ones = Tensor::empty({D}, DType::F32);
         std::fill_n(ones.data<float>(), D, 1.0f);
@@ -186,8 +186,8 @@ struct Forward {
     be.rmsnorm(c, L.attn.kv_a_norm, eps, c);
     Tensor kpe = ckv.slice(1, kvr, kvr + dr).contiguous().reshape({T, 1, dr});
     Tensor qn = q.slice(2, 0, dn).contiguous(), qpe = q.slice(2, dn, dq).contiguous();
-    be.rope(qpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
-    be.rope(kpe, pos, m.rope_[0], static_cast<int>(dr), spec.rope_interleaved);
+    be.rope(qpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
+    be.rope(kpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
     std::span<const int32_t> kpos;
     auto [cc, kk] = kv_for(l, c.reshape({T, 1, kvr}), kpe, kpos);
     const int64_t S = cc.size(0);
@@ -272,6 +272,8 @@ struct Forward {
 
   std::vector<int32_t> kseg_store_;
   std::span<const int32_t> kseg_;
+  ops::RopeTable rope_dyn_;
+  const ops::RopeTable* rope_ = nullptr;  // the table for this batch (dynamic NTK depends on its length)
 
   Tensor run() {
     const auto& cfg = m.cfg_;
@@ -293,6 +295,15 @@ struct Forward {
       cache->positions.insert(cache->positions.end(), pos.begin(), pos.end());
     }
     kseg_ = b.segments;
+    rope_ = &m.rope_[0];
+    if (m.rope_params_.kind == ops::RopeKind::Dynamic) {
+      int64_t seq_len = 0;
+      for (int32_t p : pos) seq_len = std::max<int64_t>(seq_len, p + 1);
+      if (static_cast<double>(seq_len) > m.rope_params_.original_max_position) {
+        rope_dyn_ = ops::rope_table_dynamic(m.rope_params_, seq_len);
+        rope_ = &rope_dyn_;
+      }
+    }
     if (!b.adapters.empty()) {
       if (b.row_adapter.empty()) row_slot.assign(static_cast<size_t>(T), 0);
       else row_slot.assign(b.row_adapter.begin(), b.row_adapter.end());

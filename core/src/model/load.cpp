@@ -130,6 +130,8 @@ ops::RopeParams rope_params(const config::ModelConfig& cfg, int rot_dim) {
     p.kind = ops::RopeKind::Default;
   } else if (rs.type == "linear") {
     p.kind = ops::RopeKind::Linear;
+  } else if (rs.type == "dynamic") {
+    p.kind = ops::RopeKind::Dynamic;
   } else if (rs.type == "llama3") {
     p.kind = ops::RopeKind::Llama3;
     p.low_freq_factor = rs.low_freq_factor;
@@ -357,7 +359,8 @@ struct Loader {
 
   static void finish(Model& m, const config::ModelConfig& cfg) {
     const int rot = static_cast<int>(cfg.is_mla ? cfg.mla.qk_rope_head_dim : cfg.head_dim);
-    m.rope_.push_back(ops::rope_table(rope_params(cfg, rot)));
+    m.rope_params_ = rope_params(cfg, rot);
+    m.rope_.push_back(ops::rope_table(m.rope_params_));
   }
 
   void load(Model& m) {

@@ -60,6 +60,14 @@ TEST(CpuRope, TablesMatchTransformersFormulas) {
   expect_table(cpu::rope_table(p), torch_rope("yarn 64 10000 40 1 4 4096 32 1 0 0"));
 
   p = {};
+  p.kind = cpu::RopeKind::Dynamic;  // dynamic NTK: default below original_max, scaled base beyond
+  p.rot_dim = 64;
+  p.factor = 2;
+  p.original_max_position = 2048;
+  expect_table(cpu::rope_table_dynamic(p, 1000), torch_rope("dynamic 64 10000 2 1000 4 2048"));
+  expect_table(cpu::rope_table_dynamic(p, 5000), torch_rope("dynamic 64 10000 2 5000 4 2048"));
+
+  p = {};
   p.kind = cpu::RopeKind::Linear;
   p.rot_dim = 32;
   p.factor = 4;

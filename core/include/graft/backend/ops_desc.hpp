@@ -9,7 +9,9 @@
 namespace graft::ops {
 
 // ---------------------------------------------------------------- rotary embeddings
-enum class RopeKind { Default, Linear, Llama3, Yarn };
+// Dynamic: NTK-aware scaling applied only once a sequence outgrows original_max_position (see
+// rope_table_dynamic); below that it is the default table.
+enum class RopeKind { Default, Linear, Llama3, Yarn, Dynamic };
 struct RopeParams {
   RopeKind kind = RopeKind::Default;
   double theta = 10000.0;
@@ -29,6 +31,9 @@ struct RopeTable {
 };
 // inv_freq and attention_scaling exactly as transformers' ROPE_INIT_FUNCTIONS compute them.
 RopeTable rope_table(const RopeParams& p);
+// transformers' dynamic NTK for a sequence of `seq_len` positions: base is scaled by
+// ((factor·seq_len / original_max) − (factor − 1))^(dim / (dim − 2)) when seq_len > original_max.
+RopeTable rope_table_dynamic(const RopeParams& p, int64_t seq_len);
 
 // ---------------------------------------------------------------- attention
 struct AttentionMask {

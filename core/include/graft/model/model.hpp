@@ -112,6 +112,7 @@ class Model {
   LinearWeight lm_head_;
   std::vector<LayerWeights> layers_;
   std::vector<ops::RopeTable> rope_;  // per layer kind: [0] = main
+  ops::RopeParams rope_params_;
   friend struct Loader;
 };
 
