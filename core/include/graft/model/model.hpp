@@ -94,6 +94,10 @@ class Model {
 
   const config::ModelConfig& config() const { return cfg_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
+  const Tensor& embedding() const { return embed_; }      // [vocab, hidden]
+  const Tensor& final_norm() const { return final_norm_; }  // [hidden]
+  const LinearWeight& lm_head() const { return lm_head_; }  // [vocab, hidden]
+  const ops::RopeTable& rope_table() const { return rope_[0]; }
   int64_t vocab_size() const { return cfg_.vocab_size; }
   // Bytes held by weights (NF4 counted packed).
   size_t weight_bytes() const;
