@@ -1,5 +1,7 @@
 #!/usr/bin/python3
-# PyTorch autograd reference for graft's LoRA backward on dense decoders (llama, qwen2, qwen3):
+# PyTorch autograd reference for graft's LoRA backward (llama, qwen2, qwen3, and the MoE families
+# qwen2_moe / qwen3_moe / mixtral: softmax top-k routing ± renormalisation, per-expert LoRA keys
+# "L.eE.gate|up|down", Qwen2-MoE's sigmoid-gated shared expert "L.sgate|sup|sdown"):
 # loads MODEL_DIR (config.json + model.safetensors), LoRA factors from ADAPTER.safetensors (keys
 # "L.MODULE.A" / "L.MODULE.B", MODULE in q,k,v,o,gate,up,down; scales in ADAPTER.json) and a batch
 # (ids, labels, positions, segments in BATCH.json), runs the forward in float64 with the same
@@ -63,7 +65,7 @@ def main(model_dir, adapter_st, adapter_json, batch_json):
         q = lin(x, l, "q", p + "self_attn.q_proj").view(T, nh, D)
         k = lin(x, l, "k", p + "self_attn.k_proj").view(T, nkv, D)
         v = lin(x, l, "v", p + "self_attn.v_proj").view(T, nkv, D)
-        if mt == "qwen3":
+        if mt in ("qwen3", "qwen3_moe"):
             q, k = rms(q, W[p + "self_attn.q_norm.weight"]), rms(k, W[p + "self_attn.k_norm.weight"])
         q, k = rope(q), rope(k)
         k = k.repeat_interleave(nh // nkv, 1)
@@ -73,14 +75,38 @@ def main(model_dir, adapter_st, adapter_json, batch_json):
         a = torch.einsum("hts,shd->thd", s.softmax(-1), v).reshape(T, nh * D)
         h = h + lin(a, l, "o", p + "self_attn.o_proj")
         x = rms(h, W[p + "post_attention_layernorm.weight"])
-        g, u = lin(x, l, "gate", p + "mlp.gate_proj"), lin(x, l, "up", p + "mlp.up_proj")
-        h = h + lin(torch.nn.functional.silu(g) * u, l, "down", p + "mlp.down_proj")
+        blk = p + ("block_sparse_moe" if mt == "mixtral" else "mlp")
+        if blk + ".gate.weight" in W:  # MoE layer
+            E, k = W[blk + ".gate.weight"].shape[0], cfg["num_experts_per_tok"]
+            probs = (x @ W[blk + ".gate.weight"].T).softmax(-1)
+            topv, topi = torch.topk(probs, k, dim=-1)
+            if mt == "mixtral" or cfg.get("norm_topk_prob", False):
+                topv = topv / topv.sum(-1, keepdim=True)
+            names = ("w1", "w3", "w2") if mt == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+            out = torch.zeros_like(x)
+            for t in range(T):
+                for j in range(k):
+                    e = int(topi[t, j])
+                    ep = f"{blk}.experts.{e}."
+                    xt = x[t:t + 1]
+                    g = lin(xt, l, f"e{e}.gate", ep + names[0])
+                    u = lin(xt, l, f"e{e}.up", ep + names[1])
+                    out = out + torch.nn.functional.pad(topv[t, j] * lin(torch.nn.functional.silu(g) * u, l, f"e{e}.down", ep + names[2]), (0, 0, t, T - t - 1))
+            if blk + ".shared_expert.gate_proj.weight" in W:
+                sp = blk + ".shared_expert."
+                g, u = lin(x, l, "sgate", sp + "gate_proj"), lin(x, l, "sup", sp + "up_proj")
+                sy = lin(torch.nn.functional.silu(g) * u, l, "sdown", sp + "down_proj")
+                out = out + torch.sigmoid(x @ W[blk + ".shared_expert_gate.weight"].T) * sy
+            h = h + out
+        else:
+            g, u = lin(x, l, "gate", p + "mlp.gate_proj"), lin(x, l, "up", p + "mlp.up_proj")
+            h = h + lin(torch.nn.functional.silu(g) * u, l, "down", p + "mlp.down_proj")
     h = rms(h, W["model.norm.weight"])
     lm = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]
     logits = h @ lm.T
     loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
     loss.backward()
-    print(json.dumps({"loss": loss.item(), "grads": {k: v.grad.flatten().tolist() for k, v in lora.items()}}))
+    print(json.dumps({"loss": loss.item(), "grads": {k: (v.grad if v.grad is not None else torch.zeros_like(v)).flatten().tolist() for k, v in lora.items()}}))
 
 if __name__ == "__main__":
     main(*sys.argv[1:5])
