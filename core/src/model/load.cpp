@@ -64,7 +64,7 @@ class MemorySource final : public TensorSource {
 // (seed, name): N(0, 0.02) weights and biases, ones for norms, zeros for router correction biases.
 class RandomSource final : public TensorSource {
  public:
-  RandomSource(const config::ModelConfig& cfg, uint64_t seed) : cfg_(cfg), seed_(seed) {}
+  RandomSource(const config::ModelConfig& cfg, uint64_t seed, float embed_std) : cfg_(cfg), seed_(seed), embed_std_(embed_std) {}
   bool has(const std::string& n) const override {
     if (n.find(".quant_state.") != std::string::npos || n.find("weight_scale_inv") != std::string::npos) return false;
     if (n.rfind("language_model.", 0) == 0) return false;
@@ -84,7 +84,8 @@ class RandomSource final : public TensorSource {
     uint64_t h = seed_ ^ 0x9E3779B97F4A7C15ull;
     for (char c : n) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001B3ull;
     std::mt19937_64 rng(h);
-    std::normal_distribution<float> g(0.0f, 0.02f);
+    const bool embed = n.find("embed_tokens") != std::string::npos || n.find("lm_head") != std::string::npos;
+    std::normal_distribution<float> g(0.0f, embed && embed_std_ > 0 ? embed_std_ : 0.02f);
     for (int64_t i = 0; i < t.numel(); ++i) p[i] = norm ? 1.0f : zero ? 0.0f : g(rng);
     made_.emplace_back(n, t);
     return t;
@@ -100,6 +101,7 @@ class RandomSource final : public TensorSource {
  private:
   const config::ModelConfig& cfg_;
   uint64_t seed_;
+  float embed_std_;
   mutable std::vector<std::pair<std::string, Tensor>> made_;
 };
 
@@ -444,8 +446,8 @@ Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std:
 }
 
 
-std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed) {
-  RandomSource src(cfg, seed);
+std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed, float embed_std) {
+  RandomSource src(cfg, seed, embed_std);
   Model m;
   m.cfg_ = cfg;
   Loader ld{m.cfg_, src, {}, family_spec(m.cfg_), "", {}};

@@ -109,7 +109,7 @@ class Model {
 
  private:
   friend struct Forward;
-  friend std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig&, uint64_t);
+  friend std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig&, uint64_t, float);
   friend struct QuantizedCheckpoint quantize_checkpoint(const std::string&, bool);
   config::ModelConfig cfg_;
   Tensor embed_, final_norm_;
@@ -121,8 +121,10 @@ class Model {
 };
 
 // Every tensor of a canonical Hugging Face checkpoint for `cfg`, with deterministic random values
-// derived from (seed, tensor name): N(0, 0.02) weights, ones for norms.
-std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed);
+// derived from (seed, tensor name): N(0, 0.02) weights, ones for norms. `embed_std` > 0 sets the std of
+// the embedding table and lm_head instead (e.g. 1/sqrt(hidden) so that logits have unit scale).
+std::vector<std::pair<std::string, Tensor>> random_checkpoint(const config::ModelConfig& cfg, uint64_t seed,
+                                                              float embed_std = 0.0f);
 
 // A checkpoint with every projection weight quantized to NF4 (bitsandbytes algorithm): `quantized`
 // holds the projections by weight name (per-expert names even when the source was fused), `kept`

@@ -1,0 +1,35 @@
+// `graft train recipe.yaml`: the whole fine-tuning run on the CPU backend — load the (optionally
+// NF4-quantized) base, tokenize and pack the data, build LoRA adapters on the recipe's targets, run
+// AdamW steps with gradient accumulation, clipping and an LR schedule, evaluate, checkpoint (HDF5,
+// atomic, resumable bit-exactly) and export a PEFT adapter to output_dir.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "graft/train/recipe.hpp"
+
+namespace graft::train {
+
+struct StepLog {
+  int64_t step = 0, total = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, elapsed_s = 0, eta_s = 0;
+  double eval_loss = -1;  // < 0: no evaluation at this step
+};
+
+struct TrainOptions {
+  bool resume = false;          // continue from the newest checkpoint in output_dir/checkpoints
+  bool progress = true;         // progress bar on a TTY, plain lines otherwise
+  int64_t stop_after_steps = -1;  // for tests: stop (without export) after this many steps
+  std::function<void(const StepLog&)> on_step;
+};
+
+struct TrainSummary {
+  int64_t steps = 0, train_sequences = 0, val_sequences = 0, trainable_params = 0;
+  double final_loss = 0, base_eval_loss = -1, eval_loss = -1;
+  std::string adapter_dir;
+};
+
+TrainSummary run_training(const LoadedRecipe& recipe, const TrainOptions& options = {});
+
+}  // namespace graft::train

@@ -1,0 +1,403 @@
+// The training loop (see trainer.hpp).
+#include "graft/train/trainer.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "graft/adapters/peft.hpp"
+#include "graft/chat_template/chat_template.hpp"
+#include "graft/cpu/cpu_backend.hpp"
+#include "graft/cpu/reference_bwd.hpp"
+#include "graft/error.hpp"
+#include "graft/mmap_file.hpp"
+#include "graft/tokenizer/tokenizer.hpp"
+#include "graft/train/checkpoint.hpp"
+#include "graft/train/data.hpp"
+#include "graft/train/lora_train.hpp"
+#include "graft/train/optimizer.hpp"
+#include "graft/train/plot.hpp"
+
+namespace graft::train {
+namespace fs = std::filesystem;
+using model::ExpertProj;
+using model::Module;
+
+namespace {
+const Module kDenseModules[] = {Module::Q,    Module::K,  Module::V,    Module::O,          Module::QA,
+                                Module::QB,   Module::KVA, Module::KVB, Module::Gate,       Module::Up,
+                                Module::Down, Module::SharedGate, Module::SharedUp, Module::SharedDown};
+
+const LinearWeight* weight_of(const model::LayerWeights& L, Module m) {
+  switch (m) {
+    case Module::Q: return &L.attn.q;
+    case Module::K: return &L.attn.k;
+    case Module::V: return &L.attn.v;
+    case Module::O: return &L.attn.o;
+    case Module::QA: return &L.attn.q_a;
+    case Module::QB: return &L.attn.q_b;
+    case Module::KVA: return &L.attn.kv_a;
+    case Module::KVB: return &L.attn.kv_b;
+    case Module::Gate: return &L.mlp.gate;
+    case Module::Up: return &L.mlp.up;
+    case Module::Down: return &L.mlp.down;
+    case Module::SharedGate: return &L.moe.shared.gate;
+    case Module::SharedUp: return &L.moe.shared.up;
+    case Module::SharedDown: return &L.moe.shared.down;
+    default: return nullptr;
+  }
+}
+
+std::string expert_path(config::Family f, int e, ExpertProj p) {
+  if (f == config::Family::Mixtral)
+    return fmt::format("block_sparse_moe.experts.{}.{}", e, p == ExpertProj::Gate ? "w1" : p == ExpertProj::Up ? "w3" : "w2");
+  return fmt::format("mlp.experts.{}.{}", e, p == ExpertProj::Gate ? "gate_proj" : p == ExpertProj::Up ? "up_proj" : "down_proj");
+}
+
+adapters::PeftConfig peft_config_of(const Recipe& r) {
+  std::vector<std::string> mods(r.lora_target_modules().begin(), r.lora_target_modules().end());
+  std::vector<std::string> params(r.lora_target_parameters().begin(), r.lora_target_parameters().end());
+  auto c = adapters::make_config(r.lora_r(), r.lora_alpha(), mods, params);
+  c.target_modules_regex = r.lora_target_modules_regex();
+  c.all_linear = r.lora_target_linear();
+  c.use_rslora = r.peft_use_rslora();
+  c.lora_dropout = r.lora_dropout();
+  for (auto& [k, v] : r.rank_pattern()) c.rank_pattern[k] = v;
+  for (auto& [k, v] : r.alpha_pattern()) c.alpha_pattern[k] = v;
+  c.base_model_name_or_path = r.base_model();
+  return c;
+}
+
+DatasetSpec spec_of(const Dataset& d) {
+  DatasetSpec s;
+  s.path = d.path();
+  s.type = d.type();
+  s.field_messages = d.field_messages();
+  for (auto& [k, v] : d.message_property_mappings()) s.message_property_mappings[k] = v;
+  for (auto& [canon, aliases] : d.roles())
+    for (const auto& a : aliases.values()) s.roles[a] = canon;
+  if (d.roles_to_train_size()) s.roles_to_train.assign(d.roles_to_train().begin(), d.roles_to_train().end());
+  s.train_on_eos = d.train_on_eos();
+  return s;
+}
+
+PackedSequence single(const Sample& s) {
+  PackedSequence p;
+  p.ids = s.ids;
+  p.labels = s.labels;
+  p.positions.resize(s.ids.size());
+  std::iota(p.positions.begin(), p.positions.end(), 0);
+  p.segments.assign(s.ids.size(), 0);
+  return p;
+}
+
+// Mean token loss of the adapter (or the base when `ad` is null) over `seqs`, forward only.
+double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSequence>& seqs, const model::LoraSource* ad) {
+  double sum = 0;
+  int64_t n = 0;
+  std::vector<const model::LoraSource*> slots;
+  if (ad) slots.push_back(ad);
+  for (const auto& s : seqs) {
+    model::Batch b;
+    b.ids = s.ids;
+    b.positions = s.positions;
+    b.segments = s.segments;
+    b.adapters = slots;
+    Tensor lg = m.forward(be, b);
+    const int64_t valid = std::count_if(s.labels.begin(), s.labels.end(), [](int32_t l) { return l != -100; });
+    if (valid == 0) continue;
+    sum += cpu::ref::cross_entropy<float>(lg.data<float>(), s.labels, static_cast<int64_t>(s.ids.size()), m.vocab_size(), nullptr) * valid;
+    n += valid;
+  }
+  return n ? sum / static_cast<double>(n) : 0.0;
+}
+
+std::string fmt_time(double s) {
+  const int64_t t = static_cast<int64_t>(s);
+  return t >= 3600 ? fmt::format("{}h{:02}m", t / 3600, t % 3600 / 60) : fmt::format("{}m{:02}s", t / 60, t % 60);
+}
+}  // namespace
+
+TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
+  const Recipe& r = lr.proto;
+  TrainSummary sum;
+  const fs::path out = r.output_dir();
+  std::error_code ec;
+  fs::create_directories(out / "checkpoints", ec);
+  GRAFT_CHECK_FIX(!ec && ::access(out.c_str(), W_OK) == 0, "choose a writable output_dir",
+                  "cannot write to output_dir '{}': {}", out.string(), ec ? ec.message() : "permission denied");
+  // ---- model and tokenizer
+  model::LoadOptions lo;
+  lo.load_in_4bit = r.load_in_4bit();
+  lo.double_quant = r.bnb_4bit_use_double_quant();
+  const model::Model m = model::Model::load(r.base_model(), lo);
+  const auto& cfg = m.config();
+  const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
+  auto tok = tokenizer::Tokenizer::from_file(tok_dir);
+  const std::string tok_json = read_text_file((fs::path(tok_dir) / "tokenizer.json").string());
+  std::unique_ptr<chat_template::ChatTemplate> tpl;
+  if (r.chat_template() == "jinja" || !r.chat_template_jinja().empty()) {
+    std::string src = r.chat_template_jinja();
+    if (fs::exists(src)) src = read_text_file(src);
+    tpl = std::make_unique<chat_template::ChatTemplate>(src, "chat_template_jinja");
+  } else if (fs::exists(fs::path(tok_dir) / "tokenizer_config.json") && !tok.config().chat_template.empty()) {
+    tpl = std::make_unique<chat_template::ChatTemplate>(chat_template::ChatTemplate::from_tokenizer_config(tok_dir));
+  }
+  // ---- data
+  DataOptions dopt;
+  dopt.sequence_len = r.sequence_len();
+  dopt.train_on_inputs = r.train_on_inputs();
+  const std::string cache = r.dataset_prepared_path().empty() ? (out / "prepared").string() : r.dataset_prepared_path();
+  std::vector<Sample> train, val;
+  for (const auto& d : r.datasets()) {
+    auto s = load_dataset_cached(spec_of(d), tok, tok_json, tpl.get(), dopt, cache);
+    train.insert(train.end(), s.begin(), s.end());
+  }
+  for (const auto& d : r.test_datasets()) {
+    auto s = load_dataset_cached(spec_of(d), tok, tok_json, tpl.get(), dopt, cache);
+    val.insert(val.end(), s.begin(), s.end());
+  }
+  if (r.val_set_size() > 0) {
+    auto [t, v] = split_validation(std::move(train), r.val_set_size(), static_cast<uint64_t>(r.seed()));
+    train = std::move(t);
+    val.insert(val.end(), v.begin(), v.end());
+  }
+  GRAFT_CHECK_FIX(!train.empty(), "check the datasets' paths, types and sequence_len", "no training samples after loading {}",
+                  r.datasets_size() ? r.datasets(0).path() : std::string("the datasets"));
+  std::vector<PackedSequence> seqs, vseqs;
+  if (r.sample_packing()) {
+    seqs = pack(train, r.sequence_len());
+    vseqs = pack(val, r.sequence_len());
+  } else {
+    for (const auto& s : train) seqs.push_back(single(s));
+    for (const auto& s : val) vseqs.push_back(single(s));
+  }
+  sum.train_sequences = static_cast<int64_t>(seqs.size());
+  sum.val_sequences = static_cast<int64_t>(vseqs.size());
+  // ---- adapter on the recipe's targets
+  const adapters::PeftConfig pc = peft_config_of(r);
+  TrainableAdapter ad;
+  std::vector<std::pair<LoraParam*, LoraParam*>> tied;  // (gate, up) sharing A
+  std::mt19937_64 rng(static_cast<uint64_t>(r.seed()));
+  std::vector<std::string> names;  // parameter names in optimizer order
+  for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
+    const auto& L = m.layers()[static_cast<size_t>(l)];
+    for (Module mod : kDenseModules) {
+      const LinearWeight* w = weight_of(L, mod);
+      if (!w || !w->defined()) continue;
+      const std::string key = fmt::format("model.layers.{}.{}", l, model::module_path(cfg.family, mod));
+      if (!adapters::targets_module(pc, key, l)) continue;
+      const int64_t rank = adapters::expected_rank(pc, key);
+      auto& p = ad.add(l, mod, w->in, w->out, rank, 1.0f, rng);
+      p.f.scale = static_cast<float>(adapters::lora_scale(pc, key, rank));
+      names.push_back(key);
+    }
+    if (!L.kind.moe) continue;
+    for (int e = 0; e < static_cast<int>(L.moe.experts.num_experts()); ++e)
+      for (ExpertProj pj : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) {
+        const std::string key = fmt::format("model.layers.{}.{}", l, expert_path(cfg.family, e, pj));
+        const std::string fused = fmt::format("model.layers.{}.mlp.experts.{}", l, pj == ExpertProj::Down ? "down_proj" : "gate_up_proj");
+        const bool by_param = std::find_if(pc.target_parameters.begin(), pc.target_parameters.end(), [&](const std::string& t) {
+                                return fused.size() >= t.size() && fused.compare(fused.size() - t.size(), t.size(), t) == 0;
+                              }) != pc.target_parameters.end();
+        if (!by_param && !adapters::targets_module(pc, key, l)) continue;
+        const LinearWeight& w = pj == ExpertProj::Gate ? L.moe.experts.gate[static_cast<size_t>(e)]
+                                : pj == ExpertProj::Up ? L.moe.experts.up[static_cast<size_t>(e)]
+                                                       : L.moe.experts.down[static_cast<size_t>(e)];
+        const int64_t rank = adapters::expected_rank(pc, by_param ? fused : key);
+        auto& p = ad.add_expert(l, pj, e, w.in, w.out, rank, 1.0f, rng);
+        p.f.scale = static_cast<float>(adapters::lora_scale(pc, by_param ? fused : key, rank));
+        names.push_back(key);
+        // A fused gate_up_proj LoRA (PEFT target_parameters) has one A for gate and up: tie them.
+        if (by_param && pj == ExpertProj::Up)
+          if (LoraParam* gp = ad.expert_param(l, ExpertProj::Gate, e)) {
+            p.f.a = gp->f.a;  // shares storage
+            tied.emplace_back(gp, &p);
+          }
+      }
+  }
+  GRAFT_CHECK_FIX(!names.empty(), "set lora_target_modules (e.g. [q_proj, v_proj]) or lora_target_linear: true",
+                  "the recipe's LoRA targets match no module of this {} model", cfg.model_type);
+  GRAFT_CHECK_FIX(r.lora_dropout() == 0.0, "set lora_dropout: 0 (dropout on the LoRA input is not implemented yet)",
+                  "lora_dropout {} is not supported yet", r.lora_dropout());
+  AdamW adam({r.learning_rate(), r.adam_beta1(), r.adam_beta2(), r.adam_epsilon(), r.weight_decay()});
+  // Parameters in a fixed order (map order): dense by (layer, module), then experts by (layer, proj, expert).
+  std::vector<std::pair<std::string, LoraParam*>> plist;
+  for (auto& [k, p] : ad.params()) plist.emplace_back(fmt::format("{}/{}", k.first, static_cast<int>(k.second)), &p);
+  for (auto& [k, p] : ad.expert_params())
+    plist.emplace_back(fmt::format("{}/e{}/{}", std::get<0>(k), std::get<2>(k), static_cast<int>(std::get<1>(k))), &p);
+  std::deque<Tensor> shadows;  // stable addresses
+  auto is_tied_up = [&](const LoraParam* p) {
+    return std::any_of(tied.begin(), tied.end(), [&](auto& t) { return t.second == p; });
+  };
+  for (auto& [n, p] : plist) {
+    // A tied (shared) A is optimised once, through the gate's parameter; the up's slot holds a
+    // private copy that is never used, so the optimizer layout stays one (A, B) pair per module.
+    if (is_tied_up(p)) {
+      shadows.push_back(p->f.a.clone());
+      adam.add({&shadows.back(), &p->da});
+    } else {
+      adam.add({&p->f.a, &p->da});
+      sum.trainable_params += p->f.a.numel();
+    }
+    adam.add({&p->f.b, &p->db});
+    sum.trainable_params += p->f.b.numel();
+  }
+  // ---- schedule
+  const int64_t per_step = static_cast<int64_t>(r.micro_batch_size()) * r.gradient_accumulation_steps();
+  const int64_t total =
+      r.has_max_steps() && r.max_steps() > 0
+          ? r.max_steps()
+          : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(r.num_epochs() * static_cast<double>(seqs.size()) /
+                                                                 static_cast<double>(per_step))));
+  const int64_t warmup = r.has_warmup_steps() ? r.warmup_steps()
+                                              : static_cast<int64_t>(std::ceil(r.warmup_ratio() * static_cast<double>(total)));
+  const Schedule sched = parse_schedule(r.lr_scheduler());
+  // ---- data order: a fixed permutation per epoch, so (epoch, cursor) is the whole data-loader state
+  int64_t step = 0, epoch = 0, cursor = 0;
+  std::vector<int64_t> order;
+  auto shuffle_for = [&](int64_t ep) {
+    order.resize(seqs.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 g(static_cast<uint64_t>(r.seed()) * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(ep));
+    std::shuffle(order.begin(), order.end(), g);
+  };
+  std::string resume_path = r.resume_from_checkpoint();
+  if (resume_path.empty() && opt.resume && fs::exists(out / "checkpoints")) {
+    for (auto& e : fs::directory_iterator(out / "checkpoints"))
+      if (e.path().extension() == ".h5" && e.path().string() > resume_path) resume_path = e.path().string();
+  }
+  const bool tty = ::isatty(2) != 0;
+  if (!resume_path.empty()) {
+    Checkpoint ck = load_checkpoint(resume_path);
+    GRAFT_CHECK_FIX(ck.strings["recipe_hash"] == lr.hash, "resume with the recipe the checkpoint was made with",
+                    "checkpoint '{}' was written by a different recipe (hash {} vs {})", resume_path,
+                    ck.strings["recipe_hash"], lr.hash);
+    for (size_t i = 0; i < plist.size(); ++i) {
+      auto& [n, p] = plist[i];
+      auto get = [&](const std::string& k, Tensor& dst) {
+        auto it = ck.tensors.find(k);
+        GRAFT_CHECK_FIX(it != ck.tensors.end() && it->second.shape() == dst.shape(),
+                        "resume with the same recipe and base model", "checkpoint '{}' lacks tensor '{}' of shape {}",
+                        resume_path, k, dst.shape().str());
+        std::copy_n(it->second.data<float>(), dst.numel(), dst.data<float>());
+      };
+      get("lora/" + n + "/A", p->f.a);
+      get("lora/" + n + "/B", p->f.b);
+      get("adam_m/" + n + "/A", adam.m()[2 * i]);
+      get("adam_v/" + n + "/A", adam.v()[2 * i]);
+      get("adam_m/" + n + "/B", adam.m()[2 * i + 1]);
+      get("adam_v/" + n + "/B", adam.v()[2 * i + 1]);
+    }
+    step = ck.step;
+    adam.set_steps(step);
+    epoch = ck.ints["epoch"];
+    cursor = ck.ints["cursor"];
+    std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
+  }
+  shuffle_for(epoch);
+  auto save = [&](const fs::path& path) {
+    Checkpoint ck;
+    ck.step = step;
+    for (size_t i = 0; i < plist.size(); ++i) {
+      auto& [n, p] = plist[i];
+      ck.tensors["lora/" + n + "/A"] = p->f.a.clone();
+      ck.tensors["lora/" + n + "/B"] = p->f.b.clone();
+      ck.tensors["adam_m/" + n + "/A"] = adam.m()[2 * i].clone();
+      ck.tensors["adam_v/" + n + "/A"] = adam.v()[2 * i].clone();
+      ck.tensors["adam_m/" + n + "/B"] = adam.m()[2 * i + 1].clone();
+      ck.tensors["adam_v/" + n + "/B"] = adam.v()[2 * i + 1].clone();
+    }
+    ck.ints["epoch"] = epoch;
+    ck.ints["cursor"] = cursor;
+    ck.strings["recipe"] = lr.text;
+    ck.strings["recipe_hash"] = lr.hash;
+    ck.strings["graft_version"] = GRAFT_VERSION;
+    save_checkpoint(path.string(), ck);
+  };
+  auto be = cpu::make_backend();
+  if (!vseqs.empty() && step == 0) sum.base_eval_loss = eval_loss(m, *be, vseqs, nullptr);
+  // ---- steps
+  std::ofstream metrics(out / "metrics.jsonl", step == 0 ? std::ios::trunc : std::ios::app);
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t tokens = 0, steps_run = 0;
+  std::vector<std::pair<int64_t, double>> curve;
+  while (step < total) {
+    ad.zero_grad();
+    double loss = 0;
+    for (int64_t mb = 0; mb < per_step; ++mb) {
+      if (cursor >= static_cast<int64_t>(order.size())) {
+        ++epoch;
+        cursor = 0;
+        shuffle_for(epoch);
+      }
+      const PackedSequence& s = seqs[static_cast<size_t>(order[static_cast<size_t>(cursor++)])];
+      loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments);
+      tokens += static_cast<int64_t>(s.ids.size());
+    }
+    loss /= static_cast<double>(per_step);
+    for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients
+      for (int64_t i = 0; i < g->da.numel(); ++i) g->da.data<float>()[i] += u->da.data<float>()[i];
+      std::fill_n(u->da.data<float>(), u->da.numel(), 0.0f);
+    }
+    for (auto& [n, p] : plist) {  // mean over the sequences of the step
+      for (Tensor* g : {&p->da, &p->db})
+        for (int64_t i = 0; i < g->numel(); ++i) g->data<float>()[i] /= static_cast<float>(per_step);
+    }
+    const double gnorm = clip_grad_norm(adam.params(), r.max_grad_norm());
+    const double lrate = lr_at(sched, r.learning_rate(), step, warmup, total);
+    adam.step(lrate);
+    ++step;
+    ++steps_run;
+    curve.emplace_back(step, loss);
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    StepLog log{step, total, loss, lrate, gnorm, static_cast<double>(tokens) / std::max(el, 1e-9), el,
+                el / static_cast<double>(steps_run) * static_cast<double>(total - step)};
+    if (r.eval_steps() > 0 && step % r.eval_steps() == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad);
+    nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
+                        {"elapsed_s", el}};
+    if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
+    metrics << j.dump() << "\n" << std::flush;
+    if (opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {
+      const int width = 24, filled = static_cast<int>(width * step / total);
+      const std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.');
+      std::fprintf(stderr, "%s[%s] step %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s%s%s", tty ? "\r" : "", bar.c_str(),
+                   static_cast<long long>(step), static_cast<long long>(total), loss, lrate, log.tokens_per_s,
+                   fmt_time(log.eta_s).c_str(), log.eval_loss >= 0 ? fmt::format(" eval {:.4f}", log.eval_loss).c_str() : "",
+                   tty && step != total && log.eval_loss < 0 ? "" : "\n");
+    }
+    if (opt.on_step) opt.on_step(log);
+    sum.final_loss = loss;
+    if (r.save_steps() > 0 && step % r.save_steps() == 0 && step < total)
+      save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
+    if (opt.stop_after_steps >= 0 && steps_run >= opt.stop_after_steps) {
+      sum.steps = step;
+      return sum;
+    }
+  }
+  sum.steps = step;
+  save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
+  if (!vseqs.empty()) sum.eval_loss = eval_loss(m, *be, vseqs, &ad);
+  // ---- export the PEFT adapter
+  adapters::Adapter exported;
+  exported.config = pc;
+  for (auto& [k, p] : ad.params()) exported.modules[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
+  for (auto& [k, p] : ad.expert_params()) exported.experts[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
+  adapters::save_peft(out.string(), exported, cfg);
+  sum.adapter_dir = out.string();
+  if (!curve.empty()) write_loss_plot((out / "loss.svg").string(), curve, fmt::format("graft train: {}", lr.source));
+  return sum;
+}
+
+}  // namespace graft::train
