@@ -20,6 +20,7 @@
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
+#include "graft/model/generate.hpp"
 #include "graft/model/init_model.hpp"
 #include "graft/model/model.hpp"
 #include "graft/tokenizer/tokenizer.hpp"
@@ -65,27 +66,12 @@ std::string answer(const model::Model& m, Backend& be, const tokenizer::Tokenize
   chat_template::RenderOptions ro;
   ro.add_generation_prompt = true;
   auto ids = tok.encode(tpl.render(nlohmann::ordered_json::array({{{"role", "user"}, {"content", text}}}), ro).text);
-  std::vector<const model::LoraSource*> slots;
-  if (ad) slots.push_back(ad);
-  auto cache = m.new_cache(static_cast<int64_t>(ids.size()) + 16);
-  model::Batch b;
-  b.ids = ids;
-  b.adapters = slots;
-  b.last_logits_only = true;
-  Tensor lg = m.forward(be, b, &cache);
-  std::vector<int32_t> out;
-  auto argmax = [&](const Tensor& t) {
-    return static_cast<int32_t>(std::max_element(t.data<float>(), t.data<float>() + m.vocab_size()) - t.data<float>());
-  };
-  int32_t next = argmax(lg);
-  for (int i = 0; i < 12 && next != eos; ++i) {
-    out.push_back(next);
-    std::vector<int32_t> one = {next};
-    model::Batch s;
-    s.ids = one;
-    s.adapters = slots;
-    next = argmax(m.forward(be, s, &cache));
-  }
+  model::GenerateOptions go;
+  go.max_tokens = 12;
+  go.stop_ids = {eos};
+  go.adapter = ad;
+  auto out = model::generate(m, be, ids, go);
+  if (!out.empty() && out.back() == eos) out.pop_back();
   return tok.decode(out, true);
 }
 

@@ -100,26 +100,10 @@ void run(const EvalArgs& a) {
     model::GenerateOptions go;
     go.max_tokens = a.max_tokens;
     go.stop_ids = model::eos_ids(a.dir);
+    go.adapter = k > 0 ? &ads[k - 1] : nullptr;
     for (const auto& p : prompt_ids) {
-      // generate() has no adapter slot: run the loop here with the adapter in every batch.
-      auto cache = m.new_cache(static_cast<int64_t>(p.size()) + a.max_tokens);
-      model::Batch b;
-      b.ids = p;
-      b.adapters = slots;
-      b.last_logits_only = true;
-      Tensor lg = m.forward(*be, b, &cache);
-      std::vector<int32_t> out;
-      int32_t next = static_cast<int32_t>(std::max_element(lg.data<float>(), lg.data<float>() + m.vocab_size()) - lg.data<float>());
-      for (int i = 0; i < a.max_tokens; ++i) {
-        if (std::find(go.stop_ids.begin(), go.stop_ids.end(), next) != go.stop_ids.end()) break;
-        out.push_back(next);
-        std::vector<int32_t> one = {next};
-        model::Batch s;
-        s.ids = one;
-        s.adapters = slots;
-        Tensor l2 = m.forward(*be, s, &cache);
-        next = static_cast<int32_t>(std::max_element(l2.data<float>(), l2.data<float>() + m.vocab_size()) - l2.data<float>());
-      }
+      auto out = model::generate(m, *be, p, go);
+      if (!out.empty() && std::find(go.stop_ids.begin(), go.stop_ids.end(), out.back()) != go.stop_ids.end()) out.pop_back();
       row.generations.push_back(tok.decode(out, true));
     }
     rows.push_back(std::move(row));

@@ -71,8 +71,11 @@ std::vector<int32_t> generate(const Model& m, Backend& be, std::span<const int32
   KvCache cache = m.new_cache(static_cast<int64_t>(prompt.size()) + o.max_tokens);
   std::vector<int32_t> out;
   if (o.max_tokens == 0) return out;
+  std::vector<const LoraSource*> slots;
+  if (o.adapter) slots.push_back(o.adapter);
   Batch b;
   b.ids = prompt;
+  b.adapters = slots;
   b.last_logits_only = true;
   Tensor logits = m.forward(be, b, &cache);
   const int64_t V = m.vocab_size();
@@ -86,6 +89,7 @@ std::vector<int32_t> generate(const Model& m, Backend& be, std::span<const int32
     std::vector<int32_t> one = {next};
     Batch s;
     s.ids = one;
+    s.adapters = slots;
     Tensor l = m.forward(be, s, &cache);
     next = sample(std::span<const float>(l.data<float>(), static_cast<size_t>(V)), o.sampling, rng);
   }

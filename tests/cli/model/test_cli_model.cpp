@@ -8,31 +8,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "../../common/run_graft.hpp"
 #include "graft/mmap_file.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
-const std::string kGraft = std::string(GRAFT_BINARY_DIR) + "/bin/graft";
-
-struct Run {
-  int rc;
-  std::string out, err;
-};
-Run run(const std::string& args) {
-  const fs::path err = fs::temp_directory_path() / ("graft_cli_err_" + std::to_string(::getpid()));
-  FILE* p = popen((kGraft + " " + args + " 2>" + err.string()).c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  int rc = pclose(p);
-  std::ifstream e(err);
-  std::stringstream es;
-  es << e.rdbuf();
-  fs::remove(err);
-  return {WEXITSTATUS(rc), out, es.str()};
-}
+using Run = graft::testing::RunResult;
+Run run(const std::string& args) { return graft::testing::run_graft(args); }
 
 class CliModel : public ::testing::Test {
  protected:

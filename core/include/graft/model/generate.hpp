@@ -27,6 +27,7 @@ struct GenerateOptions {
   SamplingParams sampling;
   int max_tokens = 128;
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these (it is included)
+  const LoraSource* adapter = nullptr;  // run with this adapter (null: the base)
 };
 // Runs the prompt, then samples up to max_tokens. `on_token(id)` is called for each new token and may
 // return false to stop early. Returns the generated ids.
