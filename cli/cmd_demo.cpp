@@ -140,10 +140,15 @@ seed: 1
   std::printf("\n%-10s %16s %20s\n", "", "held-out loss", "exact match (100)");
   std::printf("%-10s %16.4f %19d%%\n", "base", sum.base_eval_loss, em_base);
   std::printf("%-10s %16.4f %19d%%\n", "adapter", sum.eval_loss, em_ad);
+  auto shown = [](std::string t) {  // one line per example: escape newlines
+    std::string o;
+    for (char c : t) o += c == '\n' ? std::string("\\n") : std::string(1, c);
+    return o.size() > 24 ? o.substr(0, 24) + "..." : o;
+  };
   for (int i = 0; i < 3; ++i)
     std::printf("  \"%s\": base \"%s\", adapter \"%s\" (expected %s)\n", val[static_cast<size_t>(i)].text.c_str(),
-                answer(m, *be, tok, tpl, val[static_cast<size_t>(i)].text, nullptr, eos).c_str(),
-                answer(m, *be, tok, tpl, val[static_cast<size_t>(i)].text, &ad, eos).c_str(), val[static_cast<size_t>(i)].answer.c_str());
+                shown(answer(m, *be, tok, tpl, val[static_cast<size_t>(i)].text, nullptr, eos)).c_str(),
+                shown(answer(m, *be, tok, tpl, val[static_cast<size_t>(i)].text, &ad, eos)).c_str(), val[static_cast<size_t>(i)].answer.c_str());
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("\nadapter: %s (PEFT: adapter_config.json, adapter_model.safetensors); metrics.jsonl, loss.svg; %.0f s total\n",
               (out / "adapter").c_str(), el);

@@ -1,5 +1,8 @@
 // CPU reference: masked softmax attention with grouped-query heads (causal, sliding window,
-// chunked, packed segments). Exact two-pass softmax in fp32 with an fp64-free max-subtraction.
+// chunked, packed segments). One query head per task: S = scale·Q·Kᵀ (Eigen), masked, softmax with
+// max subtraction, O = P·V.
+#include <Eigen/Core>
+
 #include <cmath>
 #include <initializer_list>
 #include <limits>
@@ -12,6 +15,9 @@ namespace graft::cpu {
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<const int32_t> q_pos,
                std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out, Tensor* lse) {
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using MapC = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+  using MapS = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
   for (const Tensor* t : std::initializer_list<const Tensor*>{&q, &k, &v, &out})
     GRAFT_CHECK(t->dtype() == DType::F32 && t->ndim() == 3 && t->is_contiguous(),
                 "attention: {} must be contiguous f32 [tokens, heads, dim]", t->describe());
@@ -29,62 +35,39 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
               "attention: segment ids must cover every query and key");
   if (lse) GRAFT_CHECK(lse->dtype() == DType::F32 && lse->numel() == T * Hq, "attention: lse {} must be [{}, {}]",
                        lse->describe(), T, Hq);
+  if (T == 0) return;
   const int64_t group = Hq / Hkv;
-  const float* qp = q.data<float>();
-  const float* kp = k.data<float>();
-  const float* vp = v.data<float>();
-  float* op = out.data<float>();
-  float* lp = lse ? lse->data<float>() : nullptr;
-#pragma omp parallel if (graft::parallel_worth(T * Hq * S * (D + Dv)))
-  {
-    std::vector<float> sc(static_cast<size_t>(S));
-#pragma omp for collapse(2) schedule(dynamic)
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t h = 0; h < Hq; ++h) {
-        const int64_t kh = h / group;
-        const float* qv = qp + (t * Hq + h) * D;
-        const int64_t qpos = q_pos[static_cast<size_t>(t)];
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t kpos = k_pos[static_cast<size_t>(s)];
-          bool visible = true;
-          if (mask.causal && kpos > qpos) visible = false;
-          if (mask.sliding_window > 0 && qpos - kpos >= mask.sliding_window) visible = false;
-          if (mask.chunk_size > 0 && (qpos / mask.chunk_size) != (kpos / mask.chunk_size)) visible = false;
-          if (seg && mask.q_segments[static_cast<size_t>(t)] != mask.k_segments[static_cast<size_t>(s)]) visible = false;
-          if (!visible) {
-            sc[static_cast<size_t>(s)] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const float* kv = kp + (s * Hkv + kh) * D;
-          float dot = 0.f;
-          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kv[d];
-          sc[static_cast<size_t>(s)] = dot * scale;
-          m = std::max(m, sc[static_cast<size_t>(s)]);
-        }
-        float* o = op + (t * Hq + h) * Dv;
-        for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
-        if (m == -std::numeric_limits<float>::infinity()) {
-          if (lp) lp[t * Hq + h] = m;
-          continue;
-        }
-        float sum = 0.f;
-        for (int64_t s = 0; s < S; ++s) {
-          const float e = std::exp(sc[static_cast<size_t>(s)] - m);
-          sc[static_cast<size_t>(s)] = e;
-          sum += e;
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t s = 0; s < S; ++s) {
-          const float w = sc[static_cast<size_t>(s)];
-          if (w == 0.f) continue;
-          const float* vv = vp + (s * Hkv + kh) * Dv;
-          for (int64_t d = 0; d < Dv; ++d) o[d] += w * vv[d];
-        }
-        for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
-        if (lp) lp[t * Hq + h] = m + std::log(sum);
-      }
+  Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t qp = q_pos[static_cast<size_t>(t)], kp = k_pos[static_cast<size_t>(j)];
+      vis(t, j) = !(mask.causal && kp > qp) && !(mask.sliding_window > 0 && qp - kp >= mask.sliding_window) &&
+                  !(mask.chunk_size > 0 && qp / mask.chunk_size != kp / mask.chunk_size) &&
+                  !(seg && mask.q_segments[static_cast<size_t>(t)] != mask.k_segments[static_cast<size_t>(j)]);
     }
+  float* lp = lse ? lse->data<float>() : nullptr;
+#pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * Hq * S * (D + Dv)))
+  for (int64_t h = 0; h < Hq; ++h) {
+    const int64_t kh = h / group;
+    MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
+    MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
+    MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
+    RowMat P = (Q * K.transpose()) * scale;  // [T, S]
+    for (int64_t t = 0; t < T; ++t) {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < S; ++j)
+        if (vis(t, j)) mx = std::max(mx, P(t, j));
+      if (mx == -std::numeric_limits<float>::infinity()) {  // nothing visible: zeros, lse = -inf
+        P.row(t).setZero();
+        if (lp) lp[t * Hq + h] = mx;
+        continue;
+      }
+      float z = 0;
+      for (int64_t j = 0; j < S; ++j) z += (P(t, j) = vis(t, j) ? std::exp(P(t, j) - mx) : 0.0f);
+      P.row(t) /= z;
+      if (lp) lp[t * Hq + h] = mx + std::log(z);
+    }
+    MapS(out.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv)).noalias() = P * V;
   }
 }
 

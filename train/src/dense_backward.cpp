@@ -396,9 +396,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
     Tensor dattn = lin_bwd(A.attn.reshape({T, nh * D}), dh, lin(l, LW.attn.o, Module::O));
     Tensor dq = Tensor::empty({T, nh, D}, DType::F32), dk = Tensor::empty({T, nkv, D}, DType::F32),
            dv = Tensor::empty({T, nkv, D}, DType::F32);
-    cpu::ref::attention_bwd<float>(A.q.data<float>(), A.k.data<float>(), A.v.data<float>(), dattn.data<float>(), T, nh, D,
-                                   T, nkv, D, pos, pos, mask_for(LW.kind), scale, dq.data<float>(), dk.data<float>(),
-                                   dv.data<float>());
+    cpu::attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), pos, pos, mask_for(LW.kind), scale, dq, dk, dv);
     cpu::ref::rope_bwd<float>(dq.data<float>(), T, nh, D, static_cast<int>(D), rt.inv_freq, rt.attention_scaling, pos, false);
     cpu::ref::rope_bwd<float>(dk.data<float>(), T, nkv, D, static_cast<int>(D), rt.inv_freq, rt.attention_scaling, pos, false);
     if (LW.attn.q_norm.defined()) {

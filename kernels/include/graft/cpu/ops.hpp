@@ -48,6 +48,12 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
                std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& out,
                Tensor* lse = nullptr);
 
+// Backward of `attention` (no lse needed: P is recomputed). q, k, v, dout as in the forward;
+// dq [T, Hq, D], dk [S, Hkv, D], dv [S, Hkv, Dv] (=). Rows with no visible key get zero gradients.
+void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, std::span<const int32_t> q_pos,
+                   std::span<const int32_t> k_pos, const AttentionMask& mask, float scale, Tensor& dq, Tensor& dk,
+                   Tensor& dv);
+
 // DeepSeek MLA, absorbed form over the latent cache (see mla_attention.cpp for the math).
 // q_nope [T, H, dn], q_pe [T, H, dr] (RoPE applied), c [S, kv_lora_rank] (normalised latent),
 // k_pe [S, dr] (RoPE applied), w_kvb [H·(dn+dv), kv_lora_rank]  ->  out [T, H, dv] (=)

@@ -1,0 +1,69 @@
+// CPU attention backward (fp32, Eigen, one query head per task): recomputes P = softmax(s·QKᵀ + mask)
+// and forms dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = s·dS·K, dK = s·dSᵀ·Q.
+// Query heads sharing a kv head (GQA) accumulate into the same dK/dV.
+#include <Eigen/Core>
+
+#include <limits>
+#include <vector>
+
+#include "graft/cpu/ops.hpp"
+#include "graft/parallel.hpp"
+
+namespace graft::cpu {
+
+void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, std::span<const int32_t> q_pos,
+                   std::span<const int32_t> k_pos, const AttentionMask& m, float scale, Tensor& dq, Tensor& dk, Tensor& dv) {
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using MapC = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+  using MapS = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+  const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2), S = k.size(0), Hkv = k.size(1), Dv = v.size(2);
+  GRAFT_CHECK(dout.numel() == T * Hq * Dv && dq.numel() == q.numel() && dk.numel() == k.numel() && dv.numel() == v.numel(),
+              "attention_bwd: gradient shapes do not match q {}, k {}, v {}", q.describe(), k.describe(), v.describe());
+  const int64_t g = Hq / Hkv;
+  // Visibility is shared by every head.
+  Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < S; ++j) {
+      const int64_t qp = q_pos[static_cast<size_t>(t)], kp = k_pos[static_cast<size_t>(j)];
+      vis(t, j) = !(m.causal && kp > qp) && !(m.sliding_window > 0 && qp - kp >= m.sliding_window) &&
+                  !(m.chunk_size > 0 && qp / m.chunk_size != kp / m.chunk_size) &&
+                  !(!m.q_segments.empty() && m.q_segments[static_cast<size_t>(t)] != m.k_segments[static_cast<size_t>(j)]);
+    }
+  // Per query head: its dQ, and its contribution to dK/dV (summed over the group afterwards).
+  std::vector<RowMat> dkh(static_cast<size_t>(Hq)), dvh(static_cast<size_t>(Hq));
+#pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * S * Hq * (D + Dv)))
+  for (int64_t h = 0; h < Hq; ++h) {
+    const int64_t kh = h / g;
+    MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
+    MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
+    MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
+    MapC dO(dout.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv));
+    RowMat P = (Q * K.transpose()) * scale;
+    for (int64_t t = 0; t < T; ++t) {
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < S; ++j)
+        if (vis(t, j)) mx = std::max(mx, P(t, j));
+      float z = 0;
+      for (int64_t j = 0; j < S; ++j) z += (P(t, j) = vis(t, j) ? std::exp(P(t, j) - mx) : 0.0f);
+      if (z > 0) P.row(t) /= z;
+    }
+    RowMat dP = dO * V.transpose();
+    Eigen::VectorXf rs = (dP.cwiseProduct(P)).rowwise().sum();
+    RowMat dS = P.cwiseProduct(dP.colwise() - rs) * scale;
+    MapS(dq.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D)) = dS * K;
+    dkh[static_cast<size_t>(h)] = dS.transpose() * Q;
+    dvh[static_cast<size_t>(h)] = P.transpose() * dO;
+  }
+  for (int64_t kh = 0; kh < Hkv; ++kh) {
+    MapS dK(dk.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
+    MapS dV(dv.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
+    dK = dkh[static_cast<size_t>(kh * g)];
+    dV = dvh[static_cast<size_t>(kh * g)];
+    for (int64_t i = 1; i < g; ++i) {
+      dK += dkh[static_cast<size_t>(kh * g + i)];
+      dV += dvh[static_cast<size_t>(kh * g + i)];
+    }
+  }
+}
+
+}  // namespace graft::cpu
