@@ -231,6 +231,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
                   "the recipe's LoRA targets match no module of this {} model", cfg.model_type);
   GRAFT_CHECK_FIX(r.lora_dropout() == 0.0, "set lora_dropout: 0 (dropout on the LoRA input is not implemented yet)",
                   "lora_dropout {} is not supported yet", r.lora_dropout());
+  if (r.gradient_checkpointing())
+    std::fprintf(stderr, "note: gradient_checkpointing is not implemented yet on the CPU backend: every layer's "
+                         "activations are kept (results are identical, only memory differs)\n");
   AdamW adam({r.learning_rate(), r.adam_beta1(), r.adam_beta2(), r.adam_epsilon(), r.weight_decay()});
   // Parameters in a fixed order (map order): dense by (layer, module), then experts by (layer, proj, expert).
   std::vector<std::pair<std::string, LoraParam*>> plist;
