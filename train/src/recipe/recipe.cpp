@@ -23,6 +23,7 @@
 
 #include "graft/error.hpp"
 #include "graft/train/recipe.hpp"
+#include "recipe_json.hpp"
 
 namespace graft::train {
 
@@ -30,6 +31,7 @@ const Recipe& default_recipe_instance();
 const Dataset& default_dataset_instance();
 
 namespace {
+using recipe_detail::json_escape;
 namespace pb = google::protobuf;
 using FD = pb::FieldDescriptor;
 
@@ -206,24 +208,6 @@ std::string describe_node(const YAML::Node& n) {
   return fmt::format("'{}'", n.Scalar());
 }
 
-std::string json_escape(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\r': o += "\\r"; break;
-      case '\t': o += "\\t"; break;
-      default:
-        if (c < 0x20)
-          o += fmt::format("\\u{:04x}", unsigned(c));
-        else
-          o += char(c);
-    }
-  }
-  return o + "\"";
-}
 
 bool parse_int(std::string s, long long& v) {
   if (!s.empty() && s[0] == '+') s = s.substr(1);

@@ -13,32 +13,16 @@
 #include <vector>
 
 #include "graft/train/recipe.hpp"
+#include "recipe_json.hpp"
 
 namespace graft::train {
 namespace {
+using recipe_detail::json_escape;
 namespace pb = google::protobuf;
 using FD = pb::FieldDescriptor;
 
 std::string number_text(double v) { return fmt::format("{}", v); }
 
-std::string json_escape(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\r': o += "\\r"; break;
-      case '\t': o += "\\t"; break;
-      default:
-        if (c < 0x20)
-          o += fmt::format("\\u{:04x}", unsigned(c));
-        else
-          o += char(c);
-    }
-  }
-  return o + "\"";
-}
 
 // Scalar value of a (non-repeated) field, or element `idx` of a repeated field (idx >= 0).
 std::string scalar_text(const pb::Message& m, const FD* f, int idx, bool json) {
