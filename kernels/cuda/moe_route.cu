@@ -17,6 +17,7 @@
 
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/moe.hpp"
+#include "warp_reduce.cuh"
 
 namespace graft::cuda::moe {
 namespace {
@@ -24,16 +25,6 @@ namespace {
 constexpr int kPerLane = kMaxRouteExperts / 32;
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 // Arg-max over the warp: larger value wins, equal values -> lower index. Carries a payload.
 __device__ __forceinline__ void warp_argmax(float& v, int& idx, float& pay) {
 #pragma unroll

@@ -12,6 +12,7 @@
 
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/moe.hpp"
+#include "warp_reduce.cuh"
 
 namespace graft::cuda::moe {
 namespace {
@@ -19,16 +20,6 @@ namespace {
 constexpr int kPerLane = kMaxRouteExperts / 32;
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 struct RouteBwdKernelArgs {
   const float* logits;
