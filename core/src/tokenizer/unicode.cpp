@@ -16,6 +16,27 @@
 
 namespace graft::tokenizer {
 
+namespace {
+// UTF-8 lead byte `c` (>= 0x80): the sequence length (0 when c cannot start one) and the allowed
+// range [lo, hi] of the second byte (excludes overlongs, surrogates and code points > U+10FFFF).
+size_t utf8_lead(unsigned char c, uint32_t& lo, uint32_t& hi) {
+  lo = 0x80;
+  hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) return 2;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+    return 4;
+  }
+  return 0;
+}
+}  // namespace
+
 bool utf8_valid(std::string_view s) {
   size_t i = 0, n = s.size();
   while (i < n) {
@@ -24,18 +45,9 @@ bool utf8_valid(std::string_view s) {
       ++i;
       continue;
     }
-    size_t len;
-    uint32_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else return false;
+    uint32_t lo, hi;
+    const size_t len = utf8_lead(c, lo, hi);
+    if (len == 0) return false;
     if (i + len > n) return false;
     auto c1 = static_cast<unsigned char>(s[i + 1]);
     if (c1 < lo || c1 > hi) return false;
@@ -61,18 +73,8 @@ std::string utf8_lossy(std::string_view s) {
       ++i;
       continue;
     }
-    size_t len = 0;
-    uint32_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    }
+    uint32_t lo, hi;
+    const size_t len = utf8_lead(c, lo, hi);
     if (len == 0) {
       out += kRepl;
       ++i;
