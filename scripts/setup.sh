@@ -11,7 +11,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libpcre2-dev libicu-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev
   libopenblas-dev python3-torch python3-jinja2 python3-numpy
-  nodejs npm clang
+  nodejs npm clang wrk curl
 )
 
 missing=()

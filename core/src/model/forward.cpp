@@ -155,12 +155,54 @@ struct Forward {
       Tensor q2 = q.reshape({T, nh * D});
       be.scale_rows(q2, s);
     }
-    auto [kk, vv] = kv_for(l, k, v, kpos);
     Tensor out = be.empty({T, nh, D}, DType::F32);
     const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
+    if (paged) {
+      for (const SeqChunk& sq : seqs) {
+        if (sq.rows == 0) continue;
+        auto [kk, vv] = paged_kv(l, sq, k, v);
+        Tensor os = out.slice(0, sq.row_begin, sq.row_begin + sq.rows);
+        be.attention(q.slice(0, sq.row_begin, sq.row_begin + sq.rows), kk, vv, seq_pos(sq), kpos_iota(sq),
+                     mask_for(L.kind, {}), scale, os);
+      }
+      return proj(out.reshape({T, nh * D}), L.attn.o, l, Module::O);
+    }
+    auto [kk, vv] = kv_for(l, k, v, kpos);
     be.attention(q, kk.is_contiguous() ? kk : kk.contiguous(), vv.is_contiguous() ? vv : vv.contiguous(), pos, kpos,
                  mask_for(L.kind, kseg_), scale, out);
     return proj(out.reshape({T, nh * D}), L.attn.o, l, Module::O);
+  }
+
+  // Paged mode: the positions of a chunk's rows, and the key positions 0 .. context_len + rows - 1.
+  std::span<const int32_t> seq_pos(const SeqChunk& sq) const {
+    return std::span<const int32_t>(pos).subspan(static_cast<size_t>(sq.row_begin), static_cast<size_t>(sq.rows));
+  }
+  std::span<const int32_t> kpos_iota(const SeqChunk& sq) const {
+    return std::span<const int32_t>(iota_).first(static_cast<size_t>(sq.context_len + sq.rows));
+  }
+  // Writes a chunk's new key/value rows (k [T, heads, kd], v [T, heads, vd], the whole batch) into its
+  // blocks, and returns the sequence's keys/values [context_len + rows, heads, d] gathered contiguously.
+  std::pair<Tensor, Tensor> paged_kv(int layer, const SeqChunk& sq, const Tensor& k, const Tensor& v) {
+    Tensor& pk = paged->k[static_cast<size_t>(layer)];
+    Tensor& pv = paged->v[static_cast<size_t>(layer)];
+    const int64_t bs = paged->block_size, kw = pk.size(2) * pk.size(3), vw = pv.size(2) * pv.size(3);
+    const int64_t S = sq.context_len + sq.rows;
+    auto row_of = [&](int64_t i) {
+      const int32_t blk = sq.block_table[static_cast<size_t>(i / bs)];
+      return static_cast<int64_t>(blk) * bs + i % bs;
+    };
+    for (int64_t i = 0; i < sq.rows; ++i) {
+      const int64_t dst = row_of(sq.context_len + i);
+      std::copy_n(k.data<float>() + (sq.row_begin + i) * kw, kw, pk.data<float>() + dst * kw);
+      std::copy_n(v.data<float>() + (sq.row_begin + i) * vw, vw, pv.data<float>() + dst * vw);
+    }
+    Tensor kk = be.empty({S, pk.size(2), pk.size(3)}, DType::F32), vv = be.empty({S, pv.size(2), pv.size(3)}, DType::F32);
+    for (int64_t i = 0; i < S; ++i) {
+      const int64_t src = row_of(i);
+      std::copy_n(pk.data<float>() + src * kw, kw, kk.data<float>() + i * kw);
+      std::copy_n(pv.data<float>() + src * vw, vw, vv.data<float>() + i * vw);
+    }
+    return {kk, vv};
   }
 
   // DeepSeek MLA. The cache holds the latent c and k_pe; attention runs in the absorbed form
@@ -188,27 +230,58 @@ struct Forward {
     Tensor qn = q.slice(2, 0, dn).contiguous(), qpe = q.slice(2, dn, dq).contiguous();
     be.rope(qpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
     be.rope(kpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
+    Tensor out = be.empty({T, nh, dv}, DType::F32);
+    const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(dq));
+    LoraView kvb_lora = lora(l, Module::KVB);
+    if (paged) {
+      for (const SeqChunk& sq : seqs) {
+        if (sq.rows == 0) continue;
+        auto [cc, kk] = paged_kv(l, sq, c.reshape({T, 1, kvr}), kpe);
+        const int64_t S = cc.size(0), r0 = sq.row_begin, r1 = sq.row_begin + sq.rows;
+        Tensor os = out.slice(0, r0, r1);
+        const bool naive = !kvb_lora.slots.empty() && sq.slot >= 0 &&
+                           kvb_lora.slots[static_cast<size_t>(sq.slot)] != nullptr;
+        if (!naive) {
+          be.mla_attention(qn.slice(0, r0, r1), qpe.slice(0, r0, r1), cc.reshape({S, kvr}), kk.reshape({S, dr}),
+                           L.attn.kv_b, dv, seq_pos(sq), kpos_iota(sq), mask_for(L.kind, {}), scale, os);
+        } else {
+          std::vector<int32_t> krows(static_cast<size_t>(S), sq.slot);
+          mla_naive(L, qn.slice(0, r0, r1), qpe.slice(0, r0, r1), cc.reshape({S, kvr}), kk.reshape({S, dr}), kvb_lora,
+                    krows, seq_pos(sq), kpos_iota(sq), mask_for(L.kind, {}), scale, os);
+        }
+      }
+      return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
+    }
     std::span<const int32_t> kpos;
     auto [cc, kk] = kv_for(l, c.reshape({T, 1, kvr}), kpe, kpos);
     const int64_t S = cc.size(0);
     Tensor call = (cc.is_contiguous() ? cc : cc.contiguous()).reshape({S, kvr});
     Tensor kall = (kk.is_contiguous() ? kk : kk.contiguous()).reshape({S, dr});
-    Tensor out = be.empty({T, nh, dv}, DType::F32);
-    const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(dq));
-    LoraView kvb_lora = lora(l, Module::KVB);
     if (kvb_lora.slots.empty()) {
       be.mla_attention(qn, qpe, call, kall, L.attn.kv_b, dv, pos, kpos, mask_for(L.kind, kseg_), scale, out);
       return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
     }
-    // Naive form: expand every cached row with the (adapter-aware) kv_b projection. A cache holds one
-    // sequence, so cached rows use the adapter slot of this batch's first row.
+    // A contiguous cache holds one sequence, so cached rows use the adapter slot of this batch's first row.
     std::vector<int32_t> krows(static_cast<size_t>(S), row_slot.empty() ? 0 : row_slot[0]);
     if (S == T) krows = row_slot;
+    mla_naive(L, qn, qpe, call, kall, kvb_lora, krows, pos, kpos, mask_for(L.kind, kseg_), scale, out);
+    return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
+  }
+
+  // MLA in the naive form: expand every key row of the latent c [S, kvr] with the (adapter-aware)
+  // kv_b projection (rows use krows' slots), then standard attention.
+  // qn [Tq, H, dn], qpe [Tq, H, dr], kall [S, dr] -> out [Tq, H, dv] (=)
+  void mla_naive(const LayerWeights& L, const Tensor& qn, const Tensor& qpe, const Tensor& call, const Tensor& kall,
+                 LoraView kvb_lora, std::span<const int32_t> krows, std::span<const int32_t> qpos,
+                 std::span<const int32_t> kpos, const ops::AttentionMask& mask, float scale, Tensor& out) {
+    const auto& ml = m.cfg_.mla;
+    const int64_t nh = m.cfg_.num_attention_heads, dn = ml.qk_nope_head_dim, dr = ml.qk_rope_head_dim, dv = ml.v_head_dim;
+    const int64_t dq = dn + dr, Tq = qn.size(0), S = call.size(0);
     kvb_lora.rows = krows;
     Tensor kv = t2(S, nh * (dn + dv));
     be.linear(call, L.attn.kv_b, kvb_lora.batch(), kv);
-    Tensor qf = be.empty({T, nh, dq}, DType::F32), kf = be.empty({S, nh, dq}, DType::F32), vf = be.empty({S, nh, dv}, DType::F32);
-    for (int64_t t = 0; t < T; ++t)
+    Tensor qf = be.empty({Tq, nh, dq}, DType::F32), kf = be.empty({S, nh, dq}, DType::F32), vf = be.empty({S, nh, dv}, DType::F32);
+    for (int64_t t = 0; t < Tq; ++t)
       for (int64_t h = 0; h < nh; ++h) {
         float* qd = qf.data<float>() + (t * nh + h) * dq;
         std::copy_n(qn.data<float>() + (t * nh + h) * dn, dn, qd);
@@ -222,8 +295,7 @@ struct Forward {
         std::copy_n(kall.data<float>() + j * dr, dr, kd + dn);
         std::copy_n(kvs + dn, dv, vf.data<float>() + (j * nh + h) * dv);
       }
-    be.attention(qf, kf, vf, pos, kpos, mask_for(L.kind, kseg_), scale, out);
-    return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
+    be.attention(qf, kf, vf, qpos, kpos, mask, scale, out);
   }
 
   Tensor mlp(int l, const MlpWeights& w, const Tensor& x, Module g, Module u, Module d) {
@@ -270,6 +342,11 @@ struct Forward {
     return out;
   }
 
+  PagedKvCache* paged = nullptr;
+  std::span<const SeqChunk> seqs;
+  std::span<const int32_t> logit_rows;
+  std::vector<int32_t> iota_;  // 0 .. longest paged sequence - 1
+
   std::vector<int32_t> kseg_store_;
   std::span<const int32_t> kseg_;
   ops::RopeTable rope_dyn_;
@@ -283,7 +360,35 @@ struct Forward {
     GRAFT_CHECK(b.segments.empty() || (b.segments.size() == b.ids.size() && !cache),
                 "forward: segment ids need one per token and no KV cache");
     const int64_t base = cache ? cache->len : 0;
-    if (b.positions.empty()) {
+    if (paged) {
+      pos.assign(static_cast<size_t>(T), 0);
+      row_slot.assign(static_cast<size_t>(T), -1);
+      int64_t next = 0, longest = 0;
+      for (const SeqChunk& sq : seqs) {
+        GRAFT_CHECK(sq.row_begin == next && sq.rows >= 0 && sq.row_begin + sq.rows <= T && sq.context_len >= 0,
+                    "forward_paged: chunk rows [{}, +{}) must follow row {} inside the batch of {}", sq.row_begin,
+                    sq.rows, next, T);
+        const int64_t len = sq.context_len + sq.rows;
+        GRAFT_CHECK(static_cast<int64_t>(sq.block_table.size()) * paged->block_size >= len,
+                    "forward_paged: block table of {} blocks cannot hold {} tokens", sq.block_table.size(), len);
+        for (int32_t blk : sq.block_table)
+          GRAFT_CHECK(blk >= 0 && blk < paged->num_blocks, "forward_paged: block id {} outside the pool of {}", blk,
+                      paged->num_blocks);
+        GRAFT_CHECK(sq.slot < static_cast<int32_t>(b.adapters.size()), "forward_paged: adapter slot {} of {}",
+                    sq.slot, b.adapters.size());
+        for (int64_t i = 0; i < sq.rows; ++i) {
+          pos[static_cast<size_t>(sq.row_begin + i)] = static_cast<int32_t>(sq.context_len + i);
+          row_slot[static_cast<size_t>(sq.row_begin + i)] = sq.slot;
+        }
+        longest = std::max(longest, len);
+        next = sq.row_begin + sq.rows;
+      }
+      GRAFT_CHECK(next == T, "forward_paged: the chunks cover {} of {} rows", next, T);
+      iota_.resize(static_cast<size_t>(longest));
+      std::iota(iota_.begin(), iota_.end(), 0);
+      for (int32_t r : logit_rows) GRAFT_CHECK(r >= 0 && r < T, "forward_paged: logit row {} of {}", r, T);
+      if (b.adapters.empty()) row_slot.clear();
+    } else if (b.positions.empty()) {
       pos.resize(static_cast<size_t>(T));
       std::iota(pos.begin(), pos.end(), static_cast<int32_t>(base));
     } else {
@@ -304,7 +409,7 @@ struct Forward {
         rope_ = &rope_dyn_;
       }
     }
-    if (!b.adapters.empty()) {
+    if (!b.adapters.empty() && !paged) {
       if (b.row_adapter.empty()) row_slot.assign(static_cast<size_t>(T), 0);
       else row_slot.assign(b.row_adapter.begin(), b.row_adapter.end());
       GRAFT_CHECK(static_cast<int64_t>(row_slot.size()) == T, "forward: {} adapter slots for {} rows", row_slot.size(), T);
@@ -322,6 +427,16 @@ struct Forward {
       be.add_acc(L.kind.moe ? moe(l, L, x) : mlp(l, L.mlp, x, Module::Gate, Module::Up, Module::Down), h);
     }
     if (cache) cache->len += T;
+    if (paged) {
+      const int64_t n = static_cast<int64_t>(logit_rows.size());
+      Tensor hl = t2(n, H), xl = t2(n, H);
+      for (int64_t i = 0; i < n; ++i)
+        std::copy_n(h.data<float>() + int64_t{logit_rows[static_cast<size_t>(i)]} * H, H, hl.data<float>() + i * H);
+      be.rmsnorm(hl, m.final_norm_, eps, xl);
+      Tensor logits = t2(n, m.lm_head_.out);
+      if (n > 0) be.linear(xl, m.lm_head_, {}, logits);
+      return logits;
+    }
     Tensor hl = b.last_logits_only && T > 0 ? h.slice(0, T - 1, T).contiguous() : h;
     Tensor xl = b.last_logits_only && T > 0 ? t2(1, cfg.hidden_size) : x;
     be.rmsnorm(hl, m.final_norm_, eps, xl);
@@ -330,6 +445,44 @@ struct Forward {
     return logits;
   }
 };
+
+PagedKvCache Model::new_paged_cache(int64_t num_blocks, int64_t block_size) const {
+  GRAFT_CHECK_FIX(num_blocks > 0 && block_size > 0, "give the KV cache more memory or a smaller block size",
+                  "paged KV cache of {} blocks x {} tokens", num_blocks, block_size);
+  PagedKvCache c;
+  c.num_blocks = num_blocks;
+  c.block_size = block_size;
+  const int64_t heads = cfg_.is_mla ? 1 : cfg_.num_key_value_heads;
+  const int64_t kd = cfg_.is_mla ? cfg_.mla.kv_lora_rank : cfg_.head_dim;
+  const int64_t vd = cfg_.is_mla ? cfg_.mla.qk_rope_head_dim : cfg_.head_dim;
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    c.k.push_back(Tensor::zeros({num_blocks, block_size, heads, kd}, DType::F32));
+    c.v.push_back(Tensor::zeros({num_blocks, block_size, heads, vd}, DType::F32));
+  }
+  return c;
+}
+
+size_t Model::block_bytes(int64_t block_size) const {
+  const int64_t heads = cfg_.is_mla ? 1 : cfg_.num_key_value_heads;
+  const int64_t kd = cfg_.is_mla ? cfg_.mla.kv_lora_rank : cfg_.head_dim;
+  const int64_t vd = cfg_.is_mla ? cfg_.mla.qk_rope_head_dim : cfg_.head_dim;
+  return static_cast<size_t>(block_size * heads * (kd + vd) * cfg_.num_hidden_layers) * sizeof(float);
+}
+
+Tensor Model::forward_paged(Backend& be, std::span<const int32_t> ids, std::span<const SeqChunk> seqs,
+                            std::span<const LoraSource* const> adapters, PagedKvCache& cache,
+                            std::span<const int32_t> logit_rows) const {
+  GRAFT_CHECK(cache.k.size() == layers_.size(), "paged KV cache has {} layers, model has {}", cache.k.size(),
+              layers_.size());
+  Batch b;
+  b.ids = ids;
+  b.adapters = adapters;
+  Forward f{*this, be, b, nullptr, family_spec(cfg_), 0, {}, {}, {}, {}};
+  f.paged = &cache;
+  f.seqs = seqs;
+  f.logit_rows = logit_rows;
+  return f.run();
+}
 
 Tensor Model::forward(Backend& be, const Batch& batch, KvCache* cache) const {
   Forward f{*this, be, batch, cache, family_spec(cfg_), 0, {}, {}, {}, {}};

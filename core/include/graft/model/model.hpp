@@ -58,6 +58,25 @@ struct KvCache {
   int64_t len = 0, capacity = 0;
 };
 
+// Paged KV cache shared by many sequences (serving): per layer a pool of fixed-size blocks; each
+// sequence owns a block table (block ids in order) covering its tokens. Token i of a sequence lives
+// in block table[i / block_size], row i % block_size. Keys are stored after RoPE. MLA stores the
+// compressed latent in k ([.., 1, kv_lora_rank]) and the shared RoPE key in v ([.., 1, qk_rope_dim]).
+struct PagedKvCache {
+  int64_t block_size = 0, num_blocks = 0;
+  std::vector<Tensor> k, v;  // per layer [num_blocks, block_size, kv_heads, kd] / [.., vd]
+};
+
+// One sequence's rows in a paged batch. Its rows are contiguous in the batch and get positions
+// context_len, context_len + 1, ...; they attend to the sequence's cached tokens [0, context_len)
+// plus themselves (causal). The block table must cover context_len + rows tokens.
+struct SeqChunk {
+  int64_t row_begin = 0, rows = 0;
+  int64_t context_len = 0;
+  std::span<const int32_t> block_table;
+  int32_t slot = -1;  // adapter slot for every row of the sequence (-1 = base)
+};
+
 struct AttentionWeights {
   LinearWeight q, k, v, o;
   Tensor q_norm, k_norm;                 // Qwen3 per-head RMSNorm [head_dim]
@@ -103,9 +122,19 @@ class Model {
   size_t weight_bytes() const;
 
   KvCache new_cache(int64_t capacity) const;
+  // A paged cache of num_blocks blocks; block_bytes() is the memory of one block over all layers.
+  PagedKvCache new_paged_cache(int64_t num_blocks, int64_t block_size) const;
+  size_t block_bytes(int64_t block_size) const;
   // Returns logits [T, vocab] f32 ([1, vocab] with last_logits_only). With a cache, appends the batch
   // to it (single sequence).
   Tensor forward(Backend& be, const Batch& batch, KvCache* cache = nullptr) const;
+  // Many sequences in one batch over a paged cache (continuous batching): ids [T] (every row of every
+  // chunk), seqs cover [0, T) in order, adapters are the LoRA slots SeqChunk::slot indexes. The new
+  // rows' keys/values are written into the cache. Returns logits [logit_rows.size(), vocab] of the
+  // given batch rows, in that order. Projections and experts run once over all T rows.
+  Tensor forward_paged(Backend& be, std::span<const int32_t> ids, std::span<const SeqChunk> seqs,
+                       std::span<const LoraSource* const> adapters, PagedKvCache& cache,
+                       std::span<const int32_t> logit_rows) const;
 
  private:
   friend struct Forward;
