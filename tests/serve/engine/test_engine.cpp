@@ -367,3 +367,74 @@ TEST_F(EngineTest, SeededSamplingLogprobsAndEchoLogprobs) {
   ASSERT_EQ(ec.prompt_lp.size(), e.prompt.size());
   EXPECT_NEAR(ec.prompt_lp[3].logprob, lp.prompt_lp[3].logprob, 1e-5);
 }
+
+TEST_F(EngineTest, HotLoadAndUnloadWhile32StreamsRun) {
+  for (int i = 0; i < 6; ++i) adapters::save_peft((dir_ / "loras" / ("h" + std::to_string(i))).string(), make(i), cfg_);
+  serve::AdapterLimits lim;
+  lim.max_loras = 4;
+  serve::AdapterManager am(cfg_, {(dir_ / "loras").string()}, lim);
+  am.add_and_load("h0", (dir_ / "loras" / "h0").string());
+  am.add_and_load("h1", (dir_ / "loras" / "h1").string());
+  serve::EngineOptions eo;
+  eo.max_batch_tokens = 64;
+  serve::Engine eng(*model_, *be_, am, eo);
+  // Expected outputs, offline.
+  std::map<std::string, adapters::Adapter> loaded;
+  for (int i = 0; i < 6; ++i) {
+    const std::string n = "h" + std::to_string(i);
+    loaded[n] = adapters::load_peft((dir_ / "loras" / n).string(), cfg_);
+  }
+  auto expect_for = [&](const std::string& name, const std::vector<int32_t>& p) {
+    model::GenerateOptions go;
+    go.max_tokens = 12;
+    if (!name.empty()) go.adapter = &loaded.at(name);
+    return model::generate(*model_, *be_, p, go);
+  };
+  // 32 streams on h0/h1/base (resident from the start) while h2..h5 are loaded and h1... stays.
+  std::vector<std::unique_ptr<Collector>> cols;
+  std::vector<std::pair<std::string, std::vector<int32_t>>> reqs;
+  std::atomic<bool> churn{true};
+  std::thread loader([&] {
+    int k = 0;
+    while (churn.load()) {
+      const std::string n = "h" + std::to_string(2 + k % 4);
+      try {
+        am.add_and_load(n, (dir_ / "loras" / n).string());
+      } catch (const serve::ApiError&) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      try {
+        am.remove(n);
+      } catch (const serve::ApiError&) {
+      }
+      ++k;
+    }
+  });
+  for (int i = 0; i < 32; ++i) {
+    const std::string name = i % 3 == 0 ? "" : (i % 3 == 1 ? "h0" : "h1");
+    reqs.emplace_back(name, prompt(i, 6 + i % 9));
+    cols.push_back(std::make_unique<Collector>());
+    eng.submit(greedy(reqs.back().second, name, 12), cols.back()->sink());
+  }
+  // Requests on churning adapters: accepted ones must be exact; rejected ones fail cleanly (404).
+  int churn_ok = 0;
+  for (int i = 0; i < 12; ++i) {
+    const std::string n = "h" + std::to_string(2 + i % 4);
+    am.add_and_load(n + "_pinned" + std::to_string(i), (dir_ / "loras" / n).string());
+    Collector c;
+    eng.submit(greedy(prompt(100 + i, 7), n + "_pinned" + std::to_string(i), 12), c.sink());
+    auto f = c.wait();
+    ASSERT_EQ(f.reason, "length") << f.error;
+    EXPECT_EQ(c.ids(), expect_for(n, prompt(100 + i, 7)));
+    am.remove(n + "_pinned" + std::to_string(i));
+    ++churn_ok;
+  }
+  for (size_t i = 0; i < cols.size(); ++i) {
+    auto f = cols[i]->wait();
+    EXPECT_EQ(f.reason, "length") << "stream " << i << ": " << f.error;
+    EXPECT_EQ(cols[i]->ids(), expect_for(reqs[i].first, reqs[i].second)) << "stream " << i;
+  }
+  churn = false;
+  loader.join();
+  EXPECT_EQ(churn_ok, 12);
+}
