@@ -14,7 +14,8 @@
 // adapter when it is in host memory, or starts a load and returns null; the caller is told through
 // `on_ready` (called on the loader thread, with an empty string on success or the error message).
 // Adapters in use are pinned (shared_ptr held by the request) and are never evicted while pinned;
-// unload() removes the name at once, in-flight requests finish with the copy they hold.
+// remove() drops the name at once, in-flight requests finish with the copy they hold.
+// Errors, limits and the loader are described in docs/serving.md ("Adapters in the server").
 #pragma once
 
 #include <cstdint>
@@ -56,17 +57,22 @@ class AdapterManager {
   // ApiError 400 on a bad name/path, 403 outside the roots, 400 "already loaded" when the name exists.
   void add(const std::string& name, const std::string& dir);
   // Registers and loads synchronously (start-up and /v1/load_lora_adapter): ApiError on any failure,
-  // with the PEFT loader's message (bad files, rank over the limit, base mismatch).
+  // with the PEFT loader's message (bad files, rank over the limit, base mismatch), or 503
+  // "adapter_cache_full" when pinned adapters fill the host cache; nothing is registered then.
   void add_and_load(const std::string& name, const std::string& dir);
   // Removes NAME (ApiError 404 if unknown). In-flight users keep their pinned copy.
   void remove(const std::string& name);
   // Whether NAME is registered or resolvable as ROOT/NAME.
   bool known(const std::string& name);
   // The adapter if resident (pinned by the returned pointer); else starts a load (once per name) and
-  // returns null, calling on_ready(error_or_empty) when it finishes. ApiError 404 if unknown.
+  // returns null, calling on_ready(error_or_empty) when it finishes. ApiError 404 if unknown (400 for
+  // a malformed name, 403 when ROOT/NAME leads outside the roots). Never reads a file; each non-null
+  // return counts one request in AdapterInfo::requests.
   std::shared_ptr<const adapters::Adapter> acquire(const std::string& name,
                                                    std::function<void(const std::string& error)> on_ready);
+  // Every registered name (ROOT/NAME names once requested), by name.
   std::vector<AdapterInfo> list() const;
+  // Bytes of the adapters resident in the host cache (never above limits().max_cpu_bytes).
   size_t cached_bytes() const;
 
  private:
