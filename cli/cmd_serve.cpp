@@ -2,7 +2,7 @@
 //  [--adapter-dir ROOT]... [--max-loras N] [--max-cpu-loras-bytes B] [--max-lora-rank R] [--max-num-seqs N]
 //  [--max-batch-tokens N] [--kv-cache-bytes B] [--block-size N] [--max-queue N] [--max-model-len N]
 //  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit]
-//  [--enable-lora-runtime-updates] [--port-file FILE]`
+//  [--enable-lora-runtime-updates] [--port-file FILE] [--enable-fine-tuning [--ft-dir DIR] [--ft-compute-share S]]`
 //
 // Serves the base model and its LoRA adapters over the OpenAI-compatible HTTP API (docs/serving.md).
 // Prints "graft serve: listening on http://HOST:PORT" on stderr once requests are accepted; with
@@ -20,6 +20,10 @@
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
+#include "graft/finetune/file_store.hpp"
+#include "graft/finetune/job_manager.hpp"
+#include "graft/finetune/routes.hpp"
+#include "graft/train/data.hpp"
 #include "graft/mmap_file.hpp"
 #include "graft/model/generate.hpp"
 #include "graft/serve/adapter_manager.hpp"
@@ -41,6 +45,9 @@ struct ServeArgs {
   int http_threads = 64;
   double drain_timeout = 60;
   bool load_in_4bit = false, runtime_updates = false;
+  bool fine_tuning = false;
+  std::string ft_dir = "graft-finetune";
+  double ft_share = 0.5;
 };
 
 void write_port_file(const std::string& path, int port) {
@@ -91,6 +98,10 @@ void run(const ServeArgs& a) {
   lo.load_in_4bit = a.load_in_4bit;
   auto m = model::Model::load(a.dir, lo);
   auto be = cpu::make_backend();
+  if (a.fine_tuning) {  // fine-tuned adapters are loaded from the jobs' folders
+    fs::create_directories(fs::path(a.ft_dir) / "jobs");
+    roots.push_back(fs::absolute(fs::path(a.ft_dir) / "jobs").lexically_normal().string());
+  }
   serve::AdapterManager adapters(m.config(), roots, a.limits);
   for (const auto& [name, path] : named) {
     try {
@@ -113,6 +124,36 @@ void run(const ServeArgs& a) {
   ho.enable_lora_runtime_updates = a.runtime_updates;
   ho.drain_timeout_s = a.drain_timeout;
   serve::HttpServer server(ho, *service, tok, chat.get(), eos, std::move(keys));
+  // Fine-tuning jobs (opt-in): one copy of the base, shared with the engine.
+  std::unique_ptr<finetune::FileStore> ft_files;
+  std::unique_ptr<finetune::JobManager> ft_jobs;
+  if (a.fine_tuning) {
+    ft_files = std::make_unique<finetune::FileStore>(a.ft_dir, [&](const std::string& path, const std::string& type) {
+      train::DatasetSpec spec;
+      spec.path = path;
+      spec.type = type;
+      train::DataStats st;
+      train::load_dataset(spec, tok, chat.get(), train::DataOptions{}, &st);
+      return st.records;
+    });
+    finetune::JobManagerOptions jo;
+    jo.dir = a.ft_dir;
+    jo.base_dir = fs::absolute(a.dir).lexically_normal().string();
+    jo.base_name = ho.served_model_name;
+    jo.load_in_4bit = a.load_in_4bit;
+    jo.compute_share = a.ft_share;
+    finetune::JobHooks hooks;
+    hooks.base = &m;
+    hooks.serving_stats = [&engine] { return engine.stats(); };
+    hooks.publish = [&adapters, &server](const std::string& name, const std::string& dir, const std::string& owner) {
+      if (!adapters.known(name)) adapters.add_and_load(name, dir);
+      if (!owner.empty())
+        server.grant_adapter([&](std::string_view key) { return finetune::owner_of(std::string(key)) == owner; }, name);
+    };
+    ft_jobs = std::make_unique<finetune::JobManager>(jo, *ft_files, hooks);
+    server.add_routes(finetune::fine_tuning_routes(*ft_files, *ft_jobs, ho.served_model_name));
+    ft_jobs->start();
+  }
   const int port = server.bind();
   if (!a.port_file.empty()) write_port_file(a.port_file, port);
 
@@ -131,6 +172,7 @@ void run(const ServeArgs& a) {
   done = true;
   if (!server.shutting_down()) pthread_kill(signals.native_handle(), SIGTERM);  // serve() failed: wake the waiter
   signals.join();
+  ft_jobs.reset();  // a running job stops at its next step, checkpointed; it resumes at the next start
   engine.shutdown(/*drain=*/false);
   std::fprintf(stderr, "graft serve: stopped\n");
 }
@@ -169,6 +211,12 @@ graft::cli::Registration reg{"serve", 45, [](CLI::App& app) {
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize projection weights to NF4 on load");
   sub->add_flag("--enable-lora-runtime-updates", a->runtime_updates,
                 "Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM-compatible)");
+  sub->add_flag("--enable-fine-tuning", a->fine_tuning,
+                "Enable the OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs): jobs train on the served base");
+  sub->add_option("--ft-dir", a->ft_dir, "Where uploaded files and fine-tuning jobs live (survives restarts)");
+  sub->add_option("--ft-compute-share", a->ft_share,
+                  "Training's share of wall time while requests are being served (0, 1]; idle time is used fully")
+      ->check(CLI::Range(0.01, 1.0));
   sub->callback([a] { run(*a); });
 }};
 }  // namespace

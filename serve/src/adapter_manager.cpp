@@ -177,6 +177,8 @@ struct AdapterManager::Impl {
     cached += bytes;
   }
 
+  std::map<std::string, ApiError> failures;  // name -> why its last background load failed
+
   static void notify(const std::vector<ReadyFn>& waiters, const std::string& error) {
     for (const auto& w : waiters) {
       if (!w) continue;
@@ -205,8 +207,12 @@ struct AdapterManager::Impl {
       lk.unlock();
       AdapterPtr a;
       std::string error;
+      std::optional<ApiError> failure;
       try {
         a = load(job->name, job->dir);
+      } catch (const ApiError& e) {
+        error = message_of(e);
+        failure.emplace(e.status, e.type, error, "model", e.code);
       } catch (const std::exception& e) {
         error = message_of(e);
       } catch (...) {
@@ -215,20 +221,28 @@ struct AdapterManager::Impl {
       lk.lock();
       if (job->cancelled) {
         error = fmt::format("adapter {} was unloaded", job->name);
+        failure.emplace(404, "not_found_error", error, "model", "model_not_found");
       } else if (auto it = entries.find(job->name); it == entries.end() || it->second.pending != job) {
         // Cannot happen (remove() cancels before erasing); never install into another entry.
         error = fmt::format("adapter {} was unloaded", job->name);
+        failure.emplace(404, "not_found_error", error, "model", "model_not_found");
       } else {
         Entry& e = it->second;
         e.pending.reset();
         if (a) {
           try {
             install_locked(job->name, e, a);
+          } catch (const ApiError& ex) {
+            error = message_of(ex);
+            failure.emplace(ex.status, ex.type, error, "model", ex.code);
           } catch (const std::exception& ex) {
             error = message_of(ex);
           }
         }
       }
+      if (!error.empty() && !failure) failure.emplace(400, "invalid_request_error", error, "model", "invalid_adapter");
+      if (failure) failures.insert_or_assign(job->name, *failure);
+      else failures.erase(job->name);
       auto waiters = std::move(job->waiters);
       lk.unlock();
       a.reset();  // a discarded copy is freed here, not under the lock
@@ -333,6 +347,13 @@ bool AdapterManager::known(const std::string& name) {
   } catch (const ApiError&) {
     return false;
   }
+}
+
+std::optional<ApiError> AdapterManager::load_failure(const std::string& name) const {
+  std::lock_guard lk(impl_->mu);
+  auto it = impl_->failures.find(name);
+  if (it == impl_->failures.end()) return std::nullopt;
+  return it->second;
 }
 
 std::shared_ptr<const adapters::Adapter> AdapterManager::acquire(const std::string& name, ReadyFn on_ready) {

@@ -9,6 +9,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -37,6 +38,7 @@ struct Sequence {
   State state = State::Waiting;
   bool adapter_ready = false;      // the adapter manager finished loading (success or error)
   std::string adapter_error;
+  std::optional<ApiError> adapter_failure;  // status/type/code of adapter_error
   bool prompt_lp_done = false;
   std::vector<TokenOut> prompt_lp;
   bool counted_prompt = false;
@@ -98,11 +100,16 @@ struct Engine::Impl {
   }
 
   // ---------------------------------------------------------------- finishing
-  void finish(const SeqPtr& s, std::string reason, std::string error = {}) {
+  void finish(const SeqPtr& s, std::string reason, std::string error = {}, const ApiError* cause = nullptr) {
     alloc.release(s->blocks);
     Finish f;
     f.reason = std::move(reason);
     f.error = std::move(error);
+    if (cause) {
+      f.error_status = cause->status;
+      f.error_type = cause->type;
+      f.error_code = cause->code;
+    }
     f.prompt_tokens = static_cast<int>(s->req.prompt.size());
     f.completion_tokens = s->generated;
     const auto now = Clock::now();
@@ -166,20 +173,29 @@ struct Engine::Impl {
   bool ensure_adapter(const SeqPtr& s) {
     if (s->req.model.empty() || s->adapter) return true;
     if (!s->adapter_error.empty()) {
-      finish(s, "error", s->adapter_error);
+      finish(s, "error", s->adapter_error, s->adapter_failure ? &*s->adapter_failure : nullptr);
       return false;
     }
     std::weak_ptr<Sequence> weak = s;
     const uint64_t id = s->id;
     try {
-      s->adapter = adapters.acquire(s->req.model, [this, weak, id](const std::string& err) {
+      const std::string name = s->req.model;
+      s->adapter = adapters.acquire(name, [this, weak, id, name](const std::string& err) {
+        std::optional<ApiError> why;
+        if (!err.empty()) why = adapters.load_failure(name);
         std::lock_guard<std::mutex> g(mu);
         if (auto p = weak.lock()) {
-          if (!err.empty()) p->adapter_error = err;
+          if (!err.empty()) {
+            p->adapter_error = err;
+            p->adapter_failure = why;
+          }
         }
         adapter_ready.push_back(id);
         cv.notify_all();
       });
+    } catch (const ApiError& e) {
+      finish(s, "error", e.message(), &e);
+      return false;
     } catch (const std::exception& e) {
       finish(s, "error", e.what());
       return false;

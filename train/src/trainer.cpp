@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -57,12 +58,6 @@ const LinearWeight* weight_of(const model::LayerWeights& L, Module m) {
     case Module::SharedDown: return &L.moe.shared.down;
     default: return nullptr;
   }
-}
-
-std::string expert_path(config::Family f, int e, ExpertProj p) {
-  if (f == config::Family::Mixtral)
-    return fmt::format("block_sparse_moe.experts.{}.{}", e, p == ExpertProj::Gate ? "w1" : p == ExpertProj::Up ? "w3" : "w2");
-  return fmt::format("mlp.experts.{}.{}", e, p == ExpertProj::Gate ? "gate_proj" : p == ExpertProj::Up ? "up_proj" : "down_proj");
 }
 
 adapters::PeftConfig peft_config_of(const Recipe& r) {
@@ -141,7 +136,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   model::LoadOptions lo;
   lo.load_in_4bit = r.load_in_4bit();
   lo.double_quant = r.bnb_4bit_use_double_quant();
-  const model::Model m = model::Model::load(r.base_model(), lo);
+  std::optional<model::Model> owned;
+  if (!opt.base) owned.emplace(model::Model::load(r.base_model(), lo));
+  const model::Model& m = opt.base ? *opt.base : *owned;
   const auto& cfg = m.config();
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
   auto tok = tokenizer::Tokenizer::from_file(tok_dir);
@@ -206,8 +203,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (!L.kind.moe) continue;
     for (int e = 0; e < static_cast<int>(L.moe.experts.num_experts()); ++e)
       for (ExpertProj pj : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) {
-        const std::string key = fmt::format("model.layers.{}.{}", l, expert_path(cfg.family, e, pj));
-        const std::string fused = fmt::format("model.layers.{}.mlp.experts.{}", l, pj == ExpertProj::Down ? "down_proj" : "gate_up_proj");
+        const std::string key = adapters::expert_key(cfg, l, pj, e);
+        const std::string fused = adapters::fused_experts_key(cfg, l) + (pj == ExpertProj::Down ? ".down_proj" : ".gate_up_proj");
         const bool by_param = std::find_if(pc.target_parameters.begin(), pc.target_parameters.end(), [&](const std::string& t) {
                                 return fused.size() >= t.size() && fused.compare(fused.size() - t.size(), t.size(), t) == 0;
                               }) != pc.target_parameters.end();
@@ -229,11 +226,6 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   }
   GRAFT_CHECK_FIX(!names.empty(), "set lora_target_modules (e.g. [q_proj, v_proj]) or lora_target_linear: true",
                   "the recipe's LoRA targets match no module of this {} model", cfg.model_type);
-  GRAFT_CHECK_FIX(r.lora_dropout() == 0.0, "set lora_dropout: 0 (dropout on the LoRA input is not implemented yet)",
-                  "lora_dropout {} is not supported yet", r.lora_dropout());
-  if (r.gradient_checkpointing())
-    std::fprintf(stderr, "note: gradient_checkpointing is not implemented yet on the CPU backend: every layer's "
-                         "activations are kept (results are identical, only memory differs)\n");
   AdamW adam({r.learning_rate(), r.adam_beta1(), r.adam_beta2(), r.adam_epsilon(), r.weight_decay()});
   // Parameters in a fixed order (map order): dense by (layer, module), then experts by (layer, proj, expert).
   std::vector<std::pair<std::string, LoraParam*>> plist;
@@ -307,6 +299,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     adam.set_steps(step);
     epoch = ck.ints["epoch"];
     cursor = ck.ints["cursor"];
+    sum.trained_tokens = ck.ints.count("tokens") ? ck.ints["tokens"] : 0;
     std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
   }
   shuffle_for(epoch);
@@ -324,6 +317,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     }
     ck.ints["epoch"] = epoch;
     ck.ints["cursor"] = cursor;
+    ck.ints["tokens"] = sum.trained_tokens;
     ck.strings["recipe"] = lr.text;
     ck.strings["recipe_hash"] = lr.hash;
     ck.strings["graft_version"] = GRAFT_VERSION;
@@ -337,6 +331,13 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   int64_t tokens = 0, steps_run = 0;
   std::vector<std::pair<int64_t, double>> curve;
   while (step < total) {
+    if (opt.should_stop && opt.should_stop()) {
+      if (steps_run > 0) save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
+      sum.steps = step;
+      sum.stopped = true;
+      return sum;
+    }
+    if (opt.before_step) opt.before_step();
     ad.zero_grad();
     double loss = 0;
     for (int64_t mb = 0; mb < per_step; ++mb) {
@@ -346,8 +347,14 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
         shuffle_for(epoch);
       }
       const PackedSequence& s = seqs[static_cast<size_t>(order[static_cast<size_t>(cursor++)])];
-      loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments);
+      StepOptions so;
+      so.gradient_checkpointing = r.gradient_checkpointing();
+      so.lora_dropout = r.lora_dropout();
+      so.dropout_seed = static_cast<uint64_t>(r.seed());
+      so.dropout_draw = static_cast<uint64_t>(step * per_step + mb);  // restored by --resume with the step
+      loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
       tokens += static_cast<int64_t>(s.ids.size());
+      sum.trained_tokens += static_cast<int64_t>(s.ids.size());
     }
     loss /= static_cast<double>(per_step);
     for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients

@@ -76,6 +76,19 @@ const ApiGrant* ApiKeys::find(std::string_view key) const {
   return found;
 }
 
+std::string ApiKeys::key_of(const ApiGrant* grant) const {
+  for (const auto& [k, g] : keys_)
+    if (&g == grant) return k;
+  return "";
+}
+
+std::vector<const ApiGrant*> ApiKeys::grants_where(const std::function<bool(std::string_view)>& match) const {
+  std::vector<const ApiGrant*> out;
+  for (const auto& [k, g] : keys_)
+    if (match(k)) out.push_back(&g);
+  return out;
+}
+
 const ApiGrant* ApiKeys::authorize(std::string_view h) const {
   while (!h.empty() && h.front() == ' ') h.remove_prefix(1);
   if (h.size() < 7) return nullptr;

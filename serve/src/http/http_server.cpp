@@ -12,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -149,6 +150,15 @@ struct HttpServer::Impl {
   };
 
   void setup_routes();
+  // Adapters granted at run time (fine-tuned adapters go to their owner's key).
+  mutable std::mutex grant_mu;
+  std::map<const ApiGrant*, std::set<std::string>> granted;
+  bool may_use(const ApiGrant* g, const std::string& adapter) const {
+    if (!g || g->allows_adapter(adapter)) return true;
+    std::lock_guard lk(grant_mu);
+    auto it = granted.find(g);
+    return it != granted.end() && it->second.count(adapter) > 0;
+  }
   void handle_generation(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
                          http::Endpoint ep);
   std::string read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader);
@@ -256,7 +266,10 @@ class HttpServer::Impl::GenerationRun {
     }
     for (const auto& c : choices_) {
       if (c.fin.reason == "error")
-        return {500, http::error_json(500, "server_error", "generation failed: " + c.fin.error, "", "engine_error")};
+        return {c.fin.error_status,
+                http::error_json(c.fin.error_status, c.fin.error_type,
+                                 (c.fin.error_status >= 500 ? "generation failed: " : "") + c.fin.error,
+                                 c.fin.error_status >= 500 ? "" : "model", c.fin.error_code)};
       if (c.finish_reason == "abort")
         return {503, http::error_json(503, "server_error", "the request was aborted (the server is shutting down)", "",
                                       "aborted")};
@@ -444,7 +457,9 @@ class HttpServer::Impl::GenerationRun {
         ++finished_;
         record(c);
         if (out && e.fin.reason == "error") {
-          *out += http::sse_event(http::error_json(500, "server_error", "generation failed: " + e.fin.error, "", "engine_error"));
+          *out += http::sse_event(http::error_json(e.fin.error_status, e.fin.error_type,
+                                                   (e.fin.error_status >= 500 ? "generation failed: " : "") + e.fin.error,
+                                                   e.fin.error_status >= 500 ? "" : "model", e.fin.error_code));
           *out += http::sse_done();
           done_ = true;
           cancel_all();
@@ -553,7 +568,7 @@ std::string HttpServer::Impl::resolve_model(const std::string& model, const ApiG
     return ApiError(404, "not_found_error", fmt::format("The model '{}' does not exist.", model), "model",
                     "model_not_found");
   };
-  if (grant && !grant->allows_adapter(model)) throw not_found();
+  if (grant && !may_use(grant, model)) throw not_found();
   bool known = false;
   try {
     known = service.adapter_known(model);
@@ -623,7 +638,7 @@ void HttpServer::Impl::setup_routes() {
     ojson data = ojson::array();
     data.push_back(model_card(opts.served_model_name, opts.model_path, "", max_len));
     for (const auto& a : service.adapters())
-      if (!grant || grant->allows_adapter(a.name)) data.push_back(model_card(a.name, a.path, opts.served_model_name, max_len));
+      if (may_use(grant, a.name)) data.push_back(model_card(a.name, a.path, opts.served_model_name, max_len));
     return data;
   };
   svr.Get("/v1/models", [this, list_models](const Req& req, Res& res) {
@@ -817,6 +832,35 @@ void HttpServer::serve() {
 }
 
 void HttpServer::shutdown() { impl_->shutdown(); }
+
+void HttpServer::add_routes(const RouteExtension& ext) {
+  Impl* I = impl_.get();
+  RouteContext ctx{I->svr, {}, {}, {}, {}};
+  ctx.authenticate = [I](const httplib::Request& req, httplib::Response& res) -> std::optional<std::string> {
+    try {
+      if (I->shutting_down) throw ApiError(503, "server_error", "the server is shutting down", "", "shutting_down");
+      return I->keys.key_of(I->authorize(req));
+    } catch (const ApiError& e) {
+      send_error(res, e);
+      return std::nullopt;
+    }
+  };
+  ctx.guarded = [I](httplib::Response& res, const std::function<void()>& body) { I->guarded(res, body); };
+  ctx.send_json = [](httplib::Response& res, int status, const nlohmann::json& j) {
+    res.status = status;
+    res.set_content(j.dump(), "application/json");
+  };
+  ctx.grant = [this](const std::function<bool(std::string_view)>& match, const std::string& adapter) {
+    grant_adapter(match, adapter);
+  };
+  ext(ctx);
+}
+
+void HttpServer::grant_adapter(const std::function<bool(std::string_view)>& match, const std::string& adapter) {
+  const auto gs = impl_->keys.grants_where(match);
+  std::lock_guard lk(impl_->grant_mu);
+  for (const ApiGrant* g : gs) impl_->granted[g].insert(adapter);
+}
 bool HttpServer::shutting_down() const { return impl_->shutting_down; }
 int HttpServer::in_flight() const {
   std::lock_guard lk(impl_->mu);

@@ -67,7 +67,7 @@ TEST(Recipe, DefaultsAreFilledIn) {
   EXPECT_DOUBLE_EQ(p.adam_epsilon(), 1e-8);
   EXPECT_DOUBLE_EQ(p.max_grad_norm(), 1.0);
   EXPECT_EQ(p.optimizer(), "adamw");
-  EXPECT_FALSE(p.gradient_checkpointing());
+  EXPECT_TRUE(p.gradient_checkpointing());
   EXPECT_EQ(p.eval_steps(), 0);
   EXPECT_EQ(p.save_steps(), 0);
   EXPECT_EQ(p.logging_steps(), 10);
@@ -264,6 +264,8 @@ TEST(Recipe, HashStability) {
   EXPECT_NE(ha, parse_recipe_text(a, "t", {"lora_target_modules=[v_proj, q_proj]"}).hash);
   // Operational keys do not change the training trajectory, so not the hash either.
   EXPECT_EQ(ha, parse_recipe_text(a, "t", {"output_dir=elsewhere", "resume_from_checkpoint=o/ckpt", "num_threads=3"}).hash);
+  // Nor does activation checkpointing (bit-identical gradients): a run may resume with it toggled.
+  EXPECT_EQ(ha, parse_recipe_text(a, "t", {"gradient_checkpointing=false"}).hash);
   // sha256 itself.
   EXPECT_EQ(graft::train::sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(graft::train::sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

@@ -672,7 +672,7 @@ void recipe_defaults(Recipe& r) {
   if (!r.has_adam_epsilon()) r.set_adam_epsilon(1e-8);
   if (!r.has_max_grad_norm()) r.set_max_grad_norm(1.0);
   if (!r.has_optimizer()) r.set_optimizer("adamw");
-  if (!r.has_gradient_checkpointing()) r.set_gradient_checkpointing(false);
+  if (!r.has_gradient_checkpointing()) r.set_gradient_checkpointing(true);
   if (!r.has_eval_steps()) r.set_eval_steps(0);
   if (!r.has_save_steps()) r.set_save_steps(0);
   if (!r.has_logging_steps()) r.set_logging_steps(10);

@@ -237,8 +237,10 @@ const Recipe& default_recipe_instance();
 const Dataset& default_dataset_instance();
 
 std::string recipe_hash_json(const Recipe& recipe) {
-  static const std::set<std::string> kSkip = {"output_dir",  "dataset_prepared_path", "resume_from_checkpoint",
-                                              "num_threads", "logging_steps",         "save_steps"};
+  // gradient_checkpointing changes memory only (bit-identical results), so a run may resume with it toggled.
+  static const std::set<std::string> kSkip = {"output_dir",    "dataset_prepared_path", "resume_from_checkpoint",
+                                              "num_threads",   "logging_steps",         "save_steps",
+                                              "gradient_checkpointing"};
   // Datasets omit fields equal to a default dataset: rebuild them through a copy.
   std::string o;
   const pb::Descriptor* d = recipe.GetDescriptor();

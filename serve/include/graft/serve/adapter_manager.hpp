@@ -21,11 +21,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "graft/adapters/peft.hpp"
 #include "graft/config/model_config.hpp"
+#include "graft/serve/api_error.hpp"
 
 namespace graft::serve {
 
@@ -71,6 +73,9 @@ class AdapterManager {
   std::shared_ptr<const adapters::Adapter> acquire(const std::string& name,
                                                    std::function<void(const std::string& error)> on_ready);
   // Every registered name (ROOT/NAME names once requested), by name.
+  // Why the last background load of NAME failed (status/type/code as ApiError), if it did; the
+  // engine uses it to answer the waiting requests with the right status.
+  std::optional<ApiError> load_failure(const std::string& name) const;
   std::vector<AdapterInfo> list() const;
   // Bytes of the adapters resident in the host cache (never above limits().max_cpu_bytes).
   size_t cached_bytes() const;

@@ -69,6 +69,8 @@ struct Finish {
   std::string reason;      // "stop" (stop id), "length" (max_tokens / max_model_len), "abort" (cancel /
                            // sink returned false), "error"
   std::string error;       // message when reason == "error"
+  int error_status = 500;  // HTTP status of the error (4xx/503 when the request's adapter could not load)
+  std::string error_type = "server_error", error_code = "engine_error";
   int prompt_tokens = 0, completion_tokens = 0;
   double queue_s = 0, ttft_s = 0, e2e_s = 0;     // seconds: waiting, submit->first token, submit->finish
 };

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -26,6 +27,7 @@
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/serve/adapter_manager.hpp"
 #include "graft/serve/engine.hpp"
+#include "graft/serve/http_routes.hpp"
 #include "graft/serve/metrics.hpp"
 #include "graft/tokenizer/tokenizer.hpp"
 
@@ -54,6 +56,10 @@ class ApiKeys {
   const ApiGrant* find(std::string_view key) const;
   // From an Authorization header value "Bearer KEY" (scheme case-insensitive); nullptr otherwise.
   const ApiGrant* authorize(std::string_view authorization) const;
+  // The key a grant of this set belongs to ("" for any other pointer).
+  std::string key_of(const ApiGrant* grant) const;
+  // The grants whose key satisfies `match`.
+  std::vector<const ApiGrant*> grants_where(const std::function<bool(std::string_view key)>& match) const;
 
  private:
   std::vector<std::pair<std::string, ApiGrant>> keys_;
@@ -104,6 +110,10 @@ class HttpServer {
   // (after drain_timeout_s they are cancelled), then serve() returns. Idempotent; blocks until done.
   void shutdown();
   bool shutting_down() const;
+  // Registers an extra route group (e.g. the fine-tuning API); call before serve().
+  void add_routes(const RouteExtension& ext);
+  // Lets every API key for which match(key) holds use `adapter` (thread-safe, any time).
+  void grant_adapter(const std::function<bool(std::string_view key)>& match, const std::string& adapter);
   int in_flight() const;  // generation requests not yet fully answered
   Metrics& metrics();
 

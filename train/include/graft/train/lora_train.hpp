@@ -2,15 +2,23 @@
 //
 // The base model is frozen: only the LoRA factors A [r, in] and B [out, r] of each adapted module
 // get gradients. forward_backward() runs the decoder with saved activations, the token-level
-// cross-entropy (labels -100 are ignored), and the hand-written backward of every layer
-// (final norm, attention with q/k-norm and RoPE, dense SwiGLU MLP, RMSNorms, residuals), accumulating
-// (`+=`) dA and dB so that gradient accumulation over micro-batches is a loop.
-// Supported: dense decoder layers with standard attention (llama, qwen2, qwen3, and the attention of
-// qwen2_moe, qwen3_moe, mixtral) and MoE layers with softmax top-k routers (± renormalisation), routed
-// experts with per-expert LoRA, the router's gradient path into dX, and Qwen2-MoE's gated shared
-// expert. MLA (DeepSeek), Llama 4 and the sigmoid/group-limited routers throw a clear error.
+// cross-entropy (labels -100 are ignored), and the hand-written backward of every layer, accumulating
+// (`+=`) dA and dB so that gradient accumulation over micro-batches is a loop. It computes what
+// Model::forward computes (same FamilySpec), for every supported family:
+//  * attention: GQA with bias / q-k RMSNorm (qwen2, qwen3), rotate-half or interleaved RoPE, sliding
+//    and chunked masks, Llama 4 NoPE layers with attention temperature and the weightless L2 q/k norm;
+//    DeepSeek MLA (q_a/q_a_norm/q_b or plain q, kv_a_proj_with_mqa, kv_a_norm, kv_b, RoPE on the
+//    rope dims, yarn softmax scale) in the naive (expanded) form;
+//  * MLPs: dense SwiGLU; MoE with every router kind (softmax top-k ± renorm, DeepSeek-V2 greedy /
+//    group-limited greedy, DeepSeek-V3 sigmoid + correction bias + group-limited + routed scaling,
+//    Llama 4 top-k sigmoid scaling the expert input), per-expert LoRA, the router's gradient path
+//    into dX, shared experts (Qwen2-MoE's sigmoid-gated one, DeepSeek's and Llama 4's ungated ones).
+// Options: LoRA dropout (lora_dropout.hpp) and per-layer activation checkpointing (only each layer's
+// input is kept; the layer is recomputed in the backward, bit-identically).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <map>
 #include <random>
 #include <tuple>
@@ -45,10 +53,27 @@ class TrainableAdapter final : public model::LoraSource {
   std::map<std::tuple<int, model::ExpertProj, int>, LoraParam> experts_;
 };
 
+struct StepOptions {
+  // Keep only each layer's input during the forward and recompute the layer's activations in the
+  // backward. Gradients are bit-identical either way; the saved-activation memory is lower.
+  bool gradient_checkpointing = false;
+  // LoRA dropout probability in [0, 1) and the mask stream: masks depend on (seed, draw, layer,
+  // module, token, column) only (lora_dropout.hpp); the trainer passes draw = the micro-batch's
+  // global index, so --resume and checkpoint recomputation see the same masks.
+  double lora_dropout = 0.0;
+  uint64_t dropout_seed = 0, dropout_draw = 0;
+};
+struct StepStats {
+  // Peak bytes held in saved activations (per-layer tensors kept for the backward, including the
+  // layer inputs kept by checkpointing and the one layer recomputed at a time), measured by the code.
+  size_t peak_saved_activation_bytes = 0;
+};
+
 // Loss (mean CE over labelled tokens) of `ids` with next-token `labels` (same length; -100 = ignore),
 // and its gradient accumulated into `adapter`. `segments`/`positions` may describe packed samples.
 double forward_backward(const model::Model& m, std::span<const int32_t> ids, std::span<const int32_t> labels,
                         TrainableAdapter& adapter, std::span<const int32_t> positions = {},
-                        std::span<const int32_t> segments = {});
+                        std::span<const int32_t> segments = {}, const StepOptions& options = {},
+                        StepStats* stats = nullptr);
 
 }  // namespace graft::train

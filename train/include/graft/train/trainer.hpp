@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "graft/model/model.hpp"
 #include "graft/train/recipe.hpp"
 
 namespace graft::train {
@@ -22,12 +23,20 @@ struct TrainOptions {
   bool progress = true;         // progress bar on a TTY, plain lines otherwise
   int64_t stop_after_steps = -1;  // for tests: stop (without export) after this many steps
   std::function<void(const StepLog&)> on_step;
+  // Train on this already-loaded base instead of loading recipe.base_model (the server shares its
+  // weights with fine-tuning jobs). It must be the recipe's base, loaded with its load_in_4bit.
+  const model::Model* base = nullptr;
+  std::function<void()> before_step;  // called before every optimizer step; may block (throttling)
+  std::function<bool()> should_stop;  // polled before every step: true = checkpoint now and return
+                                      // with TrainSummary::stopped (resume continues bit-exactly)
 };
 
 struct TrainSummary {
   int64_t steps = 0, train_sequences = 0, val_sequences = 0, trainable_params = 0;
   double final_loss = 0, base_eval_loss = -1, eval_loss = -1;
   std::string adapter_dir;
+  int64_t trained_tokens = 0;  // tokens of every sequence stepped over (all runs, resumes included)
+  bool stopped = false;        // should_stop ended the run before the last step (nothing exported)
 };
 
 TrainSummary run_training(const LoadedRecipe& recipe, const TrainOptions& options = {});

@@ -1,0 +1,108 @@
+// Standard (GQA) attention sublayer, forward with saved activations and backward, as Model::forward
+// runs it: q/k/v projections (biases), Qwen3's q/k RMSNorm, RoPE (rotate-half or interleaved) on RoPE
+// layers followed by Llama 4's weightless L2 norm, Llama 4's attention temperature on NoPE layers,
+// causal / sliding / chunked / packed masks, softmax scale, o projection.
+#include <cmath>
+#include <vector>
+
+#include "backward_internal.hpp"
+#include "graft/cpu/ops.hpp"
+#include "graft/cpu/reference_bwd.hpp"
+#include "graft/train/backward_ref.hpp"
+
+namespace graft::train::detail {
+namespace {
+using model::Module;
+
+Tensor ones(int64_t n) {
+  Tensor t = Tensor::empty({n}, DType::F32);
+  std::fill_n(t.data<float>(), n, 1.0f);
+  return t;
+}
+// Llama 4 NoPE-layer temperature per token.   -> [T]
+std::vector<float> temperatures(const Ctx& c) {
+  std::vector<float> s(static_cast<size_t>(c.T));
+  for (int64_t t = 0; t < c.T; ++t)
+    s[static_cast<size_t>(t)] = ref::attn_temperature(c.pos[static_cast<size_t>(t)], c.cfg.floor_scale, c.cfg.attn_scale);
+  return s;
+}
+float softmax_scale(const Ctx& c) {
+  return c.spec.attn_scale != 0.0f ? c.spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.cfg.head_dim));
+}
+Tensor normed(const Tensor& x, const Tensor& w, float eps) {
+  Tensor y = Tensor::empty(x.shape(), DType::F32);
+  cpu::rmsnorm(x, w, eps, y);
+  return y;
+}
+// dx (=) of y = rmsnorm(x, w) over the last dim.   x, dy [.., D]
+Tensor normed_bwd(const Tensor& x, const Tensor& w, const Tensor& dy, float eps) {
+  Tensor dx = Tensor::empty(x.shape(), DType::F32);
+  const int64_t D = x.size(-1);
+  cpu::ref::rmsnorm_bwd<float>(x.data<float>(), w.data<float>(), dy.data<float>(), eps, x.numel() / D, D, dx.data<float>());
+  return dx;
+}
+}  // namespace
+
+Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& x1, AttnActs& A) {
+  const auto& cfg = c.cfg;
+  const int64_t T = c.T, nh = cfg.num_attention_heads, nkv = cfg.num_key_value_heads, D = cfg.head_dim;
+  Tensor q = lin_fwd(x1, c.lin(l, L.attn.q, Module::Q)).reshape({T, nh, D});
+  Tensor k = lin_fwd(x1, c.lin(l, L.attn.k, Module::K)).reshape({T, nkv, D});
+  A.v = lin_fwd(x1, c.lin(l, L.attn.v, Module::V)).reshape({T, nkv, D});
+  if (c.spec.qk_norm) {
+    A.q0 = q;
+    A.k0 = k;
+    q = normed(A.q0, L.attn.q_norm, c.eps);
+    k = normed(A.k0, L.attn.k_norm, c.eps);
+  }
+  if (L.kind.rope) {
+    c.rope(q, static_cast<int>(D));
+    c.rope(k, static_cast<int>(D));
+    if (c.spec.qk_l2_norm) {
+      A.qr = q;
+      A.kr = k;
+      const Tensor one = ones(D);
+      q = normed(A.qr, one, c.eps);
+      k = normed(A.kr, one, c.eps);
+    }
+  } else if (c.spec.temperature_tuning) {
+    const std::vector<float> s = temperatures(c);
+    ref::scale_rows_fwd<float>(q.data<float>(), s.data(), T, nh * D, q.data<float>());
+  }
+  A.q = q;
+  A.k = k;
+  A.out = Tensor::empty({T, nh, D}, DType::F32);
+  cpu::attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
+  return lin_fwd(A.out.reshape({T, nh * D}), c.lin(l, L.attn.o, Module::O));
+}
+
+Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, AttnActs& A) {
+  const auto& cfg = c.cfg;
+  const int64_t T = c.T, nh = cfg.num_attention_heads, nkv = cfg.num_key_value_heads, D = cfg.head_dim;
+  Tensor dattn = lin_bwd(A.out.reshape({T, nh * D}), dout, c.lin(l, L.attn.o, Module::O));
+  Tensor dq = Tensor::empty({T, nh, D}, DType::F32), dk = Tensor::empty({T, nkv, D}, DType::F32),
+         dv = Tensor::empty({T, nkv, D}, DType::F32);
+  cpu::attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
+  if (L.kind.rope) {
+    if (c.spec.qk_l2_norm) {
+      const Tensor one = ones(D);
+      dq = normed_bwd(A.qr, one, dq, c.eps);
+      dk = normed_bwd(A.kr, one, dk, c.eps);
+    }
+    c.rope_bwd(dq, static_cast<int>(D));
+    c.rope_bwd(dk, static_cast<int>(D));
+  } else if (c.spec.temperature_tuning) {
+    const std::vector<float> s = temperatures(c);
+    ref::scale_rows_fwd<float>(dq.data<float>(), s.data(), T, nh * D, dq.data<float>());  // dq·s: its own transpose
+  }
+  if (c.spec.qk_norm) {
+    dq = normed_bwd(A.q0, L.attn.q_norm, dq, c.eps);
+    dk = normed_bwd(A.k0, L.attn.k_norm, dk, c.eps);
+  }
+  Tensor dx1 = lin_bwd(x1, dq.reshape({T, nh * D}), c.lin(l, L.attn.q, Module::Q));
+  add(dx1, lin_bwd(x1, dk.reshape({T, nkv * D}), c.lin(l, L.attn.k, Module::K)));
+  add(dx1, lin_bwd(x1, dv.reshape({T, nkv * D}), c.lin(l, L.attn.v, Module::V)));
+  return dx1;
+}
+
+}  // namespace graft::train::detail

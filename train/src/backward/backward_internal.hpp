@@ -1,0 +1,110 @@
+// Internal to the training forward/backward (train/src/backward/): the LoRA-aware linear with its
+// backward, the per-step context every layer piece reads, and the saved activations of one decoder
+// layer. One file per piece: lora_linear.cpp, attention_backward.cpp (GQA, Llama 4),
+// mla_backward.cpp (DeepSeek), router_backward.cpp, moe_backward.cpp, layer_backward.cpp
+// (one decoder layer) and forward_backward.cpp (the model, loss, activation checkpointing).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "graft/train/lora_train.hpp"
+#include "model/family_spec.hpp"
+
+namespace graft::train::detail {
+
+Tensor f32(int64_t rows, int64_t cols);
+void add(Tensor& y, const Tensor& x);  // y += x (same numel)
+inline size_t bytes_of(const Tensor& t) { return t.defined() ? static_cast<size_t>(t.numel()) * 4 : 0; }
+
+// One projection as the trainer sees it: the frozen base weight, the trainable LoRA (or none), and
+// dropout on the LoRA branch input (rows = the token index of each input row, for the mask).
+struct Lin {
+  const LinearWeight* w = nullptr;
+  LoraParam* p = nullptr;  // null: base only
+  double dropout = 0.0;
+  uint64_t key = 0;                     // dropout stream (lora_dropout.hpp)
+  std::span<const int32_t> rows;        // [n] or empty (= 0..n-1)
+};
+// y = x·Wᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ.   x [n, in]  ->  y [n, out]
+Tensor lin_fwd(const Tensor& x, const Lin& l);
+// dx [n, in] (=); with LoRA, dA / dB (+=). The dropout mask is redrawn from its key.   dy [n, out]
+Tensor lin_bwd(const Tensor& x, const Tensor& dy, const Lin& l);
+
+// What every piece of one forward/backward reads.
+struct Ctx {
+  const model::Model& m;
+  const config::ModelConfig& cfg;
+  model::FamilySpec spec;
+  TrainableAdapter& ad;
+  std::span<const int32_t> pos;  // [T]
+  std::span<const int32_t> seg;  // [T] or empty
+  const ops::RopeTable& rt;
+  int64_t T;
+  float eps;
+  StepOptions opt;
+
+  Lin lin(int layer, const LinearWeight& w, model::Module mod) const;
+  Lin expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows) const;
+  ops::AttentionMask mask(const config::LayerKind& k) const;
+  // RoPE on the first rot_dim dims of each head, in the family's layout.   x [T, heads, D]
+  void rope(Tensor& x, int rot_dim) const;
+  void rope_bwd(Tensor& dx, int rot_dim) const;
+};
+
+// ---------------------------------------------------------------- saved activations
+struct AttnActs {  // standard (GQA) attention
+  Tensor q0, k0;   // projections before the q/k RMSNorm (Qwen3) [T, h, D]
+  Tensor qr, kr;   // after RoPE, before the L2 norm (Llama 4 RoPE layers) [T, h, D]
+  Tensor q, k, v;  // attention inputs [T, nh, D], [T, nkv, D] x2
+  Tensor out;      // attention output [T, nh, D]
+  size_t bytes() const;
+};
+struct MlaActs {   // DeepSeek MLA
+  Tensor qa, qa_n;   // q_a output and its RMSNorm [T, q_lora_rank] (q_lora models)
+  Tensor c, c_n;     // latent before / after kv_a_norm [T, kv_lora_rank]
+  Tensor q, k, v;    // expanded attention inputs [T, nh, dq], [T, nh, dq], [T, nh, dv]
+  Tensor out;        // attention output [T, nh, dv]
+  size_t bytes() const;
+};
+struct ExpertActs {  // one routed expert; rows = the (token, slot) pairs routed to it
+  std::vector<int64_t> flat;  // token·k + slot of each row
+  std::vector<int32_t> tok;   // token of each row
+  Tensor x, g, u, a, y;       // input (scaled for Llama 4) [n, H], gate/up/act [n, I], output [n, H]
+};
+struct MoeActs {
+  Tensor logits, ids, w;  // [T, E], [T, k] i32, [T, k]
+  std::vector<ExpertActs> experts;
+  Tensor sg, su, sa, sy, sgate;  // shared expert: [T, SI] x3, [T, H], Qwen2-MoE gate sigmoid [T, 1]
+  size_t bytes() const;
+};
+struct LayerActs {
+  Tensor h_in, x1, h_mid, x2;  // layer input, input norm, after attention, post-attention norm [T, H]
+  AttnActs attn;
+  MlaActs mla;
+  Tensor g, u, a;  // dense MLP [T, I] x3
+  MoeActs moe;
+  size_t bytes() const;  // everything but h_in
+};
+
+// ---------------------------------------------------------------- pieces (forward saves, backward reads)
+// Attention sublayer output [T, H] from the input-normed x1 [T, H]; backward returns dx1 (=).
+Tensor attention_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x1, AttnActs& A);
+Tensor attention_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, AttnActs& A);
+Tensor mla_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x1, MlaActs& A);
+Tensor mla_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, MlaActs& A);
+// MoE block output [T, H] from x2 [T, H]; backward returns dx2 (=).
+Tensor moe_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
+Tensor moe_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, const Tensor& dout, MoeActs& A);
+// Router: selection and combine weights exactly as Model::forward (cpu::moe_route: logits, ids, w);
+// backward: dx2 [T, H] (=) through the frozen router from dw [T, k], for that fixed selection.
+ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L);
+void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
+Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, const MoeActs& A, const Tensor& dw);
+// One decoder layer: h_out = h_in + attn(norm(h_in)) + mlp(norm(·)); backward maps dh_out to dh_in.
+Tensor layer_fwd(const Ctx& c, int layer, const Tensor& h_in, LayerActs& A);
+Tensor layer_bwd(const Ctx& c, int layer, const Tensor& dh, LayerActs& A);
+
+}  // namespace graft::train::detail

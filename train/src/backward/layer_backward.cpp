@@ -1,0 +1,60 @@
+// One decoder layer of the training forward and its backward:
+//   x1 = rmsnorm(h_in);  h_mid = h_in + attention(x1)  (standard or MLA);
+//   x2 = rmsnorm(h_mid); h_out = h_mid + mlp(x2)       (dense SwiGLU or MoE).
+#include "backward_internal.hpp"
+#include "graft/cpu/ops.hpp"
+#include "graft/cpu/reference_bwd.hpp"
+
+namespace graft::train::detail {
+namespace {
+using model::Module;
+}
+
+Tensor layer_fwd(const Ctx& c, int l, const Tensor& h_in, LayerActs& A) {
+  const auto& L = c.m.layers()[static_cast<size_t>(l)];
+  const int64_t T = c.T, H = c.cfg.hidden_size;
+  A.h_in = h_in;
+  A.x1 = f32(T, H);
+  cpu::rmsnorm(h_in, L.input_norm, c.eps, A.x1);
+  A.h_mid = h_in.clone();
+  add(A.h_mid, c.spec.mla ? mla_fwd(c, l, L, A.x1, A.mla) : attention_fwd(c, l, L, A.x1, A.attn));
+  A.x2 = f32(T, H);
+  cpu::rmsnorm(A.h_mid, L.post_norm, c.eps, A.x2);
+  Tensor out = A.h_mid.clone();
+  if (L.kind.moe) {
+    add(out, moe_fwd(c, l, L, A.x2, A.moe));
+    return out;
+  }
+  A.g = lin_fwd(A.x2, c.lin(l, L.mlp.gate, Module::Gate));
+  A.u = lin_fwd(A.x2, c.lin(l, L.mlp.up, Module::Up));
+  A.a = f32(T, A.g.size(1));
+  cpu::swiglu(A.g, A.u, A.a);
+  add(out, lin_fwd(A.a, c.lin(l, L.mlp.down, Module::Down)));
+  return out;
+}
+
+Tensor layer_bwd(const Ctx& c, int l, const Tensor& dh_out, LayerActs& A) {
+  const auto& L = c.m.layers()[static_cast<size_t>(l)];
+  const int64_t T = c.T, H = c.cfg.hidden_size;
+  Tensor dh = dh_out.clone();
+  Tensor dx2;
+  if (L.kind.moe) {
+    dx2 = moe_bwd(c, l, L, A.x2, dh, A.moe);
+  } else {
+    Tensor da = lin_bwd(A.a, dh, c.lin(l, L.mlp.down, Module::Down));
+    Tensor dg = f32(T, A.g.size(1)), du = f32(T, A.g.size(1));
+    cpu::ref::swiglu_bwd<float>(A.g.data<float>(), A.u.data<float>(), da.data<float>(), A.g.numel(), dg.data<float>(),
+                                du.data<float>());
+    dx2 = lin_bwd(A.x2, dg, c.lin(l, L.mlp.gate, Module::Gate));
+    add(dx2, lin_bwd(A.x2, du, c.lin(l, L.mlp.up, Module::Up)));
+  }
+  Tensor t = f32(T, H);
+  cpu::ref::rmsnorm_bwd<float>(A.h_mid.data<float>(), L.post_norm.data<float>(), dx2.data<float>(), c.eps, T, H, t.data<float>());
+  add(dh, t);
+  Tensor dx1 = c.spec.mla ? mla_bwd(c, l, L, A.x1, dh, A.mla) : attention_bwd(c, l, L, A.x1, dh, A.attn);
+  cpu::ref::rmsnorm_bwd<float>(A.h_in.data<float>(), L.input_norm.data<float>(), dx1.data<float>(), c.eps, T, H, t.data<float>());
+  add(dh, t);
+  return dh;
+}
+
+}  // namespace graft::train::detail
