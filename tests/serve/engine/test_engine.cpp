@@ -438,3 +438,19 @@ TEST_F(EngineTest, HotLoadAndUnloadWhile32StreamsRun) {
   loader.join();
   EXPECT_EQ(churn_ok, 12);
 }
+
+TEST_F(EngineTest, AnAdapterThatFailsToLoadIsAClientErrorNotAServerError) {
+  fs::create_directories(dir_ / "loras" / "broken");
+  write_text(dir_ / "loras" / "broken" / "adapter_config.json", R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})");
+  serve::AdapterManager am(cfg_, {(dir_ / "loras").string()}, {});
+  serve::Engine eng(*model_, *be_, am, {});
+  Collector c;
+  eng.submit(greedy(prompt(1, 5), "broken", 4), c.sink());
+  auto f = c.wait();
+  EXPECT_EQ(f.reason, "error");
+  EXPECT_EQ(f.error_status, 400) << f.error;
+  EXPECT_EQ(f.error_code, "invalid_adapter");
+  Collector ok;
+  eng.submit(greedy(prompt(1, 5), "", 4), ok.sink());
+  EXPECT_EQ(ok.wait().reason, "length");
+}
