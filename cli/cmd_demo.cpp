@@ -108,6 +108,7 @@ test_datasets:
   - path: {0}/data/val.jsonl
     type: chat_template
 sequence_len: 128
+gradient_checkpointing: false  # tiny model: activations are small, skip the recompute
 micro_batch_size: 8
 gradient_accumulation_steps: 1
 max_steps: {1}

@@ -288,7 +288,8 @@ struct JobManager::Impl {
       o.should_stop = should_stop;
       o.on_step = [&](const train::StepLog& s) {
         nlohmann::json d = {{"step", s.step}, {"total_steps", s.total}, {"train_loss", s.loss}, {"learning_rate", s.lr},
-                            {"tokens_per_s", s.tokens_per_s}, {"throttled_s", throttle.waited_s()}};
+                            {"tokens_per_s", s.tokens_per_s}, {"elapsed_s", s.elapsed_s},
+                            {"tokens", s.tokens_per_s * s.elapsed_s}, {"throttled_s", throttle.waited_s()}};
         std::string msg = "Step " + std::to_string(s.step) + "/" + std::to_string(s.total) + ": training loss=" + fmt::format("{:.4f}", s.loss);
         if (s.eval_loss >= 0) {
           d["eval_loss"] = s.eval_loss;
