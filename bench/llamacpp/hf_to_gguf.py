@@ -3,29 +3,15 @@
 # Hugging Face layout to GGUF f32 for llama.cpp, with llama.cpp's own gguf-py writer (numpy only; no
 # torch/transformers needed). Usage:
 #   PYTHONPATH=bench/llamacpp/work/llama.cpp/gguf-py /usr/bin/python3 bench/llamacpp/hf_to_gguf.py HF_DIR OUT.gguf
-import json, struct, sys
+import json, os, sys
 import numpy as np
 import gguf
 
-DT = {"F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "py"))
+import safetensors_io  # noqa: E402
 
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        raw = data[b:e]
-        if v["dtype"] == "BF16":
-            a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            a = np.frombuffer(raw, dtype=DT[v["dtype"]]).astype(np.float32)
-        out[k] = a.reshape(v["shape"])
-    return out
+def load_safetensors(path):  # every tensor as float32 (BF16 widened exactly)
+    return {k: a.astype(np.float32) for k, a in safetensors_io.load(path).items()}
 
 def permute(w, n_head):  # HF rotate-half layout -> llama.cpp (interleaved) layout, as convert_hf_to_gguf does
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

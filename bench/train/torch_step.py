@@ -4,17 +4,14 @@
 # gate/up/down (dense MLP projections in dense layers), one sequence of T tokens, float32 on the CPU,
 # forward + cross-entropy + backward, HF-style expert loop (gather the tokens of each expert).
 # Usage: torch_step.py MODEL_DIR T R STEPS   -> prints "torch_step_ms <median>"
-import json, math, statistics, struct, sys, time
-import numpy as np
+import json, math, os, statistics, sys, time
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "py"))
+import safetensors_io  # noqa: E402
+
 def load_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    return {k: torch.from_numpy(np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=np.float32).copy().reshape(v["shape"]))
-            for k, v in hdr.items() if k != "__metadata__"}
+    return {k: torch.from_numpy(a) for k, a in safetensors_io.load(path, dtypes=("F32",)).items()}
 
 d, T, R, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(torch.get_num_threads())

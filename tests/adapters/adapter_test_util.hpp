@@ -15,17 +15,11 @@
 #include "graft/mmap_file.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/presets.hpp"
+#include "../common/tensor_test_util.hpp"
 
 namespace graft::testutil {
 
 namespace fs = std::filesystem;
-
-inline Tensor rnd(const Dims& s, std::mt19937& r, float sd) {
-  Tensor t = Tensor::empty(s, DType::F32);
-  std::normal_distribution<float> g(0, sd);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = g(r);
-  return t;
-}
 
 inline nlohmann::ordered_json tiny_config_json(const std::string& arch = "qwen3_moe") {
   return model::preset_config(arch, "tiny", 300, 1, 2);
@@ -110,12 +104,6 @@ inline adapters::Adapter random_adapter(const config::ModelConfig& cfg, int64_t 
     }
   }
   return ad;
-}
-
-inline double rel(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
 }
 
 inline bool same_tensor(const Tensor& a, const Tensor& b) {

@@ -15,42 +15,20 @@
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/train/backward_ref.hpp"
 #include "graft/train/lora_dropout.hpp"
+#include "../common/finite_diff.hpp"
 
 using namespace graft;
 namespace cref = graft::cpu::ref;
 namespace tref = graft::train::ref;
-using Vec = std::vector<double>;
+using fdtest::Vec;
 using ops::RouterKind;
 
 namespace {
-Vec rnd(size_t n, uint32_t seed, double sd = 1.0) {
-  std::mt19937 r(seed);
-  std::normal_distribution<double> g(0, sd);
-  Vec v(n);
-  for (auto& x : v) x = g(r);
-  return v;
-}
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-// Relative error between the analytic gradient `g` of L(x) and central differences of `loss`.
-double fd_check(Vec& x, const Vec& g, const std::function<double()>& loss) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double h = 1e-6 * std::max(1.0, std::fabs(x[i])), old = x[i];
-    x[i] = old + h;
-    const double lp = loss();
-    x[i] = old - h;
-    const double lm = loss();
-    x[i] = old;
-    const double fd = (lp - lm) / (2 * h);
-    num += (fd - g[i]) * (fd - g[i]);
-    den += fd * fd;
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using fdtest::dot;
+using fdtest::fd_check;
+using fdtest::rnd;
+using fdtest::RouterCase;
+
 // y = x·Wᵀ and its input gradient dx = dy·W.   x [T, K], W [N, K]
 Vec mm(const Vec& x, const Vec& W, int64_t T, int64_t K, int64_t N) {
   Vec y(static_cast<size_t>(T * N), 0.0);
@@ -79,13 +57,6 @@ std::vector<int32_t> select(const Vec& z, int64_t T, int E, const ops::RouterPar
   return {ids.data<int32_t>(), ids.data<int32_t>() + ids.numel()};
 }
 
-struct RouterCase {
-  RouterKind kind;
-  bool renorm;
-  int k, n_group, topk_group;
-  float rsf;
-  bool bias;
-};
 class RouterWeights : public ::testing::TestWithParam<RouterCase> {};
 }  // namespace
 
@@ -94,14 +65,7 @@ TEST_P(RouterWeights, MatchFiniteDifferencesAndTheForwardRouter) {
   const int64_t T = 6;
   const int E = 8;
   std::vector<float> bias = {0.3f, -0.2f, 0.5f, 0.0f, -0.4f, 0.1f, 0.25f, -0.1f};
-  ops::RouterParams p;
-  p.kind = rc.kind;
-  p.top_k = rc.k;
-  p.renormalize = rc.renorm;
-  p.n_group = rc.n_group;
-  p.topk_group = rc.topk_group;
-  p.routed_scaling_factor = rc.rsf;
-  p.correction_bias = rc.bias ? bias.data() : nullptr;
+  const ops::RouterParams p = rc.params(bias.data());
   Vec z = rnd(static_cast<size_t>(T * E), 21, 1.5), G = rnd(static_cast<size_t>(T * rc.k), 22);
   std::vector<float> w_route;
   const std::vector<int32_t> ids = select(z, T, E, p, &w_route);

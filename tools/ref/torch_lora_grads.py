@@ -15,12 +15,14 @@
 #   BATCH.json: ids, labels, positions, segments and optionally dropout {p, seed, draw}: LoRA dropout
 #   with the mask hash of train/include/graft/train/lora_dropout.hpp.
 # Prints {"loss", "grads": {key: [...]}, "routes": {layer: [[expert ids of token t]...]}}.
-import json, math, os, struct, sys
+import json, math, os, sys
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "py"))
 from rope_ref import rope_init  # noqa: E402
+import safetensors_io  # noqa: E402
 
 F = torch.nn.functional
 SITES = {"q": 0, "k": 1, "v": 2, "o": 3, "qa": 4, "qb": 5, "kva": 6, "kvb": 7, "gate": 8, "up": 9, "down": 10,
@@ -30,18 +32,10 @@ M64 = (1 << 64) - 1
 
 
 def load_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
     out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        assert v["dtype"] == "F32", v["dtype"]
+    for k, a in safetensors_io.load(path, dtypes=("F32",)).items():
         name = k[len("language_model."):] if k.startswith("language_model.") else k
-        out[name] = torch.from_numpy(np.frombuffer(data[b:e], dtype=np.float32).copy().reshape(v["shape"])).double()
+        out[name] = torch.from_numpy(a).double()
     return out
 
 

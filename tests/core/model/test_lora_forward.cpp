@@ -12,32 +12,18 @@
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/presets.hpp"
+#include "../../common/tensor_test_util.hpp"
+#include "map_lora_source.hpp"
 
 using namespace graft;
 using model::ExpertProj;
 using model::Module;
 
 namespace {
-Tensor rnd(const Dims& s, std::mt19937& r, float sd) {
-  Tensor t = Tensor::empty(s, DType::F32);
-  std::normal_distribution<float> g(0, sd);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = g(r);
-  return t;
-}
+using testutil::rel;
+using testutil::rnd;
 
-class TestAdapter : public model::LoraSource {
- public:
-  std::map<std::pair<int, Module>, LoraFactors> mods;
-  std::map<std::tuple<int, ExpertProj, int>, LoraFactors> experts;
-  const LoraFactors* find(int l, Module m) const override {
-    auto it = mods.find({l, m});
-    return it == mods.end() ? nullptr : &it->second;
-  }
-  const LoraFactors* find_expert(int l, ExpertProj p, int e) const override {
-    auto it = experts.find({l, p, e});
-    return it == experts.end() ? nullptr : &it->second;
-  }
-};
+using TestAdapter = testutil::MapLoraSource;
 
 std::string expert_name(config::Family f, int e, ExpertProj p) {
   if (f == config::Family::Mixtral)
@@ -90,12 +76,6 @@ std::vector<std::pair<std::string, Tensor>> make_adapter(const config::ModelConf
       }
   }
   return ckpt;
-}
-
-double rel(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
 }
 
 config::ModelConfig tiny(const std::string& arch) {

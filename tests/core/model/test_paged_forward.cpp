@@ -14,6 +14,8 @@
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/presets.hpp"
+#include "../../common/tensor_test_util.hpp"
+#include "map_lora_source.hpp"
 
 using namespace graft;
 using model::ExpertProj;
@@ -23,20 +25,11 @@ namespace {
 config::ModelConfig tiny(const std::string& arch) {
   return config::parse_model_config_text(model::preset_config(arch, "tiny", 300, 1, 2).dump(), arch + " preset");
 }
-double rel(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
-}
-Tensor rnd(const Dims& s, std::mt19937& r, float sd) {
-  Tensor t = Tensor::empty(s, DType::F32);
-  std::normal_distribution<float> g(0, sd);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = g(r);
-  return t;
-}
+using testutil::rel;
+using testutil::rnd;
 
 // A random adapter on every projection of every layer (rank `r`) and on every expert.
-class RandomAdapter : public model::LoraSource {
+class RandomAdapter : public testutil::MapLoraSource {
  public:
   RandomAdapter(const model::Model& m, int r, uint32_t seed) {
     std::mt19937 g(seed);
@@ -58,16 +51,6 @@ class RandomAdapter : public model::LoraSource {
       }
     }
   }
-  const LoraFactors* find(int l, Module m) const override {
-    auto it = mods.find({l, m});
-    return it == mods.end() ? nullptr : &it->second;
-  }
-  const LoraFactors* find_expert(int l, ExpertProj p, int e) const override {
-    auto it = experts.find({l, p, e});
-    return it == experts.end() ? nullptr : &it->second;
-  }
-  std::map<std::pair<int, Module>, LoraFactors> mods;
-  std::map<std::tuple<int, ExpertProj, int>, LoraFactors> experts;
 };
 
 class Paged : public ::testing::TestWithParam<std::string> {};

@@ -14,6 +14,7 @@
 
 #include "../../adapters/adapter_test_util.hpp"
 #include "../../common/run_graft.hpp"
+#include "../finetune_test_util.hpp"
 #include "../../serve/e2e/serve_process.hpp"
 
 using namespace graft;
@@ -21,21 +22,8 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-std::string dataset(int n, int seed) {
-  std::string s;
-  const char* words[] = {"good", "bad", "fine", "awful", "great", "poor"};
-  for (int i = 0; i < n; ++i) {
-    const int a = (i * 7 + seed) % 6, b = (i * 5 + seed + 1) % 6;
-    json j = {{"messages", {{{"role", "user"}, {"content", std::string(words[a]) + " " + words[b]}},
-                            {{"role", "assistant"}, {"content", a % 2 ? "negative" : "positive"}}}}};
-    s += j.dump() + "\n";
-  }
-  return s;
-}
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using finetunetest::dataset;
+using finetunetest::read_bytes;
 
 struct Client {
   explicit Client(int port, std::string key) : cli("127.0.0.1", port), key(std::move(key)) {

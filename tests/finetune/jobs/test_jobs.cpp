@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "../../adapters/adapter_test_util.hpp"
+#include "../finetune_test_util.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/finetune/file_store.hpp"
 #include "graft/finetune/job_manager.hpp"
@@ -26,22 +27,8 @@ using finetune::FileStore;
 using finetune::JobManager;
 
 namespace {
-std::string dataset(int n, int seed) {
-  std::string s;
-  const char* words[] = {"good", "bad", "fine", "awful", "great", "poor"};
-  for (int i = 0; i < n; ++i) {
-    const int a = (i * 7 + seed) % 6, b = (i * 5 + seed + 1) % 6;
-    nlohmann::json j = {{"messages", {{{"role", "user"}, {"content", std::string(words[a]) + " " + words[b]}},
-                                      {{"role", "assistant"}, {"content", a % 2 ? "negative" : "positive"}}}}};
-    s += j.dump() + "\n";
-  }
-  return s;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using finetunetest::dataset;
+using finetunetest::read_bytes;
 
 class Jobs : public TmpDir {
  protected:

@@ -9,41 +9,15 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/cpu/reference_bwd.hpp"
+#include "../../common/finite_diff.hpp"
 
 using namespace graft;
 namespace ref = graft::cpu::ref;
-using Vec = std::vector<double>;
+using fdtest::Vec;
 
-namespace {
-Vec rnd(size_t n, uint32_t seed, double sd = 1.0) {
-  std::mt19937 r(seed);
-  std::normal_distribution<double> g(0, sd);
-  Vec v(n);
-  for (auto& x : v) x = g(r);
-  return v;
-}
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-// max relative error between analytic gradient `g` of L(x) and central differences of `loss`.
-double fd_check(Vec& x, const Vec& g, const std::function<double()>& loss) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double h = 1e-6 * std::max(1.0, std::fabs(x[i])), old = x[i];
-    x[i] = old + h;
-    const double lp = loss();
-    x[i] = old - h;
-    const double lm = loss();
-    x[i] = old;
-    const double fd = (lp - lm) / (2 * h);
-    num += (fd - g[i]) * (fd - g[i]);
-    den += fd * fd;
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-}  // namespace
+using fdtest::dot;
+using fdtest::fd_check;
+using fdtest::rnd;
 
 TEST(ReferenceBwd, RmsNorm) {
   const int64_t T = 3, H = 7;

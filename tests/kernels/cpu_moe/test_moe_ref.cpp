@@ -12,19 +12,15 @@
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/cpu/moe_ref.hpp"
 #include "graft/cpu/ops.hpp"
+#include "../../common/finite_diff.hpp"
 
 namespace {
 using namespace graft;
 using graft::ops::RouterKind;
 using graft::ops::RouterParams;
 
-std::vector<double> randv(size_t n, uint32_t seed, double sd = 1.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> g(0.0, sd);
-  std::vector<double> v(n);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
+using fdtest::RouterCase;
+using fdtest::rnd;
 double rel(const std::vector<double>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -77,14 +73,6 @@ std::vector<double> route_weights(const std::vector<double>& z, int T, int E, co
   return w;
 }
 
-struct RouterCase {
-  RouterKind kind;
-  bool renorm;
-  int k, n_group, topk_group;
-  float rsf;
-  bool bias;
-};
-
 class RouteBwd : public ::testing::TestWithParam<RouterCase> {};
 
 TEST_P(RouteBwd, MatchesFiniteDifferences) {
@@ -92,15 +80,8 @@ TEST_P(RouteBwd, MatchesFiniteDifferences) {
   const int T = 6, E = 16;
   std::vector<float> bias = {0.1f, -0.2f, 0.05f, 0.3f, 0.0f, -0.1f, 0.2f, 0.15f,
                              -0.3f, 0.25f, 0.0f, 0.1f, -0.05f, 0.05f, 0.2f, -0.15f};
-  RouterParams p;
-  p.kind = c.kind;
-  p.top_k = c.k;
-  p.renormalize = c.renorm;
-  p.n_group = c.n_group;
-  p.topk_group = c.topk_group;
-  p.routed_scaling_factor = c.rsf;
-  p.correction_bias = c.bias ? bias.data() : nullptr;
-  std::vector<double> z = randv(static_cast<size_t>(T * E), 11 + static_cast<uint32_t>(c.kind));
+  const RouterParams p = c.params(bias.data());
+  std::vector<double> z = rnd(static_cast<size_t>(T * E), 11 + static_cast<uint32_t>(c.kind));
   Tensor logits = Tensor::empty({T, E}, DType::F32);
   for (int i = 0; i < T * E; ++i) {
     z[static_cast<size_t>(i)] = static_cast<float>(z[static_cast<size_t>(i)]);  // exactly representable
@@ -113,7 +94,7 @@ TEST_P(RouteBwd, MatchesFiniteDifferences) {
   const std::vector<double> wd = route_weights(z, T, E, p, idv);
   std::vector<double> wf(w.data<float>(), w.data<float>() + T * c.k);
   EXPECT_LT(rel(wf, wd), 1e-6);
-  const std::vector<double> g = randv(static_cast<size_t>(T * c.k), 7);
+  const std::vector<double> g = rnd(static_cast<size_t>(T * c.k), 7);
   Tensor dw = Tensor::empty({T, c.k}, DType::F32), dz = Tensor::empty({T, E}, DType::F32);
   for (int i = 0; i < T * c.k; ++i) dw.data<float>()[i] = static_cast<float>(g[static_cast<size_t>(i)]);
   cpu::moe_route_bwd(logits, p, ids, dw, dz);
@@ -153,7 +134,7 @@ struct Layer {
 Layer make_layer(uint32_t seed) {
   Layer L;
   // Routing: expert 3 never chosen (empty expert), the others shared unevenly.
-  std::vector<double> logits = randv(static_cast<size_t>(L.T * L.E), seed);
+  std::vector<double> logits = rnd(static_cast<size_t>(L.T * L.E), seed);
   for (int t = 0; t < L.T; ++t) logits[static_cast<size_t>(t * L.E + 3)] = -20.0;
   Tensor lt = Tensor::empty({L.T, L.E}, DType::F32);
   for (int i = 0; i < L.T * L.E; ++i) lt.data<float>()[i] = static_cast<float>(logits[static_cast<size_t>(i)]);
@@ -163,13 +144,13 @@ Layer make_layer(uint32_t seed) {
   cpu::moe_route(lt, p, ids, wt);
   L.plan = cpu::moe_permute_plan(ids, L.E);
   L.w.assign(wt.data<float>(), wt.data<float>() + L.T * L.k);
-  L.x = randv(static_cast<size_t>(L.T * L.H), seed + 1);
-  L.wgu = randv(static_cast<size_t>(L.E * 2 * L.I * L.H), seed + 2, 0.4);
-  L.wd = randv(static_cast<size_t>(L.E * L.H * L.I), seed + 3, 0.4);
-  L.agu = randv(static_cast<size_t>(L.E * L.r * L.H), seed + 4, 0.3);
-  L.bgu = randv(static_cast<size_t>(L.E * 2 * L.I * L.r), seed + 5, 0.3);
-  L.ad = randv(static_cast<size_t>(L.E * L.r * L.I), seed + 6, 0.3);
-  L.bd = randv(static_cast<size_t>(L.E * L.H * L.r), seed + 7, 0.3);
+  L.x = rnd(static_cast<size_t>(L.T * L.H), seed + 1);
+  L.wgu = rnd(static_cast<size_t>(L.E * 2 * L.I * L.H), seed + 2, 0.4);
+  L.wd = rnd(static_cast<size_t>(L.E * L.H * L.I), seed + 3, 0.4);
+  L.agu = rnd(static_cast<size_t>(L.E * L.r * L.H), seed + 4, 0.3);
+  L.bgu = rnd(static_cast<size_t>(L.E * 2 * L.I * L.r), seed + 5, 0.3);
+  L.ad = rnd(static_cast<size_t>(L.E * L.r * L.I), seed + 6, 0.3);
+  L.bd = rnd(static_cast<size_t>(L.E * L.H * L.r), seed + 7, 0.3);
   return L;
 }
 
@@ -202,7 +183,7 @@ TEST_P(LayerBwd, MatchesFiniteDifferences) {
   Layer L = make_layer(scale_input ? 40 : 20);
   ASSERT_EQ(L.plan.counts[3], 0);
   const int64_t n = L.T * L.k;
-  const std::vector<double> R = randv(static_cast<size_t>(L.T * L.H), 99);
+  const std::vector<double> R = rnd(static_cast<size_t>(L.T * L.H), 99);
   // analytic
   std::vector<double> xp(static_cast<size_t>(n * L.H)), dyp(static_cast<size_t>(n * L.H)), dw(static_cast<size_t>(n)),
       dx(static_cast<size_t>(L.T * L.H)), dscale(static_cast<size_t>(n));
@@ -267,8 +248,8 @@ TEST(MoeRef, ForwardMatchesCpuBackend) {
     Layer L = make_layer(scale_input ? 77 : 66);
     const int r = L.r;
     // Separate adapters: gate uses rows 0..r-1 of the stacked A, up uses r..2r-1.
-    std::vector<double> ag = randv(static_cast<size_t>(L.E * r * L.H), 1, 0.3), au = randv(static_cast<size_t>(L.E * r * L.H), 2, 0.3);
-    std::vector<double> bg = randv(static_cast<size_t>(L.E * L.I * r), 3, 0.3), bu = randv(static_cast<size_t>(L.E * L.I * r), 4, 0.3);
+    std::vector<double> ag = rnd(static_cast<size_t>(L.E * r * L.H), 1, 0.3), au = rnd(static_cast<size_t>(L.E * r * L.H), 2, 0.3);
+    std::vector<double> bg = rnd(static_cast<size_t>(L.E * L.I * r), 3, 0.3), bu = rnd(static_cast<size_t>(L.E * L.I * r), 4, 0.3);
     const int r2 = 2 * r;
     L.agu.assign(static_cast<size_t>(L.E * r2 * L.H), 0.0);
     L.bgu.assign(static_cast<size_t>(L.E * 2 * L.I * r2), 0.0);

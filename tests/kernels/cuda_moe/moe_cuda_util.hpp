@@ -15,69 +15,12 @@
 #include "graft/cuda/moe.hpp"
 #include "graft/dtype.hpp"
 #include "graft/quant/nf4.hpp"
+#include "../cuda_common/cuda_test_util.hpp"
 
 namespace graft::testing::moe {
 
-inline void cuda_ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  Dev() = default;
-  explicit Dev(size_t count) : n(count) {
-    if (n) cuda_ok(cudaMalloc(&p, n * sizeof(T)), "cudaMalloc");
-  }
-  explicit Dev(const std::vector<T>& v) : Dev(v.size()) { upload(v); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  Dev(Dev&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
-  Dev& operator=(Dev&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(n, o.n);
-    return *this;
-  }
-  ~Dev() {
-    if (p) cudaFree(p);
-  }
-  void upload(const std::vector<T>& v) {
-    if (v.size() != n) throw std::runtime_error("Dev::upload: size mismatch");
-    if (n) cuda_ok(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  }
-  std::vector<T> download() const {
-    std::vector<T> v(n);
-    if (n) cuda_ok(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), "download");
-    return v;
-  }
-  // All bits set: NaN for f32 / bf16, -1 for i32. Catches any element a kernel forgets to write.
-  void poison() {
-    if (n) cuda_ok(cudaMemset(p, 0xff, n * sizeof(T)), "poison");
-  }
-};
-
-inline std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
-// Rounds to bf16 in place and returns the bits.
-inline std::vector<uint16_t> to_bf16(std::vector<float>& v) {
-  std::vector<uint16_t> b(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    b[i] = f32_to_bf16(v[i]);
-    v[i] = bf16_to_f32(b[i]);
-  }
-  return b;
-}
-inline std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
-  std::vector<float> v(b.size());
-  for (size_t i = 0; i < b.size(); ++i) v[i] = bf16_to_f32(b[i]);
-  return v;
-}
+// cuda_ok, Dev, randn, to_bf16 / from_bf16, rel.
+using namespace cudatest;
 
 // E experts [rows, cols], quantized one by one; `ref` gets the dequantized weights rounded to bf16
 // (what the kernels' tiles hold).

@@ -37,16 +37,6 @@ constexpr double kFwdTol = 1e-2, kBwdTol = 2e-2;
 #define REQUIRE_GPU() \
   if (graft::cuda::device_count() == 0) GTEST_SKIP() << "no GPU: " << graft::cuda::no_device_reason()
 
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = static_cast<double>(a[i]) - b[i];
-    num += d * d;
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);  // NaN in a -> NaN -> every EXPECT_LT fails
-}
 void sync() { cuda_ok(cudaDeviceSynchronize(), "sync"); }
 
 // ---------------------------------------------------------------- routing

@@ -8,16 +8,14 @@
 #include "graft/serve/http_server.hpp"
 #include "graft/serve/metrics.hpp"
 #include "openai_format.hpp"
+#include "tiny_tokenizer.hpp"
 
 using namespace graft;
 using namespace graft::serve;
 using namespace graft::serve::http;
 
 namespace {
-const tokenizer::Tokenizer& tiny_tok() {
-  static auto t = tokenizer::Tokenizer::from_json(model::tiny_tokenizer_json().dump(), "tiny");
-  return t;
-}
+using graft::testing::tiny_tok;
 TokenOut tok_out(int32_t id, float lp, std::vector<std::pair<int32_t, float>> top = {}) {
   TokenOut t;
   t.id = id;

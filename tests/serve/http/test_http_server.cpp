@@ -11,6 +11,7 @@
 #include "graft/model/presets.hpp"
 #include "graft/serve/http_server.hpp"
 #include "raw_http.hpp"
+#include "tiny_tokenizer.hpp"
 
 using namespace graft;
 using namespace graft::serve;
@@ -19,15 +20,6 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
-
-const tokenizer::Tokenizer& tiny_tok() {
-  static auto t = tokenizer::Tokenizer::from_json(model::tiny_tokenizer_json().dump(), "tiny");
-  return t;
-}
-const chat_template::ChatTemplate& tiny_chat() {
-  static auto c = chat_template::ChatTemplate::from_tokenizer_config_json(model::tiny_tokenizer_config());
-  return c;
-}
 
 class HttpServerTest : public ::testing::Test {
  protected:

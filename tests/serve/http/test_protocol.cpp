@@ -3,6 +3,7 @@
 
 #include "graft/model/presets.hpp"
 #include "openai_protocol.hpp"
+#include "tiny_tokenizer.hpp"
 
 using namespace graft;
 using namespace graft::serve;
@@ -10,14 +11,8 @@ using namespace graft::serve::http;
 
 namespace {
 
-const tokenizer::Tokenizer& tiny_tok() {
-  static auto t = tokenizer::Tokenizer::from_json(model::tiny_tokenizer_json().dump(), "tiny");
-  return t;
-}
-const chat_template::ChatTemplate& tiny_chat() {
-  static auto c = chat_template::ChatTemplate::from_tokenizer_config_json(model::tiny_tokenizer_config());
-  return c;
-}
+using graft::testing::tiny_chat;
+using graft::testing::tiny_tok;
 
 // The ApiError a call throws (status 0 when it does not throw).
 template <class F>

@@ -5,15 +5,13 @@
 
 #include "graft/model/presets.hpp"
 #include "text_stream.hpp"
+#include "tiny_tokenizer.hpp"
 
 using namespace graft;
 using namespace graft::serve::http;
 
 namespace {
-const tokenizer::Tokenizer& tiny_tok() {
-  static auto t = tokenizer::Tokenizer::from_json(model::tiny_tokenizer_json().dump(), "tiny");
-  return t;
-}
+using graft::testing::tiny_tok;
 
 // Feeds `pieces` and returns (everything emitted, every emission).
 std::pair<std::string, std::vector<std::string>> feed(StopStringFilter& f, const std::vector<std::string>& pieces) {

@@ -184,15 +184,18 @@ S cross_entropy(const S* logits, std::span<const int32_t> labels, int64_t T, int
 }
 
 // ---------------------------------------------------------------- LoRA linear (frozen W)
-// y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ; backward: dx = dy·W + s·(dy·B)·A, dA = s·(dy·B)ᵀ·x, dB = s·dyᵀ·(x·Aᵀ).
-// x [T, K], W [N, K], A [r, K], B [N, r], dy [T, N]
+// y = x·Wᵀ + s·((x ⊙ m)·Aᵀ)·Bᵀ, m an optional elementwise mask on the LoRA input only (the dropout
+// scales of graft/train/lora_dropout.hpp; null = no mask). Backward: dx = dy·W + s·((dy·B)·A) ⊙ m,
+// dA = s·(dy·B)ᵀ·(x ⊙ m), dB = s·dyᵀ·((x ⊙ m)·Aᵀ).
+// x, m [T, K], W [N, K], A [r, K], B [N, r], dy [T, N]
 template <class S>
-void lora_linear_fwd(const S* x, const S* W, const S* A, const S* B, S s, int64_t T, int64_t K, int64_t N, int64_t r,
-                     S* y) {
+void lora_linear_masked_fwd(const S* x, const S* m, const S* W, const S* A, const S* B, S s, int64_t T, int64_t K,
+                            int64_t N, int64_t r, S* y) {
   std::vector<S> xa(static_cast<size_t>(T * r), S(0));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < r; ++j)
-      for (int64_t i = 0; i < K; ++i) xa[static_cast<size_t>(t * r + j)] += x[t * K + i] * A[j * K + i];
+      for (int64_t i = 0; i < K; ++i)
+        xa[static_cast<size_t>(t * r + j)] += (m ? x[t * K + i] * m[t * K + i] : x[t * K + i]) * A[j * K + i];
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n = 0; n < N; ++n) {
       S acc = 0;
@@ -202,25 +205,35 @@ void lora_linear_fwd(const S* x, const S* W, const S* A, const S* B, S s, int64_
     }
 }
 template <class S>
-void lora_linear_bwd(const S* x, const S* W, const S* A, const S* B, S s, const S* dy, int64_t T, int64_t K, int64_t N,
-                     int64_t r, S* dx, S* dA, S* dB) {
+void lora_linear_masked_bwd(const S* x, const S* m, const S* W, const S* A, const S* B, S s, const S* dy, int64_t T,
+                            int64_t K, int64_t N, int64_t r, S* dx, S* dA, S* dB) {
   std::vector<S> xa(static_cast<size_t>(T * r), S(0)), dyb(static_cast<size_t>(T * r), S(0));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < r; ++j) {
-      for (int64_t i = 0; i < K; ++i) xa[static_cast<size_t>(t * r + j)] += x[t * K + i] * A[j * K + i];
+      for (int64_t i = 0; i < K; ++i)
+        xa[static_cast<size_t>(t * r + j)] += (m ? x[t * K + i] * m[t * K + i] : x[t * K + i]) * A[j * K + i];
       for (int64_t n = 0; n < N; ++n) dyb[static_cast<size_t>(t * r + j)] += dy[t * N + n] * B[n * r + j];
     }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < K; ++i) {
       S acc = 0;
       for (int64_t n = 0; n < N; ++n) acc += dy[t * N + n] * W[n * K + i];
-      for (int64_t j = 0; j < r; ++j) acc += s * dyb[static_cast<size_t>(t * r + j)] * A[j * K + i];
-      dx[t * K + i] = acc;
+      if (m) {
+        S lo = 0;
+        for (int64_t j = 0; j < r; ++j) lo += dyb[static_cast<size_t>(t * r + j)] * A[j * K + i];
+        dx[t * K + i] = acc + s * lo * m[t * K + i];
+      } else {
+        for (int64_t j = 0; j < r; ++j) acc += s * dyb[static_cast<size_t>(t * r + j)] * A[j * K + i];
+        dx[t * K + i] = acc;
+      }
     }
   for (int64_t j = 0; j < r; ++j)
     for (int64_t i = 0; i < K; ++i) {
       S acc = 0;
-      for (int64_t t = 0; t < T; ++t) acc += dyb[static_cast<size_t>(t * r + j)] * x[t * K + i];
+      for (int64_t t = 0; t < T; ++t) {
+        const S g = dyb[static_cast<size_t>(t * r + j)] * x[t * K + i];
+        acc += m ? g * m[t * K + i] : g;
+      }
       dA[j * K + i] = s * acc;
     }
   for (int64_t n = 0; n < N; ++n)
@@ -229,6 +242,17 @@ void lora_linear_bwd(const S* x, const S* W, const S* A, const S* B, S s, const 
       for (int64_t t = 0; t < T; ++t) acc += dy[t * N + n] * xa[static_cast<size_t>(t * r + j)];
       dB[n * r + j] = s * acc;
     }
+}
+// The unmasked LoRA linear.
+template <class S>
+void lora_linear_fwd(const S* x, const S* W, const S* A, const S* B, S s, int64_t T, int64_t K, int64_t N, int64_t r,
+                     S* y) {
+  lora_linear_masked_fwd<S>(x, nullptr, W, A, B, s, T, K, N, r, y);
+}
+template <class S>
+void lora_linear_bwd(const S* x, const S* W, const S* A, const S* B, S s, const S* dy, int64_t T, int64_t K, int64_t N,
+                     int64_t r, S* dx, S* dA, S* dB) {
+  lora_linear_masked_bwd<S>(x, nullptr, W, A, B, s, dy, T, K, N, r, dx, dA, dB);
 }
 
 }  // namespace graft::cpu::ref

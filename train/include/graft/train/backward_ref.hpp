@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "graft/backend/ops_desc.hpp"
+#include "graft/cpu/reference_bwd.hpp"
 
 namespace graft::train::ref {
 
@@ -148,52 +149,19 @@ void scale_rows_bwd(const S* x, const S* s, const S* dy, int64_t T, int64_t n, S
 }
 
 // ---------------------------------------------------------------- LoRA linear with dropout
-// y = x·Wᵀ + s·((x ⊙ m)·Aᵀ)·Bᵀ, m the dropout scales (0 or 1/(1−p); lora_dropout.hpp).
+// y = x·Wᵀ + s·((x ⊙ m)·Aᵀ)·Bᵀ, m the dropout scales (0 or 1/(1−p); lora_dropout.hpp): the masked
+// LoRA linear of graft/cpu/reference_bwd.hpp.
 // x, m [T, K], W [N, K], A [r, K], B [N, r]  ->  y [T, N]
 template <class S>
 void lora_dropout_linear_fwd(const S* x, const S* m, const S* W, const S* A, const S* B, S s, int64_t T, int64_t K,
                              int64_t N, int64_t r, S* y) {
-  std::vector<S> xa(static_cast<size_t>(T * r), S(0));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < r; ++j)
-      for (int64_t i = 0; i < K; ++i) xa[static_cast<size_t>(t * r + j)] += x[t * K + i] * m[t * K + i] * A[j * K + i];
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) {
-      S acc = 0;
-      for (int64_t i = 0; i < K; ++i) acc += x[t * K + i] * W[n * K + i];
-      for (int64_t j = 0; j < r; ++j) acc += s * xa[static_cast<size_t>(t * r + j)] * B[n * r + j];
-      y[t * N + n] = acc;
-    }
+  cpu::ref::lora_linear_masked_fwd<S>(x, m, W, A, B, s, T, K, N, r, y);
 }
 // dx = dy·W + s·((dy·B)·A) ⊙ m, dA = s·(dy·B)ᵀ·(x ⊙ m), dB = s·dyᵀ·((x ⊙ m)·Aᵀ).   dy [T, N]
 template <class S>
 void lora_dropout_linear_bwd(const S* x, const S* m, const S* W, const S* A, const S* B, S s, const S* dy, int64_t T,
                              int64_t K, int64_t N, int64_t r, S* dx, S* dA, S* dB) {
-  std::vector<S> xa(static_cast<size_t>(T * r), S(0)), dyb(static_cast<size_t>(T * r), S(0));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < r; ++j) {
-      for (int64_t i = 0; i < K; ++i) xa[static_cast<size_t>(t * r + j)] += x[t * K + i] * m[t * K + i] * A[j * K + i];
-      for (int64_t n = 0; n < N; ++n) dyb[static_cast<size_t>(t * r + j)] += dy[t * N + n] * B[n * r + j];
-    }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < K; ++i) {
-      S acc = 0, lo = 0;
-      for (int64_t n = 0; n < N; ++n) acc += dy[t * N + n] * W[n * K + i];
-      for (int64_t j = 0; j < r; ++j) lo += dyb[static_cast<size_t>(t * r + j)] * A[j * K + i];
-      dx[t * K + i] = acc + s * lo * m[t * K + i];
-    }
-  for (int64_t j = 0; j < r; ++j)
-    for (int64_t i = 0; i < K; ++i) {
-      S acc = 0;
-      for (int64_t t = 0; t < T; ++t) acc += dyb[static_cast<size_t>(t * r + j)] * x[t * K + i] * m[t * K + i];
-      dA[j * K + i] = s * acc;
-    }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < r; ++j) {
-      S acc = 0;
-      for (int64_t t = 0; t < T; ++t) acc += dy[t * N + n] * xa[static_cast<size_t>(t * r + j)];
-      dB[n * r + j] = s * acc;
-    }
+  cpu::ref::lora_linear_masked_bwd<S>(x, m, W, A, B, s, dy, T, K, N, r, dx, dA, dB);
 }
 
 }  // namespace graft::train::ref
