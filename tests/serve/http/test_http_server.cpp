@@ -441,7 +441,13 @@ TEST_F(HttpServerTest, MetricsCountRequests) {
   post("/v1/completions", R"({"model":"alpha","prompt":"x","max_tokens":3})");
   post("/v1/completions", R"({"prompt":"x","max_tokens":2})");
   post("/v1/completions", "{bad");
+  // The per-route HTTP counter is bumped by httplib's logger after the response is written, so a
+  // scrape right after a response may precede it: scrape until it shows (bounded).
   auto r = get("/metrics");
+  for (int i = 0; i < 200 && r.body.find("status=\"400\"} 1\n") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    r = get("/metrics");
+  }
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
   auto has = [&](const std::string& s) { return r.body.find(s) != std::string::npos; };
