@@ -8,6 +8,8 @@
 # Environment (optional): BUILD_DIR (build-bench-ft) JOBS (2) PRESET (tiny|small, default small)
 #   SHARE (--ft-compute-share, 0.5) REQUESTS (40) RATE (req/s, 2) SEED (1) IDLE_S (15)
 #   GRAFT_BIN (use this graft binary instead of building one)
+#   MODEL_DIR (serve this model instead of a fresh init-model one; with graft's byte-level tokenizer some
+#     random-weight continuations decode to no text, which replay.py counts as failed requests)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 unset OPENBLAS_CORETYPE
@@ -29,7 +31,11 @@ fi
 work="$build/ft_bench"
 rm -rf "$work"
 mkdir -p "$work"
-"$graft" init-model --arch qwen3_moe --preset "$preset" --seed 1 --out "$work/base" >/dev/null
+if [[ -n "${MODEL_DIR:-}" ]]; then  # e.g. bench/llamacpp/work/models/qwen3moe-small (real Qwen3 tokenizer)
+  ln -s "$(cd "$MODEL_DIR" && pwd)" "$work/base"
+else
+  "$graft" init-model --arch qwen3_moe --preset "$preset" --seed 1 --out "$work/base" >/dev/null
+fi
 /usr/bin/python3 - "$work" "$requests" "$rate" "$seed" <<'PY'
 import json, math, random, sys
 work, n, rate, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
@@ -76,14 +82,14 @@ read -r e2 k2 < <(progress)
 curl -sf -X POST -d "" "$url/v1/fine_tuning/jobs/$job/cancel" >/dev/null
 kill -TERM $pid; wait $pid || true
 trap - EXIT
-/usr/bin/python3 - "$work" "$e0" "$k0" "$e1" "$k1" "$e2" "$k2" "$preset" "$share" <<'PY'
+/usr/bin/python3 - "$work" "$e0" "$k0" "$e1" "$k1" "$e2" "$k2" "${MODEL_DIR:-qwen3_moe $preset preset}" "$share" <<'PY'
 import json, sys
 w = sys.argv[1]
 e0, k0, e1, k1, e2, k2 = map(float, sys.argv[2:8])
 a, b = (json.load(open(f"{w}/{n}.json")) for n in ("no_job", "with_job"))
 busy = (k1 - k0) / (e1 - e0) if e1 > e0 else 0
 alone = (k2 - k1) / (e2 - e1) if e2 > e1 else 0
-print(f"model: qwen3_moe {sys.argv[8]} preset, --ft-compute-share {sys.argv[9]}, trace: {a['ok']+a['errors']} requests")
+print(f"model: {sys.argv[8]}, --ft-compute-share {sys.argv[9]}, trace: {a['ok']+a['errors']} requests")
 print("| mode | requests ok / errors | output tok/s | TTFT ms p50 / p99 | TPOT ms p50 / p99 | job train tok/s |")
 print("|---|---|---|---|---|---|")
 for name, r, job in (("serving only", a, "-"), ("serving + fine-tuning job", b, f"{busy:.0f}")):

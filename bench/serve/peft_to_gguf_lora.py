@@ -21,26 +21,13 @@ import json, os, re, struct, sys
 import numpy as np
 import gguf
 
-DT = {"F32": np.float32, "F16": np.float16}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "py"))
+import safetensors_io  # noqa: E402
 
 
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        raw = data[b:e]
-        if v["dtype"] == "BF16":
-            a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            a = np.frombuffer(raw, dtype=DT[v["dtype"]]).astype(np.float32)
-        out[k] = a.reshape(v["shape"])
-    return out
+
+def load_safetensors(path):  # every tensor as float32
+    return {k: v.astype(np.float32, copy=False) for k, v in safetensors_io.load(path).items()}
 
 
 def permute(w, n_head):  # same as bench/llamacpp/hf_to_gguf.py (rows of the output dimension)
