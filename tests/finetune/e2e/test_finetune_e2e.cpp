@@ -172,6 +172,20 @@ TEST(FineTuneE2E, JobsTrainWhileServingSurviveSigkillAndMatchGraftTrain) {
   auto [ans_st, ans] = alice2.post("/v1/completions", {{"model", ft}, {"prompt", "good bad"}, {"max_tokens", 4}, {"temperature", 0}});
   EXPECT_EQ(ans_st, 200) << ans.dump();
   EXPECT_EQ(bob2.post("/v1/completions", {{"model", ft}, {"prompt", "good bad"}, {"max_tokens", 4}}).first, 404);
+  // `graft jobs` against the running server: the owner sees the job, another key does not.
+  const std::string url = " --url http://127.0.0.1:" + std::to_string(again.port());
+  auto got = graft::testing::run_graft("jobs get " + id + url + " --api-key alice");
+  EXPECT_EQ(got.rc, 0) << got.err;
+  EXPECT_NE(got.out.find("\"succeeded\""), std::string::npos) << got.out;
+  auto follow = graft::testing::run_graft("jobs follow " + id + url + " --api-key alice");
+  EXPECT_EQ(follow.rc, 0) << follow.err;
+  EXPECT_NE(follow.out.find("Resuming"), std::string::npos) << follow.out;
+  auto listed = graft::testing::run_graft("jobs list" + url + " --api-key bob");
+  EXPECT_EQ(listed.rc, 0) << listed.err;
+  EXPECT_EQ(listed.out.find(id), std::string::npos) << listed.out;
+  auto denied = graft::testing::run_graft("jobs cancel " + id + url + " --api-key bob");
+  EXPECT_NE(denied.rc, 0);
+  EXPECT_NE(denied.err.find("404"), std::string::npos) << denied.err;
   load2.stop();
   EXPECT_EQ(load2.failed, 0) << load2.last_failure;
   EXPECT_GT(load2.ok, 0);
