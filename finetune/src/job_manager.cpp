@@ -167,7 +167,7 @@ nlohmann::json Job::to_openai(const std::string& base_name) const {
                           {"learning_rate_multiplier", request.learning_rate_multiplier
                                                            ? nlohmann::json(*request.learning_rate_multiplier)
                                                            : nlohmann::json("auto")}};
-  if (!suffix_ok(request.suffix) || !request.suffix.empty()) j["suffix"] = request.suffix;
+  if (!request.suffix.empty()) j["suffix"] = request.suffix;
   return j;
 }
 
@@ -429,8 +429,6 @@ std::string JobManager::compose_recipe(const JobRequest& req, const std::string&
       if (it.key() == k)
         throw bad_request(std::string("extra.") + k + " is set by the server for fine-tuning jobs", std::string("extra.") + k,
                           "invalid_value");
-  auto file = [&](const std::string& id, const std::string& owner) { return I.files.get(owner, id); };
-  (void)file;
   nlohmann::ordered_json r;
   r["base_model"] = I.opts.base_dir;
   r["load_in_4bit"] = I.opts.load_in_4bit;

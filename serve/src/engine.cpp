@@ -236,15 +236,10 @@ struct Engine::Impl {
         ++i;
         continue;
       }
-      // Preempt from the back; if that is `s` itself, it goes back to waiting.
+      // Preempt the most recently admitted sequence (index >= i, so not planned yet); if that is `s`
+      // itself, it goes back to waiting and the loop ends.
       SeqPtr victim = running.back();
       running.pop_back();
-      for (auto it = plan.begin(); it != plan.end(); ++it)
-        if (it->s == victim) {
-          budget += it->rows;
-          plan.erase(it);
-          break;
-        }
       preempt(victim);
     }
     // 2. Admit waiting sequences in FIFO order while the token budget, sequence slots and blocks allow.
