@@ -30,9 +30,12 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   Map Y(y.data<float>(), T, N);
   if (K == 0) {
     Y.setZero();
-  } else if (T <= 8) {
-    // Decode-shaped (GEMV-like): Eigen runs these on one thread, so split W's rows across threads.
-    // Memory-bound: each thread streams its own slice of W once.
+  } else if (T <= 64) {
+    // Decode-shaped and small batches (a serving step's decode rows): split W's rows into panels
+    // across threads; each thread streams its own slice of W once and multiplies all T rows by it.
+    // Up to T = 64 this beats one Eigen GEMM over the whole W (K = 512, measured 2026-11-24 on the
+    // 2-core box: N = 20000 T = 9 3.9 vs 6.2 ms, T = 64 9.5 vs 12.4 ms; N = 1536 T = 9 0.17 vs
+    // 0.31 ms; equal or better at every T <= 64, 1 and 2 threads). Prefill-sized T uses the GEMM.
     MapC X(x.data<float>(), T, K);
     constexpr int64_t kRows = 256;
     const int64_t blocks = (N + kRows - 1) / kRows;
