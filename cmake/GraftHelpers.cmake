@@ -1,3 +1,8 @@
+# The Python interpreter of the test references (tools/.venv, made by scripts/setup.sh from
+# tools/requirements-reference.txt). Tests labelled `reference` run it and skip with a message when absent.
+set(GRAFT_REF_PYTHON "${PROJECT_SOURCE_DIR}/tools/.venv/bin/python" CACHE FILEPATH
+    "Python with the test references (torch, transformers, peft, bitsandbytes, tokenizers, openai, lm-eval)")
+
 # Shared compile options for graft targets.
 function(graft_target_options target)
   target_compile_options(${target} PRIVATE
@@ -17,7 +22,8 @@ function(graft_add_gtest)
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
   target_compile_definitions(${T_NAME} PRIVATE
     GRAFT_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
-    GRAFT_BINARY_DIR="${PROJECT_BINARY_DIR}")
+    GRAFT_BINARY_DIR="${PROJECT_BINARY_DIR}"
+    GRAFT_REF_PYTHON="${GRAFT_REF_PYTHON}")
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
   endif()

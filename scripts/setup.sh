@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs every dependency graft needs, idempotently, from Debian packages and the npm registry.
-# Usage: scripts/setup.sh            (apt packages + npm test references)
-#        GRAFT_SKIP_NPM=1 scripts/setup.sh   (apt only)
+# Installs every dependency graft needs, idempotently, from Debian packages and PyPI.
+# Usage: scripts/setup.sh                  (apt packages + the Python test references in tools/.venv)
+#        GRAFT_SKIP_VENV=1 scripts/setup.sh  (apt only: graft builds and runs; `reference` tests skip)
+# The venv holds the libraries graft is checked against (tools/requirements-reference.txt); it is never
+# needed to build or run graft.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -10,19 +12,14 @@ APT_PACKAGES=(
   libeigen3-dev libhdf5-dev libprotobuf-dev protobuf-compiler libyaml-cpp-dev
   nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libpcre2-dev libicu-dev
   libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libopenmpi-dev
-  libopenblas-dev python3-torch python3-jinja2 python3-numpy
-  nodejs npm clang wrk curl
+  libopenblas-dev python3 python3-venv
+  clang wrk curl ccache
 )
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# node/npm may come from elsewhere (e.g. a NodeSource or image-provided install): accept any working npm.
-if command -v npm >/dev/null 2>&1; then
-  tmp=(); for p in "${missing[@]}"; do [[ "$p" == nodejs || "$p" == npm ]] || tmp+=("$p"); done
-  missing=("${tmp[@]}")
-fi
 if ((${#missing[@]})); then
   echo "[setup] installing apt packages: ${missing[*]}"
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -38,14 +35,16 @@ else
   echo "[setup] CUDA not found at /usr/local/cuda: building the CPU backend only"
 fi
 
-if [[ "${GRAFT_SKIP_NPM:-0}" != 1 ]]; then
-  # Reference implementations used by tests and benchmarks (never linked into graft).
-  cd "$here/tools/npm"
-  if [[ ! -f node_modules/.graft-installed ]] || [[ package.json -nt node_modules/.graft-installed ]]; then
-    echo "[setup] installing npm test references into tools/npm/node_modules"
-    npm install --no-audit --no-fund --loglevel=error
-    touch node_modules/.graft-installed
+if [[ "${GRAFT_SKIP_VENV:-0}" != 1 ]]; then
+  venv="$here/tools/.venv"
+  req="$here/tools/requirements-reference.txt"
+  stamp="$venv/.graft-installed"
+  if [[ -f "$stamp" ]] && cmp -s "$req" "$stamp" && "$venv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then
+    echo "[setup] Python test references (tools/.venv): present"
   else
-    echo "[setup] npm test references: present"
+    echo "[setup] installing the Python test references into tools/.venv (first time: ~3.5 GB download, mostly torch)"
+    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input -r "$req"
+    cp "$req" "$stamp"
   fi
 fi

@@ -1,5 +1,5 @@
 // LoRA gradients of whole models against PyTorch autograd in float64 (tools/ref/torch_lora_grads.py,
-// Debian python3-torch, run as /usr/bin/python3; skipped with a message when torch is missing):
+// torch in the reference venv tools/.venv; skipped with a message when torch is missing):
 // packed samples, -100 labels, LoRA on every attention projection (q/k/v/o or MLA's q/q_a/q_b/kv_a/
 // kv_b/o), the dense MLPs, three routed experts and the shared expert of every MoE layer, for every
 // family graft trains. Each case also checks that the training forward matches Model::forward and
@@ -190,7 +190,7 @@ double check_case(const std::string& name, const Case& cs) {
     EXPECT_NEAR(loss, loss_inf, 1e-5 * std::fabs(loss_inf)) << name;
   }
 
-  const std::string out = run("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/torch_lora_grads.py " +
+  const std::string out = run(std::string(GRAFT_REF_PYTHON) + " " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/torch_lora_grads.py " +
                               dir.string() + " " + (dir / "adapter.safetensors").string() + " " +
                               (dir / "adapter.json").string() + " " + (dir / "batch.json").string() + " 2>/dev/null");
   if (out.empty()) {
@@ -227,7 +227,7 @@ double check_case(const std::string& name, const Case& cs) {
 }
 
 void check(const std::string& name, const Case& cs) {
-  if (check_case(name, cs) < 0) GTEST_SKIP() << "/usr/bin/python3 with torch (python3-torch) unavailable";
+  if (check_case(name, cs) < 0) GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with torch is unavailable";
 }
 
 const auto kYarn = [](ojson& c) {

@@ -1,4 +1,4 @@
-// AdamW + gradient clipping against torch.optim.AdamW (Debian python3-torch), and LR schedules
+// AdamW + gradient clipping against torch.optim.AdamW (torch in the reference venv tools/.venv), and LR schedules
 // against transformers' formulas.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -35,14 +35,14 @@ TEST(AdamW, MatchesTorchWithClippingAndScheduledLr) {
   in["lr"] = lrs;
   const auto tmp = std::filesystem::temp_directory_path() / ("graft_adamw_" + std::to_string(::getpid()) + ".json");
   std::ofstream(tmp) << in.dump();
-  FILE* pp = popen(("/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/torch_adamw.py < " + tmp.string() + " 2>/dev/null").c_str(), "r");
+  FILE* pp = popen((std::string(GRAFT_REF_PYTHON) + " " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/torch_adamw.py < " + tmp.string() + " 2>/dev/null").c_str(), "r");
   std::string out;
   std::array<char, 4096> buf{};
   size_t k;
   while ((k = fread(buf.data(), 1, buf.size(), pp)) > 0) out.append(buf.data(), k);
   const int rc = pclose(pp);
   std::filesystem::remove(tmp);
-  if (rc != 0 || out.empty()) GTEST_SKIP() << "/usr/bin/python3 with torch (python3-torch) unavailable";
+  if (rc != 0 || out.empty()) GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with torch is unavailable";
   auto ref = nlohmann::json::parse(out);
   AdamW opt({1e-2, 0.9, 0.95, 1e-8, 0.1});
   opt.add({&p, &grad});

@@ -1,6 +1,6 @@
 // Exactness: graft's renders are byte-identical to Jinja2's (configured like Hugging Face) on the
 // fixture conversations of tests/core/chat_template/data/conversations.json, for the six real templates.
-// Jinja2's output is produced at test time by tools/chat_template/render_ref.py run with /usr/bin/python3.
+// Jinja2's output is produced at test time by tools/chat_template/render_ref.py run with the reference venv (tools/.venv).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -54,13 +54,13 @@ TEST(ChatTemplateExact, MatchesJinja2OnRealTemplates) {
   const fs::path assets = src / ".." / "shared" / "assets" / "tokenizers";
   if (!fs::exists(assets / "qwen3" / "tokenizer_config.json"))
     GTEST_SKIP() << "shared assets not found at " << assets << " (the tokenizer_config.json files of the real templates)";
-  if (std::system("/usr/bin/python3 -c 'import jinja2' >/dev/null 2>&1") != 0)
-    GTEST_SKIP() << "/usr/bin/python3 with jinja2 (Debian python3-jinja2) is not available: cannot produce reference renders";
+  if (std::system((std::string(GRAFT_REF_PYTHON) + " -c 'import jinja2' >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with jinja2 is unavailable: cannot produce reference renders";
   // GRAFT_CHAT_TEMPLATE_CASES overrides the fixture file (e.g. with tools/chat_template/fuzz_cases.py output).
   const char* override_cases = std::getenv("GRAFT_CHAT_TEMPLATE_CASES");
   const fs::path cases = override_cases ? fs::path(override_cases) : src / "tests" / "core" / "chat_template" / "data" / "conversations.json";
   const fs::path out = fs::path(GRAFT_BINARY_DIR) / "chat_template_jinja2_reference.json";
-  std::string cmd = "/usr/bin/python3 '" + (src / "tools" / "chat_template" / "render_ref.py").string() + "' --assets '" +
+  std::string cmd = std::string(GRAFT_REF_PYTHON) + " '" + (src / "tools" / "chat_template" / "render_ref.py").string() + "' --assets '" +
                     assets.string() + "' --cases '" + cases.string() + "' --out '" + out.string() + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << "reference renderer failed: " << cmd;
 

@@ -81,13 +81,13 @@ TEST(Nf4, DynamicMapShape) {
 
 TEST(Nf4, DynamicMapMatchesPyTorchReference) {
   const std::string script = std::string(GRAFT_SOURCE_DIR) + "/tools/nf4/dynamic_map.py";
-  FILE* p = popen(("/usr/bin/python3 " + script + " 2>/dev/null").c_str(), "r");
+  FILE* p = popen((std::string(GRAFT_REF_PYTHON) + " " + script + " 2>/dev/null").c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::vector<float> ref;
   char buf[128];
   while (fgets(buf, sizeof buf, p)) ref.push_back(std::strtof(buf, nullptr));
   int rc = pclose(p);
-  if (rc != 0 || ref.size() != 256) GTEST_SKIP() << "/usr/bin/python3 with torch unavailable (python3-torch)";
+  if (rc != 0 || ref.size() != 256) GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with torch is unavailable";
   const auto& m = nf4::dynamic_map_signed();
   for (size_t i = 0; i < 256; ++i) EXPECT_EQ(m[i], ref[i]) << i;
 }

@@ -14,7 +14,7 @@ using graft::testing::randn;
 namespace {
 // Runs tools/ref/rope_ref.py (PyTorch transcription of transformers' RoPE init); empty if unavailable.
 std::vector<double> torch_rope(const std::string& args) {
-  std::string cmd = "/usr/bin/python3 " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/rope_ref.py " + args + " 2>/dev/null";
+  std::string cmd = std::string(GRAFT_REF_PYTHON) + " " + std::string(GRAFT_SOURCE_DIR) + "/tools/ref/rope_ref.py " + args + " 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   std::vector<double> v;
   if (!p) return v;
@@ -33,7 +33,7 @@ void expect_table(const cpu::RopeTable& t, const std::vector<double>& ref) {
 
 TEST(CpuRope, TablesMatchTransformersFormulas) {
   auto d = torch_rope("default 128 1000000");
-  if (d.empty()) GTEST_SKIP() << "/usr/bin/python3 with torch (python3-torch) unavailable";
+  if (d.empty()) GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with torch is unavailable";
   cpu::RopeParams p;
   p.rot_dim = 128;
   p.theta = 1e6;

@@ -22,7 +22,7 @@ TEST(ChatTemplateCli, MatchesReferenceRenderer) {
   const fs::path model = fs::path(GRAFT_SOURCE_DIR) / ".." / "shared" / "assets" / "tokenizers" / "qwen3";
   if (!fs::exists(graft)) GTEST_SKIP() << "graft binary not built at " << graft;
   if (!fs::exists(model)) GTEST_SKIP() << "shared assets not found at " << model;
-  if (std::system("/usr/bin/python3 -c 'import jinja2' >/dev/null 2>&1") != 0) GTEST_SKIP() << "/usr/bin/python3 with jinja2 not available";
+  if (std::system((std::string(GRAFT_REF_PYTHON) + " -c 'import jinja2' >/dev/null 2>&1").c_str()) != 0) GTEST_SKIP() << "the reference venv (tools/.venv, scripts/setup.sh) with jinja2 is unavailable";
   const fs::path dir = fs::path(GRAFT_BINARY_DIR) / "chat_template_cli_test";
   fs::create_directories(dir);
   std::ofstream(dir / "m.json") << R"([{"role":"user","content":"Hi 👋"},{"role":"assistant","content":"<think>\nx\n</think>\n\nHello"},{"role":"user","content":"Weather?"}])";
@@ -30,7 +30,7 @@ TEST(ChatTemplateCli, MatchesReferenceRenderer) {
   std::string args = " '" + model.string() + "' --messages '" + (dir / "m.json").string() + "' --tools '" + (dir / "t.json").string() +
                      "' --add-generation-prompt --set enable_thinking=false";
   ASSERT_EQ(std::system((graft.string() + " chat-template" + args + " --now 2024-07-26 > '" + (dir / "g.txt").string() + "'").c_str()), 0);
-  ASSERT_EQ(std::system(("/usr/bin/python3 '" + (fs::path(GRAFT_SOURCE_DIR) / "tools" / "chat_template" / "render_ref.py").string() +
+  ASSERT_EQ(std::system((std::string(GRAFT_REF_PYTHON) + " '" + (fs::path(GRAFT_SOURCE_DIR) / "tools" / "chat_template" / "render_ref.py").string() +
                          "'" + args + " > '" + (dir / "p.txt").string() + "'")
                             .c_str()),
             0);
