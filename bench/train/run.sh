@@ -12,7 +12,7 @@ for preset in tiny small; do
   [[ -f "$work/$preset/model.safetensors" ]] || ./build/bin/graft init-model --arch qwen3_moe --preset "$preset" --seed 1 --embed-std 0.125 --out "$work/$preset" >/dev/null
   for T in 128 512; do
     g=$(GRAFT_BENCH_TRAIN_DIR="$work/$preset" ./build/bench/bench_train_step --benchmark_filter="T:$T/R:8/C:0" --benchmark_min_time=2 2>/dev/null | awk '/BM_TrainStep/ {print $2}')
-    t=$(/usr/bin/python3 bench/train/torch_step.py "$work/$preset" "$T" 8 5 | awk '{print $2}')
+    t=$(tools/.venv/bin/python bench/train/torch_step.py "$work/$preset" "$T" 8 5 | awk '{print $2}')
     printf "qwen3_moe %-5s T=%-4s graft %8.1f ms   torch %8.1f ms   torch/graft %.2fx\n" "$preset" "$T" "$g" "$t" "$(awk -v a="$t" -v b="$g" 'BEGIN {print a / b}')"
   done
 done

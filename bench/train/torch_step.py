@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 # PyTorch autograd baseline for graft's training step: the same model files (config.json +
 # model.safetensors, dense or Qwen3-MoE), LoRA (rank R, alpha 2R) on q/k/v/o and every expert's
 # gate/up/down (dense MLP projections in dense layers), one sequence of T tokens, float32 on the CPU,

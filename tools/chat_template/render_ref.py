@@ -1,6 +1,6 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Reference renderer: Jinja2 configured exactly as Hugging Face transformers (and
-/work/shared/assets/reference-tools/render_chat.py) configure it. Run with Debian's /usr/bin/python3.
+/work/shared/assets/reference-tools/render_chat.py) configure it. Run with the reference venv's python (tools/.venv/bin/python).
 
 Two modes:
   render_ref.py --assets DIR --cases CASES.json --out RESULTS.json

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 # Prints bitsandbytes' signed dynamic 8-bit map (create_dynamic_map(signed=True, max_exponent_bits=7,
 # total_bits=8)), the code double quantization uses for absmax values, computed with PyTorch's float32
 # semantics exactly as the documented algorithm does. Output: 256 hex floats, one per line.

@@ -1,4 +1,5 @@
-// Exactness against Hugging Face's Rust tokenizers (npm @anush008/tokenizers = tokenizers 0.22) on the committed
+// Exactness against Hugging Face's Rust tokenizers (PyPI `tokenizers`, pinned in tools/requirements-reference.txt,
+// run from the reference venv tools/.venv) on the committed
 // corpus (tests/core/tokenizer/data/corpus.json, from tools/tokenizer/gen_corpus.py): every tokenizer in
 // shared/assets/tokenizers plus stories260K; ids with add_special_tokens=false for every string, with true for
 // the first kSpecial strings, and decode(ids) vs HF decode (with and without skip_special_tokens).
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "graft/tokenizer/tokenizer.hpp"
+#include "../../common/reference_python.hpp"
 
 namespace fs = std::filesystem;
 using graft::tokenizer::Tokenizer;
@@ -45,17 +47,12 @@ const Fixture& fixture() {
     Fixture f;
     fs::path src(GRAFT_SOURCE_DIR);
     fs::path assets = src / ".." / "shared" / "assets";
-    fs::path mods = src / "tools" / "npm" / "node_modules" / "@anush008" / "tokenizers";
     if (!fs::exists(assets / "tokenizers")) {
       f.skip_reason = "shared assets absent (" + (assets / "tokenizers").string() + "): exactness test skipped";
       return f;
     }
-    if (!fs::exists(mods)) {
-      f.skip_reason = "tools/npm/node_modules/@anush008/tokenizers absent: run scripts/setup.sh (or cd tools/npm && npm install)";
-      return f;
-    }
-    if (std::system("node --version > /dev/null 2>&1") != 0) {
-      f.skip_reason = "node is not on PATH: the Hugging Face reference runs under node (apt-get install nodejs)";
+    if (std::string why = graft::testing::ref_python_missing("tokenizers"); !why.empty()) {
+      f.skip_reason = why;
       return f;
     }
     std::vector<fs::path> dirs;
@@ -71,7 +68,7 @@ const Fixture& fixture() {
     dirs.insert(dirs.end(), synth.begin(), synth.end());
     fs::path corpus = src / "tests" / "core" / "tokenizer" / "data" / "corpus.json";
     fs::path out = fs::temp_directory_path() / ("graft_tok_ref_" + std::to_string(::getpid()) + ".json");
-    std::string cmd = "node '" + (src / "tools" / "tokenizer" / "hf_reference.js").string() + "' '" + corpus.string() +
+    std::string cmd = graft::testing::ref_python() + " '" + (src / "tools" / "tokenizer" / "hf_reference.py").string() + "' '" + corpus.string() +
                       "' '" + out.string() + "' " + std::to_string(kSpecial);
     for (auto& d : dirs) {
       bool file = d.extension() == ".json";
@@ -81,7 +78,7 @@ const Fixture& fixture() {
     }
     int rc = std::system(cmd.c_str());
     if (rc != 0) {
-      f.skip_reason = "FAILED to run the node reference: " + cmd;
+      f.skip_reason = "FAILED to run the Python reference: " + cmd;
       return f;
     }
     f.corpus = json::parse(slurp(corpus));

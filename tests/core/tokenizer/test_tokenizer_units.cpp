@@ -260,3 +260,42 @@ TEST(TokenizerUtf8, LossyLikeRust) {
   EXPECT_EQ(utf8_lossy("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");          // two invalid bytes
   EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate: 3
 }
+
+// Token ids are range-checked on their 64-bit JSON values before narrowing (2^32+5 used to become 5,
+// 1e12 was reported as "negative id -727379968").
+TEST(TokenizerErrors, TokenIdsAreRangeCheckedBeforeNarrowing) {
+  auto vocab_error = [](const json& id) {
+    auto d = sp_doc();
+    d["model"]["vocab"]["zz"] = id;
+    return error_of([&] { Tokenizer::from_json(d.dump(), "x/tokenizer.json"); });
+  };
+  std::string e = vocab_error(json((int64_t{1} << 32) + 5));
+  EXPECT_NE(e.find("token id 4294967301 is out of range [0, 16777215]"), std::string::npos) << e;
+  EXPECT_NE(e.find("/model/vocab['zz']"), std::string::npos) << e;
+  e = vocab_error(json::parse("1e12"));
+  EXPECT_NE(e.find("token id 1000000000000 is out of range"), std::string::npos) << e;
+  EXPECT_EQ(e.find("-727379968"), std::string::npos) << e;
+  e = vocab_error(json(-3));
+  EXPECT_NE(e.find("token id -3 is out of range"), std::string::npos) << e;
+  e = vocab_error(json(18446744073709551615ull));
+  EXPECT_NE(e.find("token id 18446744073709551615 is out of range"), std::string::npos) << e;
+  e = vocab_error(json(2.5));
+  EXPECT_NE(e.find("token id 2.5 is not an integer"), std::string::npos) << e;
+  e = vocab_error(json("7"));
+  EXPECT_NE(e.find("token id must be an integer, got string"), std::string::npos) << e;
+
+  auto d = byte_level_doc();
+  d["added_tokens"][0]["id"] = int64_t{1} << 40;
+  e = error_of([&] { Tokenizer::from_json(d.dump(), "x/tokenizer.json"); });
+  EXPECT_NE(e.find("/added_tokens/0/id: token id 1099511627776 is out of range"), std::string::npos) << e;
+
+  d = byte_level_doc();
+  d["post_processor"] = {{"type", "BertProcessing"}, {"sep", json::array({"[SEP]", (int64_t{1} << 32) + 1})},
+                         {"cls", json::array({"[CLS]", 1})}};
+  e = error_of([&] { Tokenizer::from_json(d.dump()); });
+  EXPECT_NE(e.find("/sep/1: token id 4294967297 is out of range"), std::string::npos) << e;
+
+  // The largest accepted id loads.
+  EXPECT_EQ(detail::token_id(json(detail::kMaxTokenId), "t"), detail::kMaxTokenId);
+  EXPECT_EQ(detail::token_id(json(4096.0), "t"), 4096);
+}

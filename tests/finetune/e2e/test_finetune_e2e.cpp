@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "../../adapters/adapter_test_util.hpp"
+#include "../../common/reference_python.hpp"
 #include "../../common/run_graft.hpp"
 #include "../finetune_test_util.hpp"
 #include "../../serve/e2e/serve_process.hpp"
@@ -195,5 +196,38 @@ TEST(FineTuneE2E, JobsTrainWhileServingSurviveSigkillAndMatchGraftTrain) {
   auto t = graft::testing::run_graft("train " + (jd / "recipe.yaml").string() + " --set output_dir=" + (dir / "cli_out").string());
   ASSERT_EQ(t.rc, 0) << t.err;
   EXPECT_EQ(read_bytes(dir / "cli_out" / "adapter_model.safetensors"), read_bytes(jd / "out" / "adapter_model.safetensors"));
+  fs::remove_all(dir);
+}
+
+// The fine-tuning API through the official OpenAI Python client (tools/.venv): files, jobs
+// create/retrieve/list/list_events/cancel, typed errors, and a completion on the resulting ft: model.
+TEST(FineTuneE2E, OpenAIPythonClient) {
+  GRAFT_REQUIRE_REFERENCE("openai");
+  const fs::path dir = fs::temp_directory_path() / ("graft_ft_py_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto r = graft::testing::run_graft("init-model --arch qwen3_moe --preset tiny --seed 5 --out " + (dir / "base").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  {
+    std::ofstream k(dir / "keys.json");
+    k << R"({"alice": [], "bob": []})";
+    std::ofstream t(dir / "train.jsonl");
+    t << dataset(24, 1);
+    std::ofstream b(dir / "broken.jsonl");
+    b << dataset(2, 0) << "{\"messages\": 3}\n";
+  }
+  graft::testing::ServeProcess server;
+  ASSERT_TRUE(server.start({(dir / "base").string(), "--served-model-name", "tiny", "--api-keys-file",
+                            (dir / "keys.json").string(), "--enable-fine-tuning", "--ft-dir", (dir / "ft").string()},
+                           dir, "py"))
+      << server.log();
+  const std::string script = (fs::path(GRAFT_SOURCE_DIR) / "tests/finetune/e2e/openai_finetune_client.py").string();
+  auto [rc, out] = graft::testing::ref_run("timeout 280 " + graft::testing::ref_python() + " " + script +
+                                           " http://127.0.0.1:" + std::to_string(server.port()) + "/v1 alice bob tiny " +
+                                           (dir / "train.jsonl").string() + " " + (dir / "broken.jsonl").string() + " 2>&1");
+  std::cout << out;
+  EXPECT_EQ(rc, 0) << out << server.log();
+  EXPECT_NE(out.find("ALL OK"), std::string::npos) << out;
+  EXPECT_EQ(server.stop(SIGTERM), 0);
   fs::remove_all(dir);
 }

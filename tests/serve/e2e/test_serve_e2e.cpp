@@ -1,5 +1,5 @@
 // End to end: `graft serve` on a tiny random qwen3_moe with random PEFT adapters, on loopback, driven
-// by the official OpenAI Node client, curl, raw sockets (hostile input, slow and vanishing clients),
+// by the official OpenAI Python client (tools/.venv), curl, raw sockets (hostile input, slow and vanishing clients),
 // a seeded fuzz pass and wrk. Every wait is bounded; the server must answer well-formed JSON with a
 // status < 500 to anything a client sends, and keep serving.
 #include <gtest/gtest.h>
@@ -15,6 +15,7 @@
 #include "../http/raw_http.hpp"
 #include "graft/adapters/peft.hpp"
 #include "serve_process.hpp"
+#include "../../common/reference_python.hpp"
 
 using namespace graft;
 using namespace graft::testing;
@@ -239,12 +240,10 @@ TEST_F(ServeE2E, MetricsAfterTraffic) {
   EXPECT_GT(std::stoll(g[1]), 0);
 }
 
-TEST_F(ServeE2E, OpenAINodeClient) {
-  const fs::path mod = fs::path(GRAFT_SOURCE_DIR) / "tools/npm/node_modules/openai";
-  if (!have_program("node")) GTEST_SKIP() << "node is not installed (scripts/setup.sh installs it)";
-  if (!fs::exists(mod / "package.json")) GTEST_SKIP() << "the openai npm package is missing: cd tools/npm && npm install";
-  const std::string script = (fs::path(GRAFT_SOURCE_DIR) / "tests/serve/e2e/openai_client.cjs").string();
-  auto [rc, out] = shell("timeout 60 node " + script + " " + mod.string() + " " + url("/v1") + " sk-admin tiny a1 2>&1");
+TEST_F(ServeE2E, OpenAIPythonClient) {
+  GRAFT_REQUIRE_REFERENCE("openai");
+  const std::string script = (fs::path(GRAFT_SOURCE_DIR) / "tests/serve/e2e/openai_client.py").string();
+  auto [rc, out] = shell("timeout 120 " + ref_python() + " " + script + " " + url("/v1") + " sk-admin tiny a1 2>&1");
   std::cout << out;
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("ALL OK"), std::string::npos) << out;
