@@ -202,6 +202,7 @@ struct Loader {
     return t.to(DType::F32);
   }
 
+  DType last_dtype = DType::F32;  // the stored dtype of the tensor dense() read last
   Tensor dense(const std::string& n, const Dims& shape) {
     const std::string f = full(n);
     GRAFT_CHECK_FIX(src.has(f), kFixWeights, "tensor '{}' is missing from {}", f, src.where());
@@ -209,6 +210,7 @@ struct Loader {
     Tensor t = src.get_expected(f, shape);
     GRAFT_CHECK_FIX(t.shape() == shape, kFixWeights, "tensor '{}' has shape {}, expected {} from config.json", full(n),
                     t.shape().str(), shape.str());
+    last_dtype = t.dtype();
     return to_f32(n, t);
   }
 
@@ -249,7 +251,27 @@ struct Loader {
                       "'{}.nested_absmax' has {} values for {} blocks", full(wname), na.numel(), nb);
       w->nested_absmax.assign(na.data<float>(), na.data<float>() + na.numel());
       w->nested_offset = q.value("nested_offset", 0.0f);
-      if (src.has(full(wname + ".nested_quant_map"))) used.insert(full(wname + ".nested_quant_map"));
+      if (src.has(full(wname + ".nested_quant_map"))) {
+        // bitsandbytes builds this map at run time with torch (create_dynamic_map), and torch versions differ
+        // in the last bit of some entries. A file whose map is not graft's table keeps its own values: its
+        // absmax is decoded here exactly as bitsandbytes decodes it (map[code] * nested_absmax + offset, f32).
+        Tensor nm = raw(wname + ".nested_quant_map").to(DType::F32);
+        GRAFT_CHECK_FIX(nm.numel() == 256, kFixWeights, "'{}.nested_quant_map' has {} values, expected 256", full(wname),
+                        nm.numel());
+        const auto& ours = nf4::dynamic_map_signed();
+        if (!std::equal(ours.begin(), ours.end(), nm.data<float>())) {
+          std::vector<float> am_f(static_cast<size_t>(nb));
+          for (int64_t b = 0; b < nb; ++b) {
+            const float v = nm.data<float>()[w->absmax_q[static_cast<size_t>(b)]] *
+                            w->nested_absmax[static_cast<size_t>(b / w->nested_blocksize)];
+            am_f[static_cast<size_t>(b)] = v + w->nested_offset;
+          }
+          w->double_quant = false;
+          w->absmax = std::move(am_f);
+          w->absmax_q.clear();
+          w->nested_absmax.clear();
+        }
+      }
     } else {
       w->double_quant = false;
       Tensor af = am.to(DType::F32);
@@ -259,12 +281,19 @@ struct Loader {
     return w;
   }
 
-  LinearWeight from_dense(Tensor w, Tensor bias) {
+  // `stored` is the checkpoint's dtype of the weight: bitsandbytes records it in the quant state (what
+  // dequantization yields), so a bf16 source quantizes to a state saying "bfloat16", as bitsandbytes writes.
+  LinearWeight from_dense(Tensor w, Tensor bias, DType stored) {
     LinearWeight lw;
     lw.out = w.size(0);
     lw.in = w.size(1);
     lw.bias = std::move(bias);
-    if (opts.load_in_4bit) lw.nf4 = std::make_shared<nf4::QuantizedWeight>(nf4::quantize(w, opts.double_quant));
+    if (opts.load_in_4bit) {
+      const DType orig = stored == DType::F16 || stored == DType::F32 ? stored : DType::BF16;
+      auto q = nf4::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape(),
+                             opts.double_quant, 64, orig);
+      lw.nf4 = std::make_shared<nf4::QuantizedWeight>(std::move(q));
+    }
     else lw.dense = std::move(w);
     return lw;
   }
@@ -280,7 +309,8 @@ struct Loader {
       lw.nf4 = bnb(wn, out, in);
       lw.bias = b;
     } else {
-      lw = from_dense(dense(wn, Dims{out, in}), b);
+      Tensor w = dense(wn, Dims{out, in});
+      lw = from_dense(std::move(w), b, last_dtype);
     }
     linears.emplace_back(full(wn), lw);
     return lw;
@@ -305,6 +335,7 @@ struct Loader {
     if (src.has(full(base + ".gate_up_proj"))) {  // fused 3-D layout
       const bool io = spec.fused_in_out;
       Tensor gu = dense(base + ".gate_up_proj", io ? Dims{E, H, 2 * I} : Dims{E, 2 * I, H});
+      const DType stored = last_dtype;
       Tensor dn = dense(base + ".down_proj", io ? Dims{E, I, H} : Dims{E, H, I});
       fused_sources.insert(full(base + ".gate_up_proj"));
       fused_sources.insert(full(base + ".down_proj"));
@@ -313,9 +344,9 @@ struct Loader {
         Tensor gate = io ? g.slice(1, 0, I).transpose(0, 1).contiguous() : g.slice(0, 0, I).contiguous();
         Tensor up = io ? g.slice(1, I, 2 * I).transpose(0, 1).contiguous() : g.slice(0, I, 2 * I).contiguous();
         Tensor down = io ? d.transpose(0, 1).contiguous() : d.contiguous();
-        ex.gate[static_cast<size_t>(e)] = from_dense(gate.clone(), {});
-        ex.up[static_cast<size_t>(e)] = from_dense(up.clone(), {});
-        ex.down[static_cast<size_t>(e)] = from_dense(down.clone(), {});
+        ex.gate[static_cast<size_t>(e)] = from_dense(gate.clone(), {}, stored);
+        ex.up[static_cast<size_t>(e)] = from_dense(up.clone(), {}, stored);
+        ex.down[static_cast<size_t>(e)] = from_dense(down.clone(), {}, stored);
         const std::string p = full(fmt::format("{}.{}.", base, e));
         linears.emplace_back(p + spec.e_gate + ".weight", ex.gate[static_cast<size_t>(e)]);
         linears.emplace_back(p + spec.e_up + ".weight", ex.up[static_cast<size_t>(e)]);
