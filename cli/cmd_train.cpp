@@ -1,10 +1,13 @@
-// `graft train RECIPE.yaml [--set key=value]... [--resume] [--print-recipe]`
+// `graft train RECIPE.yaml [--set key=value]... [--resume] [--print-recipe] [--check]`
 // Fine-tunes LoRA adapters on the recipe's base model (CPU backend) and exports a PEFT adapter
 // (adapter_config.json + adapter_model.safetensors) to output_dir, with metrics.jsonl, loss.svg and
-// HDF5 checkpoints under output_dir/checkpoints.
+// HDF5 checkpoints under output_dir/checkpoints. `--check` validates the recipe without loading the
+// model (it reads config.json and the tokenizer when they are local) and exits 1 on any problem.
 #include <cstdio>
 
 #include "command.hpp"
+#include "graft/error.hpp"
+#include "graft/train/chat_templates.hpp"
 #include "graft/train/trainer.hpp"
 
 namespace {
@@ -12,7 +15,7 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
   struct Args {
     std::string recipe;
     std::vector<std::string> set;
-    bool resume = false, print = false;
+    bool resume = false, print = false, check = false;
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("train", "Fine-tune LoRA/QLoRA adapters from a YAML recipe");
@@ -20,10 +23,26 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
   sub->add_option("--set", a->set, "Override a recipe key: --set lora_r=16 --set datasets.0.path=x.jsonl");
   sub->add_flag("--resume", a->resume, "Continue from the newest checkpoint in output_dir/checkpoints");
   sub->add_flag("--print-recipe", a->print, "Print the effective recipe (every key) and exit");
+  sub->add_flag("--check", a->check,
+                "Validate the recipe without loading the model: every problem at once, warnings for ignored keys; "
+                "reads config.json / tokenizer files when local. Exit 0 = the recipe is valid");
   sub->callback([a] {
     auto r = graft::train::load_recipe(a->recipe, a->set);
+    for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (a->print) {
       std::printf("%s", r.text.c_str());
+      return;
+    }
+    if (a->check) {
+      auto c = graft::train::check_recipe_files(r);
+      for (const auto& n : c.notes) std::printf("note: %s\n", n.c_str());
+      if (!c.problems.empty()) {
+        std::string what = a->recipe + ": the recipe is valid, but training would fail:";
+        for (size_t i = 0; i < c.problems.size(); ++i) what += "\n  " + std::to_string(i + 1) + ". " + c.problems[i];
+        throw graft::Error(what, "", "fix each problem above and run --check again");
+      }
+      std::printf("%s: recipe OK (%zu warning%s); hash %s\n", a->recipe.c_str(), r.warnings.size(),
+                  r.warnings.size() == 1 ? "" : "s", r.hash.c_str());
       return;
     }
     graft::train::TrainOptions o;

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -24,6 +25,7 @@
 #include "graft/error.hpp"
 #include "graft/mmap_file.hpp"
 #include "graft/tokenizer/tokenizer.hpp"
+#include "graft/train/chat_templates.hpp"
 #include "graft/train/checkpoint.hpp"
 #include "graft/train/data.hpp"
 #include "graft/train/lora_train.hpp"
@@ -142,15 +144,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   const auto& cfg = m.config();
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
   auto tok = tokenizer::Tokenizer::from_file(tok_dir);
-  const std::string tok_json = read_text_file((fs::path(tok_dir) / "tokenizer.json").string());
-  std::unique_ptr<chat_template::ChatTemplate> tpl;
-  if (r.chat_template() == "jinja" || !r.chat_template_jinja().empty()) {
-    std::string src = r.chat_template_jinja();
-    if (fs::exists(src)) src = read_text_file(src);
-    tpl = std::make_unique<chat_template::ChatTemplate>(src, "chat_template_jinja");
-  } else if (fs::exists(fs::path(tok_dir) / "tokenizer_config.json") && !tok.config().chat_template.empty()) {
-    tpl = std::make_unique<chat_template::ChatTemplate>(chat_template::ChatTemplate::from_tokenizer_config(tok_dir));
+  std::string tok_json = read_text_file((fs::path(tok_dir) / "tokenizer.json").string());
+  std::unique_ptr<chat_template::ChatTemplate> tpl = recipe_chat_template(r, tok, tok_dir);
+  {
+    const auto problems = special_token_problems(r, tok, tpl != nullptr);
+    if (!problems.empty()) throw graft::Error(problems.front(), "", "");  // the text carries its fix
   }
+  // special_tokens are template variables, not part of the template source: they key the data cache too.
+  for (const auto& [k, v] : std::map<std::string, std::string>(r.special_tokens().begin(), r.special_tokens().end()))
+    tok_json += fmt::format("\n#special_tokens.{}={}", k, v);
   // ---- data
   DataOptions dopt;
   dopt.sequence_len = r.sequence_len();
@@ -259,6 +261,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   const int64_t warmup = r.has_warmup_steps() ? r.warmup_steps()
                                               : static_cast<int64_t>(std::ceil(r.warmup_ratio() * static_cast<double>(total)));
   const Schedule sched = parse_schedule(r.lr_scheduler());
+  // evals_per_epoch / saves_per_epoch as Axolotl: every ceil(total / (n * num_epochs)) steps (none
+  // when that is the whole run or more).
+  auto per_epoch_interval = [&](bool has, int32_t n, int32_t steps) -> int64_t {
+    if (!has) return steps;
+    const double frac = 1.0 / (static_cast<double>(n) * r.num_epochs());
+    return frac < 1.0 ? std::max<int64_t>(1, static_cast<int64_t>(std::ceil(frac * static_cast<double>(total)))) : 0;
+  };
+  const int64_t eval_every = per_epoch_interval(r.has_evals_per_epoch(), r.evals_per_epoch(), r.eval_steps());
+  const int64_t save_every = per_epoch_interval(r.has_saves_per_epoch(), r.saves_per_epoch(), r.save_steps());
   // ---- data order: a fixed permutation per epoch, so (epoch, cursor) is the whole data-loader state
   int64_t step = 0, epoch = 0, cursor = 0;
   std::vector<int64_t> order;
@@ -374,7 +385,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     StepLog log{step, total, loss, lrate, gnorm, static_cast<double>(tokens) / std::max(el, 1e-9), el,
                 el / static_cast<double>(steps_run) * static_cast<double>(total - step)};
-    if (r.eval_steps() > 0 && step % r.eval_steps() == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad);
+    if (eval_every > 0 && step % eval_every == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad);
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
                         {"elapsed_s", el}};
     if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
@@ -389,7 +400,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     }
     if (opt.on_step) opt.on_step(log);
     sum.final_loss = loss;
-    if (r.save_steps() > 0 && step % r.save_steps() == 0 && step < total)
+    if (save_every > 0 && step % save_every == 0 && step < total)
       save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
     if (opt.stop_after_steps >= 0 && steps_run >= opt.stop_after_steps) {
       sum.steps = step;

@@ -176,7 +176,10 @@ TEST(Recipe, UnknownKeyNamesLineAndSuggestion) {
                {"t.yaml:6:1", "'learnig_rate'", "did you mean 'learning_rate'?"});
   expect_error(std::string(kMinimal) + "sequence_length: 512\n", {"t.yaml:6:1", "did you mean 'sequence_len'?"});
   expect_error(std::string(kMinimal) + "zzzz: 1\n", {"t.yaml:6:1", "unknown recipe key 'zzzz'", "valid keys:"});
-  expect_error(std::string(kMinimal) + "bf16: true\n", {"t.yaml:6:1", "'bf16'", "not supported by graft", "precision"});
+  // Axolotl runtime keys are accepted with a warning (tests/train/recipe/test_recipe_axolotl.cpp).
+  auto bf16 = parse_recipe_text(std::string(kMinimal) + "bf16: true\n", "t.yaml");
+  ASSERT_EQ(bf16.warnings.size(), 1u);
+  EXPECT_NE(bf16.warnings[0].find("t.yaml:6:1: key 'bf16' is ignored: graft picks the compute precision"), std::string::npos);
   expect_error("base_model: m\noutput_dir: o\nlora_target_linear: true\ndatasets:\n  - path: d\n    feild_messages: x\n",
                {"t.yaml:6:5", "unknown dataset entry key 'feild_messages'", "did you mean 'field_messages'?"});
   expect_error(std::string(kMinimal) + "lora_r: 4\nlora_r: 5\n", {"t.yaml:7:1", "'lora_r' appears twice"});
@@ -221,7 +224,7 @@ TEST(Recipe, OutOfRangeAndChoices) {
                {"t.yaml:7:15", "lora_dropout must be 0"});
   expect_error("base_model: m\noutput_dir: o\nlora_target_linear: true\ntest_datasets:\n  - path: d\n    train_on_eos: first\n",
                {"t.yaml:6:19", "'test_datasets.0.train_on_eos' = 'first'", "turn, last, all, none"});
-  expect_error(m + "lora_modules_to_save: [lm_head]\n", {"t.yaml:6:23", "'lora_modules_to_save' is not supported"});
+  expect_error(m + "lora_modules_to_save: [lm_head]\n", {"t.yaml:6:23", "lora_modules_to_save [lm_head] is not supported"});
   // Optimizer aliases are accepted and normalised.
   EXPECT_EQ(parse_recipe_text(m + "optimizer: adamw_torch\n").proto.optimizer(), "adamw");
   // Inline Jinja is a valid chat_template.

@@ -23,6 +23,8 @@
 
 #include "graft/error.hpp"
 #include "graft/train/recipe.hpp"
+#include "axolotl_keys.hpp"
+#include "graft/train/chat_templates.hpp"
 #include "recipe_json.hpp"
 
 namespace graft::train {
@@ -37,19 +39,23 @@ using FD = pb::FieldDescriptor;
 
 // ---------------------------------------------------------------- helpers
 
+// Edit distance with adjacent transpositions counted as one edit (optimal string alignment), so
+// that "feild" is one edit from "field".
 size_t levenshtein(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j)
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i)
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.size()][b.size()];
 }
 
-// Closest candidate, or "" when nothing is reasonably close.
+// Closest candidate, or "" when nothing is close enough to be the same key misspelt: the edit
+// distance must be small relative to the word (at most a quarter of its length, and at most 3), so
+// that a different key that merely shares a prefix ("tokenizer_type" vs "tokenizer") is not offered.
 std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_d = std::numeric_limits<size_t>::max();
@@ -60,12 +66,8 @@ std::string nearest(const std::string& word, const std::vector<std::string>& can
       best = c;
     }
   }
-  const size_t limit = std::max<size_t>(2, (word.size() + 2) / 3);
-  if (best_d <= limit) return best;
-  // A key that extends or abbreviates a valid one ("lora_target" -> "lora_target_modules").
-  for (const auto& c : candidates)
-    if (word.size() >= 4 && c.size() >= 4 && (c.rfind(word, 0) == 0 || word.rfind(c, 0) == 0)) return c;
-  return "";
+  const size_t limit = std::min<size_t>(3, std::max<size_t>(1, std::min(word.size(), best.size()) / 4));
+  return best_d <= limit ? best : "";
 }
 
 std::string join_path(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
@@ -86,7 +88,6 @@ const std::map<std::string, std::string>& key_aliases() {
       {"lr", "learning_rate"},
       {"epochs", "num_epochs"},
       {"num_train_epochs", "num_epochs"},
-      {"batch_size", "micro_batch_size"},
       {"per_device_train_batch_size", "micro_batch_size"},
       {"lr_scheduler_type", "lr_scheduler"},
       {"cutoff_len", "sequence_len"},
@@ -104,41 +105,6 @@ const std::map<std::string, std::string>& key_aliases() {
       {"enable_activation_checkpointing", "gradient_checkpointing"},
       {"max_grad_norm_clip", "max_grad_norm"},
       {"chat_template_jinja_path", "chat_template_jinja"},
-  };
-  return m;
-}
-
-// Axolotl keys graft knowingly does not take, with the reason.
-const std::map<std::string, std::string>& unsupported_axolotl_keys() {
-  static const std::string precision = "graft picks the compute precision itself (bf16 on GPU, fp32 on CPU); remove the key";
-  static const std::string attention = "graft uses its own attention kernels; remove the key";
-  static const std::string logging = "graft logs to the console and <output_dir>; remove the key";
-  static const std::map<std::string, std::string> m = {
-      {"bf16", precision},
-      {"fp16", precision},
-      {"tf32", precision},
-      {"flash_attention", attention},
-      {"sdp_attention", attention},
-      {"xformers_attention", attention},
-      {"attn_implementation", attention},
-      {"wandb_project", logging},
-      {"wandb_entity", logging},
-      {"wandb_name", logging},
-      {"wandb_watch", logging},
-      {"wandb_log_model", logging},
-      {"load_in_8bit", "graft quantizes bases to NF4 only: use load_in_4bit with adapter: qlora, or neither"},
-      {"peft_use_dora", "DoRA is not supported; remove the key"},
-      {"lora_model_dir", "continue training from a graft checkpoint with resume_from_checkpoint"},
-      {"evals_per_epoch", "use eval_steps"},
-      {"saves_per_epoch", "use save_steps"},
-      {"pad_to_sequence_len", "graft pads per batch; remove the key"},
-      {"quantize_moe_experts", "with load_in_4bit graft quantizes the experts too; remove the key"},
-      {"deepspeed", "graft runs its own data/expert parallelism; remove the key"},
-      {"fsdp", "graft runs its own data/expert parallelism; remove the key"},
-      {"fsdp_config", "graft runs its own data/expert parallelism; remove the key"},
-      {"special_tokens", "graft takes special tokens from the tokenizer; remove the key"},
-      {"strict", "remove the key"},
-      {"trust_remote_code", "graft never runs model code; remove the key"},
   };
   return m;
 }
@@ -170,9 +136,36 @@ struct Ctx {
     return it == loc.end() ? source : it->second;
   }
 
+  // Fatal: problems after which nothing more can be checked (YAML syntax, a malformed override).
   [[noreturn]] void fail(const std::string& where, const std::string& what, const std::string& fix = "") const {
     throw graft::Error(fmt::format("{}: {}", where, what), "", fix);
   }
+
+  // Recorded; the walk and the validation go on, and all problems are reported together.
+  void error(const std::string& where, const std::string& what, const std::string& fix = "") {
+    errors.push_back({fmt::format("{}: {}", where, what), fix});
+  }
+  void warn(const std::string& where, const std::string& what) { warnings.push_back(fmt::format("{}: {}", where, what)); }
+  bool rejected(const std::string& path) const { return bad.count(path) > 0; }
+
+  // One graft::Error for every recorded problem (a single problem reads as it always did).
+  void throw_if_errors() const {
+    if (errors.empty()) return;
+    if (errors.size() == 1) throw graft::Error(errors[0].what, "", errors[0].fix);
+    std::string what = fmt::format("{}: {} problems in the recipe:", source, errors.size());
+    for (size_t i = 0; i < errors.size(); ++i) {
+      what += fmt::format("\n  {}. {}", i + 1, errors[i].what);
+      if (!errors[i].fix.empty()) what += "\n     fix: " + errors[i].fix;
+    }
+    throw graft::Error(what, "", "fix each problem above; `graft train --check RECIPE` re-checks without loading the model");
+  }
+
+  struct Problem {
+    std::string what, fix;
+  };
+  std::vector<Problem> errors;
+  std::vector<std::string> warnings;
+  std::set<std::string> bad;  // dotted paths whose value was rejected (later checks skip them)
 };
 
 std::string describe_type(const FD* f) {
@@ -232,67 +225,151 @@ class Walker {
     for (int i = 0; i < d->field_count(); ++i) names.push_back(d->field(i)->name());
     o += '{';
     bool first = true;
+    auto emit = [&](const std::string& name, const std::string& json) {
+      if (!first) o += ',';
+      first = false;
+      o += json_escape(name) + ':' + json;
+    };
     std::set<std::string> seen_keys, seen_fields;
+    std::map<std::string, std::string> legacy_mappings;  // Axolotl's message_field_role / message_field_content
+    std::string legacy_where;
     for (auto kv : node) {
       const YAML::Node k = kv.first;
       const YAML::Node v = kv.second;
-      if (!k.IsScalar())
-        ctx_.fail(ctx_.where(path, k.Mark()), fmt::format("recipe keys must be plain names, got {}", describe_node(k)));
+      if (!k.IsScalar()) {
+        ctx_.error(ctx_.where(path, k.Mark()), fmt::format("recipe keys must be plain names, got {}", describe_node(k)));
+        continue;
+      }
       const std::string key = k.Scalar();
       const std::string kpath = join_path(path, key);
       const std::string kwhere = ctx_.where(kpath, k.Mark());
-      if (!seen_keys.insert(key).second)
-        ctx_.fail(kwhere, fmt::format("key '{}' appears twice", key), "keep one of the two entries");
+      const std::string vwhere = ctx_.where(kpath, v.Mark().is_null() || v.Mark().line < 0 ? k.Mark() : v.Mark());
+      if (!seen_keys.insert(key).second) {
+        ctx_.error(kwhere, fmt::format("key '{}' appears twice", key), "keep one of the two entries");
+        continue;
+      }
+      const bool blank = !v.IsDefined() || v.IsNull();
       const FD* f = d->FindFieldByName(key);
-      if (!f) unknown_key(d, key, kpath, kwhere, names);
+      if (d == Dataset::descriptor() && (key == "message_field_role" || key == "message_field_content")) {
+        // Axolotl's older spelling of message_property_mappings: {role: ..., content: ...}.
+        if (blank) continue;
+        if (!v.IsScalar()) {
+          ctx_.error(vwhere, fmt::format("key '{}' expects a string, got {}", key, describe_node(v)));
+          continue;
+        }
+        legacy_mappings[key == "message_field_role" ? "role" : "content"] = v.Scalar();
+        legacy_where = vwhere;
+        continue;
+      }
+      if (!f) {
+        unknown_key(d, key, v, kwhere, vwhere, names);
+        continue;
+      }
       // lora_target_modules: a list is module names, a single string is a regex.
       if (key == "lora_target_modules" && v.IsScalar()) f = d->FindFieldByName("lora_target_modules_regex");
-      const std::string vwhere = ctx_.where(kpath, v.Mark().is_null() || v.Mark().line < 0 ? k.Mark() : v.Mark());
+      // warmup_steps below 1 is a fraction of the run (transformers' convention): warmup_ratio.
+      double frac = 0;
+      if (key == "warmup_steps" && v.IsScalar() && parse_double(v.Scalar(), frac) && frac > 0 && frac < 1)
+        f = d->FindFieldByName("warmup_ratio");
       ctx_.loc[kpath] = vwhere;
       ctx_.loc[join_path(path, f->name())] = vwhere;
-      if (!seen_fields.insert(f->name()).second)
-        ctx_.fail(kwhere, fmt::format("'{}' is given both as lora_target_modules (string form) and as {}", key, f->name()),
-                  "give the regex once");
-      if (!v.IsDefined() || v.IsNull()) continue;  // `key:` or `key: null` = unset
-      if (!first) o += ',';
-      first = false;
-      o += json_escape(f->name()) + ':';
-      value(f, v, kpath, vwhere, o);
+      if (!seen_fields.insert(f->name()).second) {
+        ctx_.error(kwhere, fmt::format("key '{}' sets '{}', which another key of this entry already sets "
+                                       "(a string lora_target_modules is lora_target_modules_regex; warmup_steps below 1 "
+                                       "is warmup_ratio)", key, f->name()),
+                   "give it once");
+        continue;
+      }
+      if (blank) continue;  // `key:` or `key: null` = unset
+      if (key == "gradient_checkpointing" && v.IsScalar()) {
+        bool b = false;
+        if (!YAML::convert<bool>::decode(v, b)) {
+          const std::string s = v.Scalar();
+          if (s == "offload" || s == "offload_disk" || s == "unsloth") {
+            ctx_.warn(vwhere, fmt::format("gradient_checkpointing: {} runs as true: graft trains on the CPU backend, where "
+                                          "the checkpointed layer inputs already live in host memory", s));
+            emit(f->name(), "true");
+          } else {
+            ctx_.error(vwhere, fmt::format("key 'gradient_checkpointing' = '{}' is not one of: true, false, offload, unsloth", s));
+            ctx_.bad.insert(kpath);
+          }
+          continue;
+        }
+      }
+      std::string json;
+      const size_t before = ctx_.errors.size();
+      value(f, v, kpath, vwhere, json);
+      // A list of entries (datasets) keeps its valid entries and keys, so that validation still
+      // reports their other problems; any other value with a problem is left out whole.
+      const bool entries = f->is_repeated() && !f->is_map() && f->cpp_type() == FD::CPPTYPE_MESSAGE;
+      if (ctx_.errors.size() != before && !entries) {
+        ctx_.bad.insert(kpath);
+        ctx_.bad.insert(join_path(path, f->name()));
+        continue;
+      }
+      emit(f->name(), json);
+    }
+    if (!legacy_mappings.empty()) {
+      if (seen_fields.count("message_property_mappings")) {
+        ctx_.error(legacy_where, "message_field_role/message_field_content and message_property_mappings are both given",
+                   "give message_property_mappings only: {role: ..., content: ...}");
+      } else {
+        std::string json = "{";
+        for (const auto& [mk, mv] : legacy_mappings) json += (json.size() > 1 ? "," : "") + json_escape(mk) + ':' + json_escape(mv);
+        emit("message_property_mappings", json + "}");
+      }
     }
     o += '}';
   }
 
  private:
-  [[noreturn]] void unknown_key(const pb::Descriptor* d, const std::string& key, const std::string& kpath,
-                                const std::string& kwhere, const std::vector<std::string>& names) {
-    (void)kpath;
-    std::string scope = d == Recipe::descriptor() ? "recipe" : fmt::format("{} entry", d->name() == "Dataset" ? "dataset" : d->name());
-    if (d == Recipe::descriptor()) {
+  void unknown_key(const pb::Descriptor* d, const std::string& key, const YAML::Node& v, const std::string& kwhere,
+                   const std::string& vwhere, const std::vector<std::string>& names) {
+    const bool top = d == Recipe::descriptor();
+    const std::string scope = top ? "recipe" : "dataset entry";
+    if (top) {
       auto a = key_aliases().find(key);
-      if (a != key_aliases().end())
-        ctx_.fail(kwhere, fmt::format("unknown {} key '{}' — did you mean '{}'?", scope, key, a->second),
-                  fmt::format("rename '{}' to '{}' (see docs/recipes.md)", key, a->second));
-      auto u = unsupported_axolotl_keys().find(key);
-      if (u != unsupported_axolotl_keys().end())
-        ctx_.fail(kwhere, fmt::format("unknown {} key '{}': this Axolotl key is not supported by graft", scope, key),
-                  u->second);
+      if (a != key_aliases().end()) {
+        ctx_.error(kwhere, fmt::format("unknown {} key '{}' — did you mean '{}'?", scope, key, a->second),
+                   fmt::format("rename '{}' to '{}' (see docs/recipes.md)", key, a->second));
+        return;
+      }
+    }
+    using recipe_detail::AxolotlKind;
+    if (const auto* ak = recipe_detail::find_axolotl_key(top ? recipe_detail::AxolotlScope::Recipe
+                                                             : recipe_detail::AxolotlScope::Dataset, key)) {
+      if (!v.IsDefined() || v.IsNull()) return;  // blank boilerplate (`wandb_project:`) = absent
+      std::string value = v.IsScalar() ? v.Scalar() : describe_node(v);
+      bool b = false;
+      if (v.IsScalar() && YAML::convert<bool>::decode(v, b)) value = b ? "true" : "false";
+      if (ak->kind == AxolotlKind::Warn || (ak->kind == AxolotlKind::WarnIfValue && value == ak->accept)) {
+        ctx_.warn(kwhere, fmt::format("key '{}' is ignored: {}", key, ak->note));
+        return;
+      }
+      if (ak->kind == AxolotlKind::WarnIfValue)
+        ctx_.error(vwhere, fmt::format("key '{}' = {} is not supported: {}", key, value, ak->note), ak->fix);
+      else
+        ctx_.error(kwhere, fmt::format("Axolotl key '{}' is not supported by graft: {}", key, ak->note), ak->fix);
+      return;
     }
     std::string near = nearest(key, names);
-    if (!near.empty())
-      ctx_.fail(kwhere, fmt::format("unknown {} key '{}' — did you mean '{}'?", scope, key, near),
-                fmt::format("rename '{}' to '{}' (see docs/recipes.md for every key)", key, near));
-    ctx_.fail(kwhere, fmt::format("unknown {} key '{}'", scope, key),
-              fmt::format("valid keys: {} (see docs/recipes.md)", choices_text(names)));
+    if (!near.empty()) {
+      ctx_.error(kwhere, fmt::format("unknown {} key '{}' — did you mean '{}'?", scope, key, near),
+                 fmt::format("rename '{}' to '{}' (see docs/recipes.md for every key)", key, near));
+      return;
+    }
+    ctx_.error(kwhere, fmt::format("unknown {} key '{}'", scope, key),
+               fmt::format("valid keys: {} (see docs/recipes.md)", choices_text(names)));
   }
 
-  [[noreturn]] void type_error(const FD* f, const std::string& key, const YAML::Node& v, const std::string& where) {
-    ctx_.fail(where, fmt::format("key '{}' expects {}, got {}", key, describe_type(f), describe_node(v)));
+  void type_error(const FD* f, const std::string& key, const YAML::Node& v, const std::string& where) {
+    ctx_.error(where, fmt::format("key '{}' expects {}, got {}", key, describe_type(f), describe_node(v)));
   }
 
   void value(const FD* f, const YAML::Node& v, const std::string& path, const std::string& where, std::string& o) {
     const std::string key = path.substr(path.rfind('.') == std::string::npos ? 0 : path.rfind('.') + 1);
     if (f->is_map()) {
-      if (!v.IsMap()) type_error(f, key, v, where);
+      if (!v.IsMap()) return type_error(f, key, v, where);
       const FD* vf = f->message_type()->map_value();
       o += '{';
       bool first = true;
@@ -300,12 +377,15 @@ class Walker {
       for (auto kv : v) {
         const YAML::Node mkey = kv.first;
         const YAML::Node mv = kv.second;
-        if (!mkey.IsScalar()) type_error(f, key, v, where);
+        if (!mkey.IsScalar()) return type_error(f, key, v, where);
         const std::string mk = mkey.Scalar();
         const std::string mpath = join_path(path, mk);
         const std::string mwhere = ctx_.where(mpath, mv.Mark().is_null() ? mkey.Mark() : mv.Mark());
         ctx_.loc[mpath] = mwhere;
-        if (!seen.insert(mk).second) ctx_.fail(mwhere, fmt::format("key '{}' appears twice in '{}'", mk, key));
+        if (!seen.insert(mk).second) {
+          ctx_.error(mwhere, fmt::format("key '{}' appears twice in '{}'", mk, key));
+          continue;
+        }
         if (!first) o += ',';
         first = false;
         o += json_escape(mk) + ':';
@@ -316,18 +396,22 @@ class Walker {
           } else if (mv.IsSequence()) {
             for (size_t i = 0; i < mv.size(); ++i) {
               const YAML::Node name = mv[i];
-              if (!name.IsScalar())
-                ctx_.fail(mwhere, fmt::format("key '{}.{}' expects a list of role names, got a nested {}", key, mk,
-                                              describe_node(name)));
+              if (!name.IsScalar()) {
+                ctx_.error(mwhere, fmt::format("key '{}.{}' expects a list of role names, got a nested {}", key, mk,
+                                               describe_node(name)));
+                continue;
+              }
               o += (i ? "," : "") + json_escape(name.Scalar());
             }
           } else {
-            ctx_.fail(mwhere, fmt::format("key '{}.{}' expects a list of role names, got {}", key, mk, describe_node(mv)));
+            ctx_.error(mwhere, fmt::format("key '{}.{}' expects a list of role names, got {}", key, mk, describe_node(mv)));
           }
           o += "]}";
         } else {
-          if (!mv.IsScalar())
-            ctx_.fail(mwhere, fmt::format("key '{}.{}' expects {}, got {}", key, mk, describe_type(vf), describe_node(mv)));
+          if (!mv.IsScalar()) {
+            ctx_.error(mwhere, fmt::format("key '{}.{}' expects {}, got {}", key, mk, describe_type(vf), describe_node(mv)));
+            continue;
+          }
           scalar(vf, mv, fmt::format("{}.{}", key, mk), mwhere, o);
         }
       }
@@ -338,36 +422,43 @@ class Walker {
       if (!v.IsSequence()) {
         std::string fix;
         if (v.IsScalar()) fix = fmt::format("write a list: {}: [{}]", key, v.Scalar());
-        ctx_.fail(where, fmt::format("key '{}' expects {}, got {}", key, describe_type(f), describe_node(v)), fix);
+        return ctx_.error(where, fmt::format("key '{}' expects {}, got {}", key, describe_type(f), describe_node(v)), fix);
       }
       o += '[';
+      bool any = false;
       for (size_t i = 0; i < v.size(); ++i) {
         const YAML::Node e = v[i];
         const std::string epath = join_path(path, std::to_string(i));
         const std::string ewhere = ctx_.where(epath, e.Mark().is_null() ? v.Mark() : e.Mark());
         ctx_.loc[epath] = ewhere;
-        if (i) o += ',';
+        std::string ej;
         if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
-          if (!e.IsMap())
-            ctx_.fail(ewhere, fmt::format("entry {} of '{}' expects a mapping of keys (path: ..., type: ...), got {}", i,
-                                          key, describe_node(e)));
-          message(f->message_type(), e, epath, o);
+          if (!e.IsMap()) {
+            ctx_.error(ewhere, fmt::format("entry {} of '{}' expects a mapping of keys (path: ..., type: ...), got {}", i,
+                                           key, describe_node(e)));
+            continue;
+          }
+          message(f->message_type(), e, epath, ej);
         } else {
-          if (!e.IsScalar())
-            ctx_.fail(ewhere, fmt::format("entry {} of '{}' expects {}, got {}", i, key,
-                                          describe_type(f).substr(std::string("a list of ").size()), describe_node(e)));
-          scalar(f, e, fmt::format("{}[{}]", key, i), ewhere, o);
+          if (!e.IsScalar()) {
+            ctx_.error(ewhere, fmt::format("entry {} of '{}' expects {}, got {}", i, key,
+                                           describe_type(f).substr(std::string("a list of ").size()), describe_node(e)));
+            continue;
+          }
+          scalar(f, e, fmt::format("{}[{}]", key, i), ewhere, ej);
         }
+        o += (any ? "," : "") + ej;
+        any = true;
       }
       o += ']';
       return;
     }
     if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
-      if (!v.IsMap()) type_error(f, key, v, where);
+      if (!v.IsMap()) return type_error(f, key, v, where);
       message(f->message_type(), v, path, o);
       return;
     }
-    if (!v.IsScalar()) type_error(f, key, v, where);
+    if (!v.IsScalar()) return type_error(f, key, v, where);
     scalar(f, v, key, where, o);
   }
 
@@ -378,7 +469,7 @@ class Walker {
       case FD::CPPTYPE_BOOL: {
         bool b = false;
         if (!YAML::convert<bool>::decode(v, b))
-          ctx_.fail(where, fmt::format("key '{}' expects a boolean (true/false), got '{}'", key, s));
+          return ctx_.error(where, fmt::format("key '{}' expects a boolean (true/false), got '{}'", key, s));
         o += b ? "true" : "false";
         return;
       }
@@ -390,24 +481,24 @@ class Walker {
           std::string fix;
           if (parse_double(s, dx) && dx == std::floor(dx) && std::fabs(dx) < 1e15)
             fix = fmt::format("write it as a whole number: {}", static_cast<long long>(dx));
-          ctx_.fail(where, fmt::format("key '{}' expects an integer, got '{}'", key, s), fix);
+          return ctx_.error(where, fmt::format("key '{}' expects an integer, got '{}'", key, s), fix);
         }
         const long long lo = f->cpp_type() == FD::CPPTYPE_INT32 ? std::numeric_limits<int32_t>::min()
                                                                 : std::numeric_limits<int64_t>::min();
         const long long hi = f->cpp_type() == FD::CPPTYPE_INT32 ? std::numeric_limits<int32_t>::max()
                                                                 : std::numeric_limits<int64_t>::max();
-        if (x < lo || x > hi) ctx_.fail(where, fmt::format("key '{}' = {} is out of range (at most {})", key, s, hi));
+        if (x < lo || x > hi) return ctx_.error(where, fmt::format("key '{}' = {} is out of range (at most {})", key, s, hi));
         o += std::to_string(x);
         return;
       }
       case FD::CPPTYPE_DOUBLE:
       case FD::CPPTYPE_FLOAT: {
         double x = 0;
-        if (!parse_double(s, x)) ctx_.fail(where, fmt::format("key '{}' expects a number, got '{}'", key, s));
+        if (!parse_double(s, x)) return ctx_.error(where, fmt::format("key '{}' expects a number, got '{}'", key, s));
         o += fmt::format("{}", x);
         return;
       }
-      default: ctx_.fail(where, fmt::format("key '{}': unsupported schema type", key));
+      default: return ctx_.error(where, fmt::format("key '{}': unsupported schema type", key));
     }
   }
 
@@ -482,30 +573,42 @@ void apply_override(Ctx& ctx, YAML::Node& root, const std::string& ov) {
 
 // ---------------------------------------------------------------- validation + defaults
 
-void check_choice(const Ctx& ctx, const std::string& path, const std::string& key, const std::string& v,
+void check_choice(Ctx& ctx, const std::string& path, const std::string& key, const std::string& v,
                   const std::vector<std::string>& choices) {
   if (std::find(choices.begin(), choices.end(), v) != choices.end()) return;
   std::string near = nearest(v, choices);
-  ctx.fail(ctx.at(path),
+  ctx.error(ctx.at(path),
            fmt::format("key '{}' = '{}' is not one of: {}{}", key, v, choices_text(choices),
                        near.empty() ? "" : fmt::format(" — did you mean '{}'?", near)),
            fmt::format("set {} to one of: {}", key, choices_text(choices)));
 }
 
 template <class T>
-void check_range(const Ctx& ctx, const std::string& path, const std::string& key, bool has, T v, bool ok,
+void check_range(Ctx& ctx, const std::string& path, const std::string& key, bool has, T v, bool ok,
                  const std::string& range) {
   if (!has || ok) return;
-  ctx.fail(ctx.at(path), fmt::format("key '{}' = {} is out of range: must be {}", key, v, range));
+  ctx.error(ctx.at(path), fmt::format("key '{}' = {} is out of range: must be {}", key, v, range));
 }
 
 const std::vector<std::string> kAdapters = {"lora", "qlora"};
-const std::vector<std::string> kSchedulers = {"constant", "linear", "cosine"};
-const std::vector<std::string> kOptimizers = {"adamw", "adamw_torch", "adamw_torch_fused"};
+const std::vector<std::string> kSchedulers = {"constant", "linear", "cosine", "constant_with_warmup"};
+// AdamW spellings of Axolotl / transformers: all run graft's AdamW (fp32 moments).
+const std::vector<std::string> kOptimizers = {"adamw", "adamw_torch", "adamw_torch_fused", "adamw_hf"};
+// ... and the quantized / paged ones, which run it too, with a warning (the state is not quantized).
+const std::vector<std::string> kOptimizers8bit = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+                                                  "paged_adamw", "adamw_torch_8bit", "adamw_torch_4bit"};
+const std::vector<std::string> kSpecialTokens = {"bos_token", "eos_token", "pad_token", "unk_token"};
 const std::vector<std::string> kDatasetTypes = {"chat_template", "alpaca", "sharegpt", "completion"};
 const std::vector<std::string> kTrainOnEos = {"turn", "last", "all", "none"};
-const std::vector<std::string> kTemplateNames = {"tokenizer_default", "tokenizer_default_fallback_chatml", "chatml",
-                                                 "jinja"};
+
+// Valid chat_template values (besides inline Jinja): tokenizer_default, jinja, every named template
+// and tokenizer_default_fallback_<named template>.
+std::vector<std::string> template_choices() {
+  std::vector<std::string> c = {"tokenizer_default", "jinja"};
+  for (const auto& n : named_chat_template_names()) c.push_back(n);
+  for (const auto& n : named_chat_template_names()) c.push_back("tokenizer_default_fallback_" + n);
+  return c;
+}
 
 void dataset_defaults(Dataset& d) {
   if (!d.has_type()) d.set_type("chat_template");
@@ -520,42 +623,72 @@ void dataset_defaults(Dataset& d) {
   if (!d.has_field()) d.set_field("text");
 }
 
-void validate_dataset(const Ctx& ctx, Dataset& d, const std::string& path) {
-  if (d.path().empty())
-    ctx.fail(ctx.at(path), fmt::format("{}: required key 'path' is missing", path),
+void validate_dataset(Ctx& ctx, Dataset& d, const std::string& path) {
+  if (d.path().empty() && !ctx.rejected(path + ".path"))
+    ctx.error(ctx.at(path), fmt::format("{}: required key 'path' is missing", path),
              "give the dataset file or directory: path: data/train.jsonl");
   if (d.has_type()) check_choice(ctx, path + ".type", path + ".type", d.type(), kDatasetTypes);
   if (d.has_train_on_eos())
     check_choice(ctx, path + ".train_on_eos", path + ".train_on_eos", d.train_on_eos(), kTrainOnEos);
   for (const auto& [k, v] : d.roles())
     if (v.values_size() == 0)
-      ctx.fail(ctx.at(path + ".roles." + k), fmt::format("roles.{} lists no source role names", k));
+      ctx.error(ctx.at(path + ".roles." + k), fmt::format("roles.{} lists no source role names", k));
   dataset_defaults(d);
 }
 
-void validate(const Ctx& ctx, Recipe& r) {
+void validate(Ctx& ctx, Recipe& r) {
   // Required keys.
   {
-    if (r.base_model().empty())
-      ctx.fail(ctx.source, "required key 'base_model' is missing", "name a HF model id or local directory: base_model: Qwen/Qwen3-30B-A3B");
-    if (r.output_dir().empty())
-      ctx.fail(ctx.source, "required key 'output_dir' is missing", "say where checkpoints and the adapter go: output_dir: out/my-adapter");
-    if (r.datasets_size() == 0 && r.test_datasets_size() == 0)
-      ctx.fail(ctx.source, "required key 'datasets' is missing (or empty)",
+    if (r.base_model().empty() && !ctx.rejected("base_model"))
+      ctx.error(ctx.source, "required key 'base_model' is missing", "name a HF model id or local directory: base_model: Qwen/Qwen3-30B-A3B");
+    if (r.output_dir().empty() && !ctx.rejected("output_dir"))
+      ctx.error(ctx.source, "required key 'output_dir' is missing", "say where checkpoints and the adapter go: output_dir: out/my-adapter");
+    if (r.datasets_size() == 0 && r.test_datasets_size() == 0 && !ctx.rejected("datasets") &&
+        !ctx.rejected("test_datasets"))
+      ctx.error(ctx.source, "required key 'datasets' is missing (or empty)",
                "list at least one dataset: datasets: [{path: data/train.jsonl, type: chat_template}]");
   }
 
   // Choices.
   if (r.has_adapter()) check_choice(ctx, "adapter", "adapter", r.adapter(), kAdapters);
-  if (r.has_lr_scheduler()) check_choice(ctx, "lr_scheduler", "lr_scheduler", r.lr_scheduler(), kSchedulers);
+  if (r.has_lr_scheduler()) {
+    check_choice(ctx, "lr_scheduler", "lr_scheduler", r.lr_scheduler(), kSchedulers);
+    // transformers' constant_with_warmup is graft's constant (which always follows the warmup).
+    if (r.lr_scheduler() == "constant_with_warmup") r.set_lr_scheduler("constant");
+  }
   if (r.has_optimizer()) {
-    check_choice(ctx, "optimizer", "optimizer", r.optimizer(), kOptimizers);
+    const std::string o = r.optimizer();
+    if (std::find(kOptimizers8bit.begin(), kOptimizers8bit.end(), o) != kOptimizers8bit.end()) {
+      ctx.warn(ctx.at("optimizer"),
+               fmt::format("optimizer: {} runs graft's AdamW with fp32 moments (8-bit and paged optimizer states are not "
+                           "implemented): more optimizer memory, and the full-precision AdamW trajectory", o));
+    } else {
+      std::vector<std::string> all = kOptimizers;
+      all.insert(all.end(), kOptimizers8bit.begin(), kOptimizers8bit.end());
+      check_choice(ctx, "optimizer", "optimizer", o, all);
+    }
     r.set_optimizer("adamw");
   }
   if (r.has_chat_template()) {
     const std::string& t = r.chat_template();
     const bool inline_jinja = t.find("{{") != std::string::npos || t.find("{%") != std::string::npos;
-    if (!inline_jinja) check_choice(ctx, "chat_template", "chat_template", t, kTemplateNames);
+    if (!inline_jinja && !ctx.rejected("chat_template")) {
+      const auto choices = template_choices();
+      if (std::find(choices.begin(), choices.end(), t) == choices.end()) {
+        const std::string near = nearest(t, choices);
+        ctx.error(ctx.at("chat_template"),
+                  fmt::format("key 'chat_template' = '{}' is not a template graft has{}", t,
+                              near.empty() ? "" : fmt::format(" — did you mean '{}'?", near)),
+                  fmt::format("use tokenizer_default (the tokenizer's own template), a named template ({}), "
+                              "tokenizer_default_fallback_<name>, or chat_template: jinja with chat_template_jinja "
+                              "(inline source or a .jinja file)",
+                              choices_text(named_chat_template_names())));
+      }
+    }
+  }
+  for (const auto& [k, v] : r.special_tokens()) {
+    check_choice(ctx, "special_tokens." + k, "special_tokens." + k, k, kSpecialTokens);
+    if (v.empty()) ctx.error(ctx.at("special_tokens." + k), fmt::format("special_tokens.{} is empty", k), "give the token text");
   }
 
   // Ranges.
@@ -592,55 +725,74 @@ void validate(const Ctx& ctx, Recipe& r) {
   check_range(ctx, "save_steps", "save_steps", r.has_save_steps(), r.save_steps(), r.save_steps() >= 0, ">= 0 (0 = at the end only)");
   check_range(ctx, "logging_steps", "logging_steps", r.has_logging_steps(), r.logging_steps(), r.logging_steps() >= 1, ">= 1");
   check_range(ctx, "seed", "seed", r.has_seed(), r.seed(), r.seed() >= 0, ">= 0");
+  check_range(ctx, "evals_per_epoch", "evals_per_epoch", r.has_evals_per_epoch(), r.evals_per_epoch(),
+              r.evals_per_epoch() >= 0, ">= 0 (0 = at the end only)");
+  check_range(ctx, "saves_per_epoch", "saves_per_epoch", r.has_saves_per_epoch(), r.saves_per_epoch(),
+              r.saves_per_epoch() >= 0, ">= 0 (0 = at the end only)");
+  if (r.has_evals_per_epoch() && r.evals_per_epoch() == 0) r.clear_evals_per_epoch();
+  if (r.has_saves_per_epoch() && r.saves_per_epoch() == 0) r.clear_saves_per_epoch();
+  // (eval_steps / save_steps 0 is the default "at the end only": the printed recipe spells it out.)
+  if (r.has_evals_per_epoch() && r.eval_steps() > 0)
+    ctx.error(ctx.at("evals_per_epoch"), "keys 'eval_steps' and 'evals_per_epoch' are both set", "keep one of them");
+  if (r.has_saves_per_epoch() && r.save_steps() > 0)
+    ctx.error(ctx.at("saves_per_epoch"), "keys 'save_steps' and 'saves_per_epoch' are both set", "keep one of them");
   check_range(ctx, "num_threads", "num_threads", r.has_num_threads(), r.num_threads(), r.num_threads() >= 0,
               ">= 0 (0 = all cores)");
 
   // Cross-key rules.
   if (r.lora_modules_to_save_size() > 0)
-    ctx.fail(ctx.at("lora_modules_to_save"), "key 'lora_modules_to_save' is not supported yet (graft trains LoRA adapters only)",
-             "remove lora_modules_to_save; embeddings and lm_head stay frozen");
+    ctx.error(ctx.at("lora_modules_to_save"),
+              fmt::format("lora_modules_to_save [{}] is not supported: graft trains low-rank LoRA factors only. Its "
+                          "backward pass does not produce gradients for embed_tokens or lm_head (the gradient stops at "
+                          "the first decoder layer's input and the final norm's output), and its exported and served "
+                          "adapters are low-rank deltas on a shared base, with no per-adapter full copy of a "
+                          "vocabulary-sized matrix",
+                          choices_text(std::vector<std::string>(r.lora_modules_to_save().begin(), r.lora_modules_to_save().end()))),
+              "remove lora_modules_to_save. Axolotl recipes list it to train rows of newly added tokens: with graft, "
+              "use tokens already in the tokenizer's vocabulary (e.g. chat_template: tokenizer_default)");
   if (r.has_adapter() && r.has_load_in_4bit()) {
     if (r.adapter() == "qlora" && !r.load_in_4bit())
-      ctx.fail(ctx.at("load_in_4bit"), "adapter: qlora needs load_in_4bit: true (got false)",
+      ctx.error(ctx.at("load_in_4bit"), "adapter: qlora needs load_in_4bit: true (got false)",
                "set load_in_4bit: true, or use adapter: lora for a full-precision base");
     if (r.adapter() == "lora" && r.load_in_4bit())
-      ctx.fail(ctx.at("load_in_4bit"), "load_in_4bit: true with adapter: lora — a 4-bit base makes this QLoRA",
+      ctx.error(ctx.at("load_in_4bit"), "load_in_4bit: true with adapter: lora — a 4-bit base makes this QLoRA",
                "use adapter: qlora (or remove load_in_4bit)");
   }
   if (r.has_warmup_steps() && r.has_warmup_ratio())
-    ctx.fail(ctx.at("warmup_ratio"), "keys 'warmup_steps' and 'warmup_ratio' are both set", "keep one of them");
+    ctx.error(ctx.at("warmup_ratio"), "keys 'warmup_steps' and 'warmup_ratio' are both set", "keep one of them");
   if (r.lora_target_modules_size() > 0 && r.has_lora_target_modules_regex())
-    ctx.fail(ctx.at("lora_target_modules_regex"),
+    ctx.error(ctx.at("lora_target_modules_regex"),
              "keys 'lora_target_modules' (list) and 'lora_target_modules_regex' are both set", "keep one of them");
   if (r.has_lora_target_modules_regex()) {
     try {
       std::regex re(r.lora_target_modules_regex());
     } catch (const std::regex_error& e) {
-      ctx.fail(ctx.at("lora_target_modules_regex"),
+      ctx.error(ctx.at("lora_target_modules_regex"),
                fmt::format("lora_target_modules regex '{}' does not compile: {}", r.lora_target_modules_regex(), e.what()));
     }
   }
   if (r.lora_target_modules_size() == 0 && !r.has_lora_target_modules_regex() &&
-      !r.lora_target_linear() && r.lora_target_parameters_size() == 0)
-    ctx.fail(ctx.source, "no LoRA targets: none of lora_target_modules, lora_target_linear, lora_target_parameters is set",
+      !r.lora_target_linear() && r.lora_target_parameters_size() == 0 && !ctx.rejected("lora_target_modules") &&
+      !ctx.rejected("lora_target_linear") && !ctx.rejected("lora_target_parameters"))
+    ctx.error(ctx.source, "no LoRA targets: none of lora_target_modules, lora_target_linear, lora_target_parameters is set",
              "e.g. lora_target_modules: [q_proj, k_proj, v_proj, o_proj], or lora_target_linear: true");
   if (r.lora_target_parameters_size() > 0 && r.has_lora_dropout() && r.lora_dropout() != 0)
-    ctx.fail(ctx.at("lora_dropout"),
+    ctx.error(ctx.at("lora_dropout"),
              fmt::format("lora_dropout must be 0 when lora_target_parameters is set (got {})", r.lora_dropout()),
              "set lora_dropout: 0 (PEFT's fused-expert LoRA has no dropout)");
   if (r.test_datasets_size() > 0 && r.has_val_set_size() && r.val_set_size() > 0)
-    ctx.fail(ctx.at("val_set_size"), "keys 'test_datasets' and 'val_set_size' are both set",
+    ctx.error(ctx.at("val_set_size"), "keys 'test_datasets' and 'val_set_size' are both set",
              "evaluate on test_datasets or hold out val_set_size of datasets, not both");
   if (r.has_chat_template_jinja()) {
     if (r.chat_template_jinja().empty())
-      ctx.fail(ctx.at("chat_template_jinja"), "key 'chat_template_jinja' is empty");
+      ctx.error(ctx.at("chat_template_jinja"), "key 'chat_template_jinja' is empty");
     if (r.has_chat_template() && r.chat_template() != "jinja")
-      ctx.fail(ctx.at("chat_template"),
+      ctx.error(ctx.at("chat_template"),
                fmt::format("chat_template_jinja is set but chat_template is '{}'", r.chat_template()),
                "set chat_template: jinja (or remove chat_template)");
     r.set_chat_template("jinja");
   } else if (r.has_chat_template() && r.chat_template() == "jinja") {
-    ctx.fail(ctx.at("chat_template"), "chat_template: jinja needs chat_template_jinja (inline source or a .jinja file)");
+    ctx.error(ctx.at("chat_template"), "chat_template: jinja needs chat_template_jinja (inline source or a .jinja file)");
   }
   for (int i = 0; i < r.datasets_size(); ++i) validate_dataset(ctx, *r.mutable_datasets(i), fmt::format("datasets.{}", i));
   for (int i = 0; i < r.test_datasets_size(); ++i)
@@ -727,10 +879,14 @@ LoadedRecipe parse_recipe_text(const std::string& yaml_text, const std::string& 
   pb::util::JsonParseOptions opts;
   opts.ignore_unknown_fields = false;
   auto st = pb::util::JsonStringToMessage(json, &out.proto, opts);
-  if (!st.ok())
+  if (!st.ok()) {
+    ctx.throw_if_errors();
     ctx.fail(source, fmt::format("recipe does not match the schema: {}", st.ToString()),
              "this is a graft bug if the recipe passed the key checks; please report it with the recipe");
+  }
   validate(ctx, out.proto);
+  ctx.throw_if_errors();
+  out.warnings = ctx.warnings;
   recipe_defaults(out.proto);
   out.text = recipe_to_yaml(out.proto);
   out.hash = sha256_hex(recipe_hash_json(out.proto));

@@ -240,7 +240,7 @@ std::string recipe_hash_json(const Recipe& recipe) {
   // gradient_checkpointing changes memory only (bit-identical results), so a run may resume with it toggled.
   static const std::set<std::string> kSkip = {"output_dir",    "dataset_prepared_path", "resume_from_checkpoint",
                                               "num_threads",   "logging_steps",         "save_steps",
-                                              "gradient_checkpointing"};
+                                              "saves_per_epoch", "gradient_checkpointing"};
   // Datasets omit fields equal to a default dataset: rebuild them through a copy.
   std::string o;
   const pb::Descriptor* d = recipe.GetDescriptor();

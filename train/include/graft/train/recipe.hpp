@@ -4,7 +4,8 @@
 //   r.proto.lora_r();   // every documented default is filled in (see docs/recipes.md)
 //
 // Errors (graft::Error) name the key, the file line/column (or the --set override it came from),
-// the expected type or valid choices/range, and for unknown keys the closest valid key.
+// the expected type or valid choices/range, and for unknown keys the closest valid key. Every
+// problem of a recipe is reported at once: one graft::Error lists them all, each with its fix.
 #pragma once
 
 #include <string>
@@ -25,6 +26,10 @@ struct LoadedRecipe {
   std::string text;            // canonical YAML of the effective recipe (recipe_to_yaml(proto)); reloads to the same proto
   std::string hash;            // sha256 hex of recipe_hash_json(proto)
   std::string source;          // file path, or the name given to parse_recipe_text
+  // One line per accepted-but-ignored key (Axolotl runtime keys such as bf16, wandb_project) and per
+  // key graft honours differently (8-bit optimizer names, gradient_checkpointing: offload):
+  // "file:line:col: key 'bf16' is ignored: <what graft does instead>". Callers print them.
+  std::vector<std::string> warnings;
 };
 
 // Reads `path` and calls parse_recipe_text. `overrides` are "key=value" (dotted keys for nested
@@ -44,6 +49,10 @@ std::string recipe_to_yaml(const Recipe& recipe);
 // trajectory (output_dir, dataset_prepared_path, resume_from_checkpoint, num_threads,
 // logging_steps, save_steps) left out.
 std::string recipe_hash_json(const Recipe& recipe);
+
+// The "Axolotl keys" table of docs/recipes.md: every Axolotl key that is not a graft key, with what
+// graft does (accepted with a warning, or rejected and why). Generated from the loader's table.
+std::string axolotl_keys_markdown();
 
 // sha256 of a byte string, lowercase hex.
 std::string sha256_hex(const std::string& bytes);
