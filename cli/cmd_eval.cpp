@@ -1,7 +1,8 @@
-// `graft eval MODEL_DIR [--adapter DIR]... --data FILE [--type T] [--prompt P]... [--max-tokens N]
-//  [--load-in-4bit] [--json]`
+// `graft eval MODEL_DIR [--adapter DIR]... --data FILE [--type T] [--chat-template T] [--prompt P]...
+//  [--max-tokens N] [--load-in-4bit] [--json]`
 // Held-out loss and perplexity of the base and of each adapter on the same data, side by side, and
-// greedy generations for a few prompts (from --prompt, or the first user turns of the data).
+// greedy generations for a few prompts (from --prompt, or the first user turns of the data). Without
+// --type the format is detected from the records' fields (train::detect_dataset_type).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/error.hpp"
+#include "graft/mmap_file.hpp"
 #include "graft/model/generate.hpp"
 #include "graft/tokenizer/tokenizer.hpp"
 #include "graft/train/data.hpp"
@@ -25,7 +27,7 @@ namespace fs = std::filesystem;
 using namespace graft;
 
 struct EvalArgs {
-  std::string dir, data, type = "chat_template";
+  std::string dir, data, type, chat_template;
   std::vector<std::string> adapters, prompts;
   int max_tokens = 32, seq_len = 2048;
   bool json = false, load_in_4bit = false;
@@ -43,15 +45,31 @@ void run(const EvalArgs& a) {
   lo.load_in_4bit = a.load_in_4bit;
   auto m = model::Model::load(a.dir, lo);
   auto tok = tokenizer::Tokenizer::from_file(a.dir);
-  std::unique_ptr<chat_template::ChatTemplate> tpl;
-  if (!tok.config().chat_template.empty())
-    tpl = std::make_unique<chat_template::ChatTemplate>(chat_template::ChatTemplate::from_tokenizer_config(a.dir));
   train::DatasetSpec spec;
   spec.path = a.data;
   spec.type = a.type;
-  if (a.type == "sharegpt") spec.field_messages = "conversations";
+  if (spec.type.empty()) {
+    spec.type = train::detect_dataset_type(a.data);
+    std::fprintf(stderr, "graft eval: %s: detected format %s (force one with --type)\n", a.data.c_str(), spec.type.c_str());
+  }
+  if (spec.type == "sharegpt") spec.field_messages = "conversations";
   train::DataOptions dopt;
   dopt.sequence_len = a.seq_len;
+  train::set_model_token_ids(dopt, a.dir, m.vocab_size());
+  // The template: --chat-template (chatml, a .jinja file or Jinja source), else tokenizer_config.json's.
+  std::unique_ptr<chat_template::ChatTemplate> tpl;
+  if (!a.chat_template.empty() && a.chat_template != "tokenizer_default") {
+    dopt.chat_template = fs::exists(a.chat_template) ? read_text_file(a.chat_template) : a.chat_template;
+    train::DatasetSpec chat_spec;
+    chat_spec.type = "chat_template";
+    tpl = std::make_unique<chat_template::ChatTemplate>(
+        train::effective_template_source(chat_spec, tok, nullptr, dopt), "--chat-template");
+    const auto& c = tok.config();
+    tpl->variables().update(nlohmann::ordered_json{{"bos_token", c.bos_token}, {"eos_token", c.eos_token},
+                                                   {"pad_token", c.pad_token}, {"unk_token", c.unk_token}});
+  } else if (!tok.config().chat_template.empty()) {
+    tpl = std::make_unique<chat_template::ChatTemplate>(chat_template::ChatTemplate::from_tokenizer_config(a.dir));
+  }
   auto samples = train::load_dataset(spec, tok, tpl.get(), dopt);
   GRAFT_CHECK_FIX(!samples.empty(), "pass a data file with at least one usable sample", "no samples in '{}'", a.data);
   std::vector<adapters::Adapter> ads;
@@ -131,7 +149,10 @@ graft::cli::Registration reg{"eval", 55, [](CLI::App& app) {
   sub->add_option("model_dir", a->dir, "Base model directory")->required();
   sub->add_option("--adapter", a->adapters, "PEFT adapter directory (repeatable)");
   sub->add_option("--data", a->data, "Held-out data file (.json / .jsonl)")->required();
-  sub->add_option("--type", a->type, "Data format: chat_template (messages), sharegpt, alpaca, completion, pretokenized");
+  sub->add_option("--type", a->type, "Data format: chat_template (messages), sharegpt, alpaca, completion, pretokenized "
+                  "(default: detected from the records)");
+  sub->add_option("--chat-template", a->chat_template,
+                  "Template for chat data and prompts: chatml, a .jinja file or Jinja source (default: the tokenizer's)");
   sub->add_option("--prompt", a->prompts, "Prompt to generate from (repeatable; default: the data's first user turns)");
   sub->add_option("--max-tokens", a->max_tokens, "Maximum generated tokens per prompt");
   sub->add_option("--sequence-len", a->seq_len, "Longest sample kept");

@@ -1,6 +1,7 @@
 // `graft generate MODEL_DIR --prompt "..." [--chat] [--max-tokens N] [--temperature T --top-p P
-//  --top-k K --seed S] [--load-in-4bit] [--json]`
-// Streams the continuation to stdout as it is generated. With --json prints one object
+//  --top-k K --seed S] [--adapter DIR [--adapter-scale W]]... [--load-in-4bit] [--json]`
+// Streams the continuation to stdout as it is generated. With adapters the model runs with
+// W + Σ w_i · s_i · B_i A_i (adapters::combine; w_i = --adapter-scale, default 1). With --json prints one object
 // {"prompt_ids": [...], "generated_ids": [...], "text": "..."} instead. Greedy (temperature 0, the
 // default) is deterministic.
 #include <fmt/format.h>
@@ -8,8 +9,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "command.hpp"
+#include "graft/adapters/combine.hpp"
+#include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
@@ -19,6 +23,8 @@
 namespace {
 struct GenerateArgs {
   std::string dir, prompt, system;
+  std::vector<std::string> adapters;
+  std::vector<float> adapter_scales;
   bool chat = false, json = false, load_in_4bit = false;
   int max_tokens = 128;
   graft::model::SamplingParams sampling;
@@ -30,6 +36,9 @@ void run(const GenerateArgs& a) {
   GRAFT_CHECK_FIX(fs::exists(fs::path(a.dir) / "config.json"), "pass a Hugging Face model directory",
                   "'{}' has no config.json", a.dir);
   model::validate(a.sampling);
+  GRAFT_CHECK_FIX(a.adapter_scales.empty() || a.adapter_scales.size() == a.adapters.size(),
+                  "give one --adapter-scale per --adapter, in the same order (or none: all 1)",
+                  "{} --adapter-scale values for {} --adapter directories", a.adapter_scales.size(), a.adapters.size());
   auto tok = tokenizer::Tokenizer::from_file(a.dir);
   std::vector<int32_t> prompt_ids;
   if (a.chat) {
@@ -51,8 +60,18 @@ void run(const GenerateArgs& a) {
   for (int32_t id : prompt_ids)
     GRAFT_CHECK_FIX(id >= 0 && id < m.vocab_size(), "use the tokenizer that belongs to this model",
                     "prompt token id {} is outside the model's vocabulary of {}", id, m.vocab_size());
+  std::vector<adapters::Adapter> loaded;
+  for (const auto& d : a.adapters) loaded.push_back(adapters::load_peft(d, m.config()));
+  std::optional<adapters::Adapter> combined;
+  if (!loaded.empty()) {
+    std::vector<const adapters::Adapter*> ptrs;
+    for (const auto& ad : loaded) ptrs.push_back(&ad);
+    std::vector<float> w = a.adapter_scales.empty() ? std::vector<float>(loaded.size(), 1.0f) : a.adapter_scales;
+    combined = adapters::combine(ptrs, w);
+  }
   auto be = cpu::make_backend();
   model::GenerateOptions go;
+  go.adapter = combined ? &*combined : nullptr;
   go.sampling = a.sampling;
   go.max_tokens = a.max_tokens;
   go.stop_ids = model::eos_ids(a.dir);
@@ -88,6 +107,9 @@ graft::cli::Registration reg{"generate", 40, [](CLI::App& app) {
   sub->add_option("--top-k", a->sampling.top_k, "Keep only the K most likely tokens (0 = off)");
   sub->add_option("--min-p", a->sampling.min_p, "Drop tokens below min_p x the top probability");
   sub->add_option("--seed", a->sampling.seed, "Random seed for sampling");
+  sub->add_option("--adapter", a->adapters, "PEFT LoRA adapter directory (repeatable: the adapters' deltas add up)");
+  sub->add_option("--adapter-scale", a->adapter_scales,
+                  "Weight of the adapter's delta, one per --adapter in order (default 1; 0 = the base)");
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize projection weights to NF4 on load");
   sub->add_flag("--json", a->json, "Print {prompt_ids, generated_ids, text} as JSON");
   sub->callback([a] { run(*a); });

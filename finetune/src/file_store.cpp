@@ -8,6 +8,7 @@
 #include "graft/error.hpp"
 #include "graft/mmap_file.hpp"
 #include "graft/serve/api_error.hpp"
+#include "graft/train/data.hpp"
 
 namespace graft::finetune {
 namespace fs = std::filesystem;
@@ -54,14 +55,10 @@ void replace_all(std::string& s, const std::string& from, const std::string& to)
 std::string detect_format(const std::string& content) {
   const size_t end = content.find('\n');
   const std::string first = content.substr(0, end);
-  auto j = nlohmann::json::parse(first, nullptr, false);
+  auto j = nlohmann::ordered_json::parse(first, nullptr, false);
   if (!j.is_object())
     throw bad_request("line 1 is not a JSON object: upload JSONL, one training example per line", "file", "invalid_file");
-  if (j.contains("messages")) return "chat_template";
-  if (j.contains("conversations")) return "sharegpt";
-  if (j.contains("instruction")) return "alpaca";
-  if (j.contains("input_ids")) return "pretokenized";
-  if (j.contains("text")) return "completion";
+  if (std::string t = train::detect_record_type(j); !t.empty()) return t;
   throw bad_request("line 1 has none of the fields the trainer reads (messages, conversations, instruction, text, "
                     "input_ids)", "file", "invalid_file");
 }

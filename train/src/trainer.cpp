@@ -157,6 +157,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   DataOptions dopt;
   dopt.sequence_len = r.sequence_len();
   dopt.train_on_inputs = r.train_on_inputs();
+  set_model_token_ids(dopt, r.base_model(), cfg.vocab_size);
   const std::string cache = r.dataset_prepared_path().empty() ? (out / "prepared").string() : r.dataset_prepared_path();
   std::vector<Sample> train, val;
   for (const auto& d : r.datasets()) {

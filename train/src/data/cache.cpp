@@ -201,6 +201,7 @@ std::string dataset_cache_key(const DatasetSpec& spec, const std::string& tokeni
   j["add_eos"] = options.add_eos;
   j["truncation"] = options.truncation;
   j["kwargs"] = options.chat_template_kwargs;
+  j["model_ids"] = {options.model_vocab_size, options.model_bos_id, options.model_eos_id};
   const std::string desc = j.dump();
   const std::string file = read_text_file(spec.path);
   auto mix = [&](uint64_t h) {

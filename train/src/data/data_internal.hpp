@@ -33,6 +33,13 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& ids, const std::ve
 int32_t token_id(const tokenizer::Tokenizer& tok, const std::string& token);
 int32_t eos_id(const tokenizer::Tokenizer& tok);
 int32_t bos_id(const tokenizer::Tokenizer& tok);  // -1 unless tokenizer_config.json says add_bos_token
+// The same, mapped to the model's id when the tokenizer's lies outside the model's vocabulary
+// (DataOptions::model_*).
+int32_t eos_id(const tokenizer::Tokenizer& tok, const DataOptions& opt);
+int32_t bos_id(const tokenizer::Tokenizer& tok, const DataOptions& opt);
+// Maps bos/eos ids the model lacks to the model's (ids and labels); any other id outside the model's
+// vocabulary throws, naming the token. No-op when opt.model_vocab_size is 0.
+void map_to_model(Sample& s, const tokenizer::Tokenizer& tok, const DataOptions& opt);
 
 // 64-bit FNV-1a (seeded) for cache keys and checksums.
 uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull);

@@ -58,8 +58,14 @@ TemplateRef resolve_template(const DatasetSpec& spec, const tokenizer::Tokenizer
                   "set `chat_template` (a Jinja source, or chatml) or use a tokenizer with a chat template",
                   "dataset {} of type {} needs a chat template and the tokenizer has no tokenizer_config.json",
                   spec.path, spec.type);
+  const ojson cfg_json = ojson::parse(c.raw_json);
+  GRAFT_CHECK_FIX(cfg_json.is_object() && cfg_json.contains("chat_template") && !cfg_json["chat_template"].is_null(),
+                  "name one: `chat_template: chatml` (or another named template, or chat_template_jinja) in the "
+                  "recipe, `--chat-template chatml` (or a .jinja file) for graft eval",
+                  "dataset {} of type {} needs a chat template and the tokenizer's tokenizer_config.json has none",
+                  spec.path, spec.type);
   r.owned = std::make_unique<chat_template::ChatTemplate>(
-      chat_template::ChatTemplate::from_tokenizer_config_json(ojson::parse(c.raw_json)));
+      chat_template::ChatTemplate::from_tokenizer_config_json(cfg_json));
   r.tpl = r.owned.get();
   return r;
 }
@@ -274,8 +280,9 @@ std::vector<int32_t> encode_plain(const tokenizer::Tokenizer& tok, const std::st
   return tok.encode(text, false);
 }
 
-void emit(std::vector<Sample>& out, Sample s, const DataOptions& opt, DataStats& st) {
-  if (finish(s, opt, st)) out.push_back(std::move(s));
+void emit(const Ctx& c, std::vector<Sample>& out, Sample s, DataStats& st) {
+  data_detail::map_to_model(s, c.tok, c.opt);
+  if (finish(s, c.opt, st)) out.push_back(std::move(s));
 }
 
 void load_alpaca(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
@@ -300,13 +307,13 @@ void load_alpaca(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
     }
     msgs.push_back(ojson{{"role", "user"}, {"content", prompt}});
     msgs.push_back(ojson{{"role", "assistant"}, {"content", output}});
-    emit(out, tokenize_conversation(msgs, nullptr, c.tok, *c.tpl, c.spec, c.opt), c.opt, st);
+    emit(c, out, tokenize_conversation(msgs, nullptr, c.tok, *c.tpl, c.spec, c.opt), st);
     return;
   }
   // No template: [BOS] system? prompt | output [EOS]; loss on output (+EOS).
   std::vector<int32_t> ids;
   std::vector<uint8_t> target;
-  if (int32_t b = data_detail::bos_id(c.tok); b >= 0) ids.push_back(b), target.push_back(0);
+  if (int32_t b = data_detail::bos_id(c.tok, c.opt); b >= 0) ids.push_back(b), target.push_back(0);
   auto p = encode_plain(c.tok, system.empty() ? prompt : system + "\n" + prompt);
   ids.insert(ids.end(), p.begin(), p.end());
   target.insert(target.end(), p.size(), c.opt.train_on_inputs ? 1 : 0);
@@ -314,29 +321,29 @@ void load_alpaca(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
   ids.insert(ids.end(), o.begin(), o.end());
   target.insert(target.end(), o.size(), 1);
   if (c.opt.add_eos) {
-    int32_t e = data_detail::eos_id(c.tok);
+    int32_t e = data_detail::eos_id(c.tok, c.opt);
     GRAFT_CHECK_FIX(e >= 0, "set eos_token in tokenizer_config.json or add_eos: false",
                     "add_eos is set but the tokenizer has no EOS token");
     ids.push_back(e), target.push_back(1);
   }
   Sample s{ids, data_detail::shift_labels(ids, target)};
-  emit(out, std::move(s), c.opt, st);
+  emit(c, out, std::move(s), st);
 }
 
 void load_chat(const Ctx& c, bool sharegpt, std::vector<Sample>& out, DataStats& st) {
   ojson msgs = build_messages(c, sharegpt);
   auto tools = parse_tools(c, c.rec->value);
-  emit(out, tokenize_conversation(msgs, tools ? &*tools : nullptr, c.tok, *c.tpl, c.spec, c.opt), c.opt, st);
+  emit(c, out, tokenize_conversation(msgs, tools ? &*tools : nullptr, c.tok, *c.tpl, c.spec, c.opt), st);
 }
 
 void load_completion(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
   std::string text = require_string(c, c.rec->value, "text", "text");
   std::vector<int32_t> ids;
-  if (int32_t b = data_detail::bos_id(c.tok); b >= 0) ids.push_back(b);
+  if (int32_t b = data_detail::bos_id(c.tok, c.opt); b >= 0) ids.push_back(b);
   auto t = encode_plain(c.tok, text);
   ids.insert(ids.end(), t.begin(), t.end());
   if (c.opt.add_eos) {
-    int32_t e = data_detail::eos_id(c.tok);
+    int32_t e = data_detail::eos_id(c.tok, c.opt);
     GRAFT_CHECK_FIX(e >= 0, "set eos_token in tokenizer_config.json or add_eos: false",
                     "add_eos is set but the tokenizer has no EOS token");
     ids.push_back(e);
@@ -347,7 +354,7 @@ void load_completion(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
     s.ids.assign(ids.begin() + static_cast<std::ptrdiff_t>(b),
                  ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), b + L)));
     s.labels = data_detail::shift_labels(s.ids, std::vector<uint8_t>(s.ids.size(), 1));
-    emit(out, std::move(s), c.opt, st);
+    emit(c, out, std::move(s), st);
   }
 }
 
@@ -392,7 +399,7 @@ void load_pretokenized(const Ctx& c, std::vector<Sample>& out, DataStats& st) {
   }
   if (c.opt.train_on_inputs) std::fill(target.begin(), target.end(), 1);
   s.labels = data_detail::shift_labels(s.ids, target);
-  emit(out, std::move(s), c.opt, st);
+  emit(c, out, std::move(s), st);
 }
 
 }  // namespace

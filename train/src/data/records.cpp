@@ -5,6 +5,7 @@
 #include "data_internal.hpp"
 #include "graft/error.hpp"
 #include "graft/mmap_file.hpp"
+#include "graft/model/generate.hpp"
 
 namespace graft::train::data_detail {
 
@@ -133,6 +134,38 @@ int32_t bos_id(const tokenizer::Tokenizer& tok) {
   return token_id(tok, c.bos_token);
 }
 
+int32_t model_special(const DataOptions& opt, int32_t tok_id, int32_t model_id) {
+  if (tok_id < 0 || opt.model_vocab_size <= 0 || tok_id < opt.model_vocab_size) return tok_id;
+  return model_id >= 0 && model_id < opt.model_vocab_size ? model_id : tok_id;
+}
+
+int32_t eos_id(const tokenizer::Tokenizer& tok, const DataOptions& opt) {
+  return model_special(opt, eos_id(tok), opt.model_eos_id);
+}
+int32_t bos_id(const tokenizer::Tokenizer& tok, const DataOptions& opt) {
+  return model_special(opt, bos_id(tok), opt.model_bos_id);
+}
+
+void map_to_model(Sample& s, const tokenizer::Tokenizer& tok, const DataOptions& opt) {
+  if (opt.model_vocab_size <= 0) return;
+  const int32_t tb = token_id(tok, tok.config().bos_token), te = eos_id(tok);
+  auto map = [&](int32_t& id) {
+    if (id < opt.model_vocab_size) return;  // also -100
+    int32_t to = id == tb ? model_special(opt, tb, opt.model_bos_id) : id == te ? model_special(opt, te, opt.model_eos_id) : id;
+    if (to >= 0 && to < opt.model_vocab_size) {
+      id = to;
+      return;
+    }
+    auto piece = tok.id_to_token(id);
+    GRAFT_FAIL("use the tokenizer that belongs to this model, or a model whose vocab_size covers the tokenizer "
+               "(for bos/eos tokens: set bos_token_id / eos_token_id in config.json)",
+               "token id {} (`{}`) is outside the model's vocabulary [0, {}): the tokenizer has more tokens than "
+               "the model's embedding", id, piece ? *piece : std::string("?"), opt.model_vocab_size);
+  };
+  for (auto& id : s.ids) map(id);
+  for (auto& l : s.labels) map(l);
+}
+
 uint64_t fnv1a(const void* data, size_t n, uint64_t h) {
   const auto* p = static_cast<const uint8_t*>(data);
   for (size_t i = 0; i < n; ++i) {
@@ -143,3 +176,23 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h) {
 }
 
 }  // namespace graft::train::data_detail
+
+namespace graft::train {
+
+void set_model_token_ids(DataOptions& options, const std::string& model_dir, int64_t vocab_size) {
+  namespace fs = std::filesystem;
+  options.model_vocab_size = vocab_size;
+  options.model_bos_id = options.model_eos_id = -1;
+  for (const char* f : {"generation_config.json", "config.json"}) {
+    const fs::path p = fs::path(model_dir) / f;
+    if (options.model_bos_id >= 0 || !fs::exists(p)) continue;
+    auto j = nlohmann::json::parse(read_text_file(p.string()), nullptr, false);
+    if (!j.is_object()) continue;
+    if (!j.contains("bos_token_id") && j.contains("text_config") && j["text_config"].is_object()) j = j["text_config"];
+    if (auto it = j.find("bos_token_id"); it != j.end() && it->is_number_integer()) options.model_bos_id = it->get<int32_t>();
+  }
+  auto eos = model::eos_ids(model_dir);
+  if (!eos.empty()) options.model_eos_id = eos[0];
+}
+
+}  // namespace graft::train

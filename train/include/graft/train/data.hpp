@@ -51,7 +51,18 @@ struct DataOptions {
   std::string chat_template;         // empty = the template given / tokenizer_config.json's; else a source
   // Extra template variables passed to every render (e.g. {"enable_thinking": false}).
   nlohmann::ordered_json chat_template_kwargs = nlohmann::ordered_json::object();
+  // The model's side of the ids (set_model_token_ids): embedding rows and config.json /
+  // generation_config.json BOS/EOS; 0 / -1 = unknown. A tokenizer may give bos_token / eos_token an id
+  // the model does not have (stories260K: the added token `<s>` gets 512 in a 512-row vocabulary while
+  // config.json says bos_token_id 1); such ids become the model's, and any other id outside
+  // [0, model_vocab_size) is an error naming the token.
+  int64_t model_vocab_size = 0;
+  int32_t model_bos_id = -1, model_eos_id = -1;
 };
+
+// Fills options.model_vocab_size / model_bos_id / model_eos_id from the model directory (config.json,
+// generation_config.json; either may be absent) and the model's vocabulary size.
+void set_model_token_ids(DataOptions& options, const std::string& model_dir, int64_t vocab_size);
 
 // What load_dataset did (optional out-parameter).
 struct DataStats {
@@ -73,6 +84,14 @@ struct DataStats {
 std::vector<Sample> load_dataset(const DatasetSpec& spec, const tokenizer::Tokenizer& tok,
                                  const chat_template::ChatTemplate* tpl, const DataOptions& options,
                                  DataStats* stats = nullptr);
+
+// The dataset type a record's fields imply: messages -> chat_template, conversations -> sharegpt,
+// instruction -> alpaca, input_ids -> pretokenized, text -> completion (checked in this order); "" when
+// none applies.
+std::string detect_record_type(const nlohmann::ordered_json& record);
+// The type of a dataset file: every record must imply the same one. Throws naming the first record
+// that has none of the fields or implies another type.
+std::string detect_dataset_type(const std::string& path);
 
 // Tokenizes one conversation (OpenAI messages, roles already mapped) into a sample with the loss
 // mask of `spec` (roles_to_train, train_on_eos). Exposed for tests and for the CLI's `inspect`.
