@@ -1,0 +1,37 @@
+// examples/<story>/run.sh end to end with the built graft (GRAFT) in a scratch WORK directory. Each
+// script checks its own outcome (e.g. the adapter beats the base) and exits non-zero otherwise.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "../common/reference_python.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Runs examples/NAME/run.sh; returns {exit code, stdout+stderr}.
+std::pair<int, std::string> run_example(const std::string& name) {
+  const fs::path work = fs::temp_directory_path() / ("graft_example_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(work);
+  const std::string cmd = "GRAFT='" + std::string(GRAFT_BINARY_DIR) + "/bin/graft' PYTHON='" + GRAFT_REF_PYTHON +
+                          "' WORK='" + work.string() + "' bash '" + std::string(GRAFT_SOURCE_DIR) + "/examples/" + name +
+                          "/run.sh' 2>&1";
+  auto r = graft::testing::ref_run(cmd);
+  if (!std::getenv("GRAFT_KEEP_TMP")) fs::remove_all(work);
+  return r;
+}
+
+TEST(Examples, EvaluateAdapterVsBase) {
+  GRAFT_REQUIRE_REFERENCE("lm_eval, tenacity, transformers");
+  auto [rc, out] = run_example("evaluate-adapter-vs-base");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("detected format chat_template"), std::string::npos) << out;
+  EXPECT_NE(out.find("OK: the adapter beats the base on both tasks"), std::string::npos) << out;
+}
+
+}  // namespace
