@@ -181,6 +181,48 @@ constexpr FamilyName kFamilies[] = {
 
 bool contains(const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
+// Generous upper bounds for config.json sizes (docs/formats.md, "config.json"): every published
+// checkpoint is far inside them, while a typo or a hostile file (vocab_size 1e12, max_position_embeddings
+// 2^62) would otherwise size tensors, tables or loops from the value.
+void check_plausible(const ModelConfig& c, const std::string& source, const Reader& r) {
+  struct Bound {
+    const char* key;
+    int64_t value, max;
+  };
+  const MoeConfig& m = c.moe;
+  const Bound bounds[] = {
+      {"vocab_size", c.vocab_size, kMaxVocabSize},
+      {"hidden_size", c.hidden_size, int64_t{1} << 18},
+      {"intermediate_size", c.intermediate_size, int64_t{1} << 20},
+      {"num_hidden_layers", c.num_hidden_layers, int64_t{1} << 12},
+      {"num_attention_heads", c.num_attention_heads, int64_t{1} << 14},
+      {"num_key_value_heads", c.num_key_value_heads, int64_t{1} << 14},
+      {"head_dim", c.head_dim, int64_t{1} << 14},
+      {"max_position_embeddings", c.max_position_embeddings, kMaxPositionEmbeddings},
+      {"moe_intermediate_size", m.moe_intermediate_size, int64_t{1} << 20},
+      {"shared_expert_intermediate_size", m.shared_expert_intermediate_size, int64_t{1} << 20},
+      {"n_shared_experts", m.n_shared_experts, int64_t{1} << 10},
+      {"intermediate_size_mlp", c.intermediate_size_mlp, int64_t{1} << 20},
+      {"q_lora_rank", c.mla.q_lora_rank, int64_t{1} << 16},
+      {"kv_lora_rank", c.mla.kv_lora_rank, int64_t{1} << 16},
+      {"qk_nope_head_dim", c.mla.qk_nope_head_dim, int64_t{1} << 14},
+      {"qk_rope_head_dim", c.mla.qk_rope_head_dim, int64_t{1} << 14},
+      {"v_head_dim", c.mla.v_head_dim, int64_t{1} << 14},
+      {"attention_chunk_size", c.attention_chunk_size, kMaxPositionEmbeddings},
+      {"num_nextn_predict_layers", c.num_nextn_predict_layers, int64_t{1} << 12},
+  };
+  for (const Bound& b : bounds)
+    GRAFT_CHECK_FIX(b.value <= b.max, kFixConfig,
+                    "{}: key '{}' = {} is implausible (graft accepts at most {}; published models stay far below)", source,
+                    r.key(b.key), b.value, b.max);
+  GRAFT_CHECK_FIX(c.max_position_embeddings > 0, kFixConfig, "{}: key '{}' must be a positive integer, got {}", source,
+                  r.key("max_position_embeddings"), c.max_position_embeddings);
+  if (c.sliding_window)
+    GRAFT_CHECK_FIX(*c.sliding_window <= kMaxPositionEmbeddings, kFixConfig,
+                    "{}: key '{}' = {} is implausible (graft accepts at most {})", source, r.key("sliding_window"),
+                    *c.sliding_window, kMaxPositionEmbeddings);
+}
+
 }  // namespace
 
 const std::vector<std::string>& supported_model_types() {
@@ -457,7 +499,8 @@ ModelConfig parse_model_config(const json& top, const std::string& source) {
     case Family::Qwen3Moe:
       // Qwen3MoeConfig: num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
       // norm_topk_prob=False (real checkpoints say true), decoder_sparse_step=1, mlp_only_layers=[].
-      m.num_experts = r.i64("num_experts", 128);
+      // transformers >= 5 maps num_experts to num_local_experts (attribute_map) and saves that name.
+      m.num_experts = r.has("num_experts") ? r.i64("num_experts", 128) : r.i64("num_local_experts", 128);
       m.num_experts_per_tok = r.i64("num_experts_per_tok", 8);
       m.moe_intermediate_size = r.i64("moe_intermediate_size", 768);
       m.norm_topk_prob = r.boolean("norm_topk_prob", false);
@@ -590,6 +633,7 @@ ModelConfig parse_model_config(const json& top, const std::string& source) {
   for (int64_t l : m.moe_layers)
     GRAFT_CHECK_FIX(l >= 0 && l < c.num_hidden_layers, kFixConfig, "{}: moe_layers entry {} is not a layer in [0, {})",
                     source, l, c.num_hidden_layers);
+  check_plausible(c, source, r);
   return c;
 }
 

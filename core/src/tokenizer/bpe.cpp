@@ -2,13 +2,41 @@
 // per-character symbols (with byte fallback / unk fusing), then merges applied lowest rank first with a
 // binary heap over a doubly linked symbol list; whole-word shortcut when ignore_merges; word cache.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "graft/error.hpp"
 #include "graft/tokenizer/detail.hpp"
 
 namespace graft::tokenizer::detail {
+
+int32_t token_id(const nlohmann::json& v, const std::string& where) {
+  auto bad = [&](const std::string& shown) {
+    GRAFT_FAIL("token ids are integers in [0, " + std::to_string(kMaxTokenId) + "]; fix tokenizer.json",
+               "{}: token id {} is out of range [0, {}]", where, shown, kMaxTokenId);
+  };
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(kMaxTokenId)) bad(std::to_string(u));
+    return static_cast<int32_t>(u);
+  }
+  if (v.is_number_integer()) {
+    const int64_t i = v.get<int64_t>();
+    if (i < 0 || i > kMaxTokenId) bad(std::to_string(i));
+    return static_cast<int32_t>(i);
+  }
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    GRAFT_CHECK_FIX(std::isfinite(d) && d == std::floor(d), "token ids are integers; fix tokenizer.json",
+                    "{}: token id {} is not an integer", where, v.dump());
+    if (d < 0 || d > static_cast<double>(kMaxTokenId)) bad(fmt::format("{:.0f}", d));
+    return static_cast<int32_t>(d);
+  }
+  GRAFT_FAIL("token ids are integers; fix tokenizer.json", "{}: token id must be an integer, got {} {}", where,
+             v.type_name(), v.dump());
+}
 
 using json = nlohmann::json;
 
@@ -53,8 +81,7 @@ BpeModel::BpeModel(const json& m, const std::string& where) {
   vocab_.reserve(vocab.size() * 2);
   int32_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    int32_t id = it.value().get<int32_t>();
-    GRAFT_CHECK(id >= 0, "tokenizer.json {}/vocab: negative id {} for '{}'", where, id, it.key());
+    const int32_t id = token_id(it.value(), fmt::format("tokenizer.json {}/vocab['{}']", where, it.key()));
     vocab_.emplace(it.key(), id);
     max_id = std::max(max_id, id);
   }

@@ -623,7 +623,11 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
         std::string name = it["SpecialToken"].at("id").get<std::string>();
         GRAFT_CHECK(specials.contains(name), "tokenizer.json {}/single/{}: special token '{}' missing from special_tokens",
                     where, i, name);
-        item.ids = specials[name].at("ids").get<std::vector<int32_t>>();
+        item.ids.clear();
+        const json& ids = specials[name].at("ids");
+        GRAFT_CHECK(ids.is_array(), "tokenizer.json {}/special_tokens/{}/ids: expected an array", where, name);
+        for (size_t k = 0; k < ids.size(); ++k)
+          item.ids.push_back(token_id(ids[k], where + "/special_tokens/" + name + "/ids/" + std::to_string(k)));
         item.tokens = specials[name].at("tokens").get<std::vector<std::string>>();
       } else {
         GRAFT_FAIL("", "tokenizer.json {}/single/{}: expected Sequence or SpecialToken, got {}", where, i, it.dump());
@@ -635,9 +639,9 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
   if (t == "RobertaProcessing" || t == "BertProcessing") {
     auto p = std::make_unique<ClsSepPost>();
     p->sep = j.at("sep")[0].get<std::string>();
-    p->sep_id = j.at("sep")[1].get<int32_t>();
+    p->sep_id = token_id(j.at("sep")[1], where + "/sep/1");
     p->cls = j.at("cls")[0].get<std::string>();
-    p->cls_id = j.at("cls")[1].get<int32_t>();
+    p->cls_id = token_id(j.at("cls")[1], where + "/cls/1");
     (void)token_to_id;
     return p;
   }

@@ -248,7 +248,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, const std::string& origin)
         GRAFT_CHECK(a.is_object() && a.contains("id") && a.contains("content"),
                     "{}: /added_tokens/{} needs \"id\" and \"content\"", origin, i);
         AddedToken t;
-        t.id = a["id"].get<int32_t>();
+        t.id = detail::token_id(a["id"], fmt::format("{}: /added_tokens/{}/id", origin, i));
         t.content = a["content"].get<std::string>();
         t.single_word = a.value("single_word", false);
         t.lstrip = a.value("lstrip", false);

@@ -95,5 +95,19 @@ TEST(CliInspect, ErrorsAreReported) {
   out = run(graft_bin() + " inspect " + empty, rc);
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find(empty + "/config.json' not found"), std::string::npos) << out;
+  // Implausible sizes are rejected with the key and the bound (was: "64T params", rc 0).
+  for (const auto& [key, value] : {std::pair<std::string, std::string>{"vocab_size", "1e12"},
+                                   std::pair<std::string, std::string>{"max_position_embeddings", "4611686018427387904"}}) {
+    const std::string cfg = R"({"model_type":"llama","vocab_size":512,"hidden_size":64,"intermediate_size":128,
+      "num_hidden_layers":2,"num_attention_heads":4,"max_position_embeddings":256,")" + key + "\":" + value + "}";
+    FILE* f = std::fopen((empty + "/config.json").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(cfg.c_str(), f);
+    std::fclose(f);
+    out = run(graft_bin() + " inspect " + empty, rc);
+    EXPECT_NE(rc, 0) << key << ": " << out;
+    EXPECT_NE(out.find("'" + key + "'"), std::string::npos) << out;
+    EXPECT_NE(out.find("implausible"), std::string::npos) << out;
+  }
   std::filesystem::remove_all(empty);
 }

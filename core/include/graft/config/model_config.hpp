@@ -18,6 +18,12 @@
 
 namespace graft::config {
 
+// Plausibility bounds of config.json (parse_model_config rejects larger values; docs/formats.md): the
+// vocabulary (token ids are below it, see tokenizer::kMaxTokenId) and the context length. Published
+// models stay far below both (largest vocabularies ~262k, longest contexts ~10M).
+inline constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
+inline constexpr int64_t kMaxPositionEmbeddings = int64_t{1} << 26;
+
 enum class Family { Llama, Qwen2, Qwen3, Qwen2Moe, Qwen3Moe, Mixtral, DeepseekV2, DeepseekV3, Llama4 };
 
 // The model_type strings graft accepts ("llama4_text" is the text-only form of "llama4").

@@ -16,6 +16,13 @@
 
 namespace graft::tokenizer::detail {
 
+// Token ids in tokenizer.json must lie in [0, kMaxTokenId] (ids index tables; the bound matches
+// config::kMaxVocabSize, docs/tokenizer.md). token_id() reads one: the value is range-checked as the
+// 64-bit (or floating-point) number it is in the JSON, before any narrowing, and graft::Error names
+// `where` and the value for anything else (not a number, fractional, negative, too large).
+inline constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+int32_t token_id(const nlohmann::json& v, const std::string& where);
+
 // ---- UTF-8 / Unicode helpers (unicode.cpp) ----
 // Decodes the code point at s[i] (s must be valid UTF-8); returns it and advances i.
 inline uint32_t next_cp(std::string_view s, size_t& i) {
