@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "connection_gate.hpp"
 #include "graft/serve/api_error.hpp"
 #include "openai_format.hpp"
 #include "openai_protocol.hpp"
@@ -177,7 +178,7 @@ struct HttpServer::Impl {
   ApiKeys keys;
   Metrics metrics;
   const int64_t created;
-  httplib::Server svr;
+  http::GatedServer svr;
 
   std::atomic<bool> shutting_down{false};
   std::atomic<int> serve_state{0};  // 0 not started, 1 serving, 2 returned
@@ -259,11 +260,19 @@ class HttpServer::Impl::GenerationRun {
 
   // Non-streamed: waits for every choice, returns (status, body).
   std::pair<int, ojson> complete() {
+    bool gone = false;
     while (finished_ < choices_.size()) {
       std::deque<Event> evs;
-      queue_->pop_all(evs, std::chrono::milliseconds(1000));
+      queue_->pop_all(evs, std::chrono::milliseconds(50));
       for (auto& e : evs) on_event(e, nullptr);
+      if (!gone && finished_ < choices_.size() && http::ConnectionGate::current_client_gone()) {
+        gone = true;  // nobody will read the answer: stop generating it
+        cancel_all();
+      }
     }
+    if (gone)
+      return {499, http::error_json(499, "invalid_request_error", "the client closed the connection", "",
+                                    "client_closed_request")};
     for (const auto& c : choices_) {
       if (c.fin.reason == "error")
         return {c.fin.error_status,
@@ -545,6 +554,12 @@ std::string HttpServer::Impl::read_body(const httplib::Request&, httplib::Respon
                      fmt::format("the request body is larger than the server's limit of {} bytes (--max-request-bytes)",
                                  opts.max_request_bytes),
                      "", "request_too_large");
+    if (http::ConnectionGate::current_body_timed_out())
+      throw ApiError(408, "invalid_request_error",
+                     fmt::format("the request body did not arrive in time (it may stall {} s and must average 64 KiB/s; "
+                                 "--http-read-timeout)",
+                                 opts.read_timeout_s),
+                     "", "request_timeout");
     throw bad_request("the request body could not be read", "", "invalid_body");
   }
   return body;
@@ -753,6 +768,7 @@ void HttpServer::Impl::setup_routes() {
                           opts.max_request_bytes);
         break;
       case 414: code = "uri_too_long", msg = "the request URI is too long"; break;
+      case 408: code = "request_timeout", msg = "the request did not arrive in time"; break;
       case 400: code = "bad_request", msg = "malformed HTTP request"; break;
       default:
         if (res.status >= 500) type = "server_error";
@@ -772,6 +788,10 @@ void HttpServer::Impl::setup_routes() {
     send_error(res, server_error(what));
   });
   svr.set_logger([this](const Req& req, const Res& res) { metrics.on_http_response(route_label(req.path), res.status); });
+  // A response that closes the connection (e.g. with part of a refused body still on the wire).
+  svr.set_post_routing_handler([](const Req&, Res& res) {
+    if (res.get_header_value("Connection") == "close") http::ConnectionGate::current_close_after_response();
+  });
 }
 
 void HttpServer::Impl::shutdown() {
@@ -804,12 +824,31 @@ HttpServer::HttpServer(HttpServerOptions opts, GenerationService& service, const
   auto& o = impl_->opts;
   GRAFT_CHECK_FIX(o.threads >= 1, "pass a positive thread count", "HTTP threads = {}", o.threads);
   const size_t threads = static_cast<size_t>(o.threads);
-  impl_->svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  GRAFT_CHECK_FIX(o.max_connections >= 1 && o.max_connections <= 768, "pass --max-connections in [1, 768]",
+                  "max connections = {}", o.max_connections);
+  GRAFT_CHECK_FIX(o.max_connections_per_client >= 1, "pass a positive --max-connections-per-client",
+                  "max connections per client = {}", o.max_connections_per_client);
+  GRAFT_CHECK_FIX(o.max_header_bytes >= 1024, "pass --max-header-bytes of at least 1KiB", "max header bytes = {}",
+                  o.max_header_bytes);
+  GRAFT_CHECK_FIX(o.header_timeout_s > 0 && o.read_timeout_s > 0 && o.write_timeout_s > 0 && o.keep_alive_timeout_s > 0,
+                  "pass positive HTTP timeouts", "HTTP timeouts must be positive");
+  http::GateLimits g;
+  g.threads = static_cast<int>(threads);
+  g.max_connections = o.max_connections;
+  g.max_connections_per_client = o.max_connections_per_client;
+  g.max_header_bytes = o.max_header_bytes;
+  g.header_timeout_s = o.header_timeout_s;
+  g.read_timeout_s = o.read_timeout_s;
+  g.write_timeout_s = o.write_timeout_s;
+  g.keep_alive_timeout_s = o.keep_alive_timeout_s;
+  Impl* I = impl_.get();
+  impl_->svr.configure(
+      g,
+      [](int status, const std::string& code, const std::string& message) {
+        return http::dump(http::error_json(status, status >= 500 ? "server_error" : "invalid_request_error", message, "", code));
+      },
+      [I](int status) { I->metrics.on_http_response("other", status); });
   impl_->svr.set_payload_max_length(o.max_request_bytes);
-  impl_->svr.set_read_timeout(o.read_timeout_s, 0);
-  impl_->svr.set_write_timeout(o.write_timeout_s, 0);
-  impl_->svr.set_keep_alive_timeout(o.keep_alive_timeout_s);
-  impl_->svr.set_keep_alive_max_count(100000);
   impl_->svr.set_tcp_nodelay(true);
   impl_->setup_routes();
 }
@@ -827,7 +866,7 @@ int HttpServer::bind() {
 void HttpServer::serve() {
   std::signal(SIGPIPE, SIG_IGN);  // a vanished client must be a failed write, not a dead server
   impl_->serve_state = 1;
-  if (!impl_->shutting_down) impl_->svr.listen_after_bind();
+  if (!impl_->shutting_down) impl_->svr.listen_gated();
   impl_->serve_state = 2;
 }
 

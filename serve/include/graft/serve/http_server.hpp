@@ -9,7 +9,7 @@
 // HTTP status (docs/serving.md, "HTTP API"). The HTTP layer never blocks the engine: Sink callbacks
 // only push events into a per-request queue, which the request's HTTP thread drains (detokenizing,
 // applying stop strings, formatting, writing to a possibly slow socket). A client that disconnects
-// mid-stream cancels its engine requests at the next write.
+// cancels its engine requests: streaming at the next write, non-streaming within 50 ms.
 //
 // The engine and the adapter registry are reached through GenerationService, so that the HTTP layer
 // can be tested with a scripted fake (tests/serve/http) and runs on the real Engine in `graft serve`
@@ -87,9 +87,17 @@ struct HttpServerOptions {
   std::string model_path;          // the base's `root` in /v1/models
   int64_t vocab_size = 0;          // prompt token ids must be below it (0: unchecked)
   size_t max_request_bytes = size_t(8) << 20;  // larger bodies get 413
-  int threads = 64;                // HTTP worker threads (each open connection holds one)
+  int threads = 64;                // HTTP workers: each holds one request from its complete head to its response
   bool enable_lora_runtime_updates = false;
-  int read_timeout_s = 30, write_timeout_s = 30, keep_alive_timeout_s = 5;
+  // Transport limits (docs/serving.md, "Security"; serve/src/http/connection_gate.hpp): connections
+  // beyond these get 503; the request line + headers must fit max_header_bytes (431; a request line
+  // over 8 KiB: 414) and arrive within header_timeout_s (408); a body may stall read_timeout_s and must
+  // average 64 KiB/s after that (408); idle keep-alive connections close after keep_alive_timeout_s.
+  // Reading request heads takes no worker: trickling clients cannot starve the others.
+  int max_connections = 512;       // at most 768 (cpp-httplib 0.11 refuses socket numbers >= 1024)
+  int max_connections_per_client = 128;
+  size_t max_header_bytes = size_t(64) << 10;
+  double header_timeout_s = 10, read_timeout_s = 10, write_timeout_s = 30, keep_alive_timeout_s = 5;
   double drain_timeout_s = 60;     // graceful shutdown: wait this long, then cancel what is left
   double stream_heartbeat_s = 15;  // SSE comment line after this long without output
 };
