@@ -2,7 +2,10 @@
 //  [--adapter-dir ROOT]... [--max-loras N] [--max-cpu-loras-bytes B] [--max-lora-rank R] [--max-num-seqs N]
 //  [--max-batch-tokens N] [--kv-cache-bytes B] [--block-size N] [--max-queue N] [--max-model-len N]
 //  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit]
-//  [--enable-lora-runtime-updates] [--port-file FILE] [--enable-fine-tuning [--ft-dir DIR] [--ft-compute-share S]]`
+//  [--http-threads N] [--max-connections N] [--max-connections-per-client N] [--max-header-bytes B]
+//  [--http-header-timeout S] [--http-read-timeout S] [--http-keep-alive S]
+//  [--enable-lora-runtime-updates] [--port-file FILE]
+//  [--enable-fine-tuning [--ft-dir DIR] [--ft-compute-share S] [--ft-memory-budget B]]`
 //
 // Serves the base model and its LoRA adapters over the OpenAI-compatible HTTP API (docs/serving.md).
 // Prints "graft serve: listening on http://HOST:PORT" on stderr once requests are accepted; with
@@ -21,9 +24,11 @@
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
 #include "graft/finetune/file_store.hpp"
+#include "graft/finetune/job_limits.hpp"
 #include "graft/finetune/job_manager.hpp"
 #include "graft/finetune/routes.hpp"
 #include "graft/train/data.hpp"
+#include "graft/train/memory_estimate.hpp"
 #include "graft/mmap_file.hpp"
 #include "graft/model/generate.hpp"
 #include "graft/serve/adapter_manager.hpp"
@@ -43,11 +48,13 @@ struct ServeArgs {
   graft::serve::EngineOptions engine;
   size_t max_request_bytes = size_t(8) << 20;
   int http_threads = 64;
+  graft::serve::HttpServerOptions http;  // transport limits (connections, header size, timeouts)
   double drain_timeout = 60;
   bool load_in_4bit = false, runtime_updates = false;
   bool fine_tuning = false;
   std::string ft_dir = "graft-finetune";
   double ft_share = 0.5;
+  uint64_t ft_memory_budget = 0;  // 0: half of the memory available at start-up
 };
 
 void write_port_file(const std::string& path, int port) {
@@ -113,7 +120,7 @@ void run(const ServeArgs& a) {
   serve::Engine engine(m, *be, adapters, a.engine);
   auto service = serve::make_engine_service(engine, adapters);
 
-  serve::HttpServerOptions ho;
+  serve::HttpServerOptions ho = a.http;
   ho.host = a.host;
   ho.port = a.port;
   ho.served_model_name = a.served_name.empty() ? a.dir : a.served_name;
@@ -142,6 +149,9 @@ void run(const ServeArgs& a) {
     jo.base_name = ho.served_model_name;
     jo.load_in_4bit = a.load_in_4bit;
     jo.compute_share = a.ft_share;
+    jo.limits.memory_budget_bytes = a.ft_memory_budget ? a.ft_memory_budget : finetune::default_memory_budget();
+    std::fprintf(stderr, "graft serve: fine-tuning jobs may use up to %s of memory (--ft-memory-budget)\n",
+                 train::format_bytes(jo.limits.memory_budget_bytes).c_str());
     finetune::JobHooks hooks;
     hooks.base = &m;
     hooks.serving_stats = [&engine] { return engine.stats(); };
@@ -204,8 +214,23 @@ graft::cli::Registration reg{"serve", 45, [](CLI::App& app) {
   sub->add_option("--api-keys-file", a->api_keys_file, "JSON {\"KEY\": [\"adapter\", ...] or \"*\"}: keys and the adapters each may use");
   sub->add_option("--max-request-bytes", a->max_request_bytes, "Larger request bodies get 413 (e.g. 8MiB)")
       ->transform(CLI::AsSizeValue(false));
-  sub->add_option("--http-threads", a->http_threads, "HTTP worker threads (each open connection holds one)")
+  sub->add_option("--http-threads", a->http_threads,
+                  "HTTP worker threads (each holds one request from its complete header to its response)")
       ->check(CLI::Range(1, 4096));
+  sub->add_option("--max-connections", a->http.max_connections,
+                  "Open connections in all; more are answered 503 and closed")->check(CLI::Range(1, 65536));
+  sub->add_option("--max-connections-per-client", a->http.max_connections_per_client,
+                  "Open connections from one client address; more are answered 503 and closed")->check(CLI::Range(1, 65536));
+  sub->add_option("--max-header-bytes", a->http.max_header_bytes,
+                  "Request line + headers; larger heads get 431 (a request line over 8 KiB: 414)")
+      ->transform(CLI::AsSizeValue(false));
+  sub->add_option("--http-header-timeout", a->http.header_timeout_s,
+                  "Seconds a client has to send a request's line and headers (then 408)")->check(CLI::Range(1, 3600));
+  sub->add_option("--http-read-timeout", a->http.read_timeout_s,
+                  "Seconds a request body may stall; bodies must also average 64 KiB/s after that grace (then 408)")
+      ->check(CLI::Range(1, 3600));
+  sub->add_option("--http-keep-alive", a->http.keep_alive_timeout_s, "Seconds an idle keep-alive connection stays open")
+      ->check(CLI::Range(1, 3600));
   sub->add_option("--drain-timeout", a->drain_timeout, "Seconds to let in-flight requests finish on SIGINT/SIGTERM")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize projection weights to NF4 on load");
@@ -217,6 +242,10 @@ graft::cli::Registration reg{"serve", 45, [](CLI::App& app) {
   sub->add_option("--ft-compute-share", a->ft_share,
                   "Training's share of wall time while requests are being served (0, 1]; idle time is used fully")
       ->check(CLI::Range(0.01, 1.0));
+  sub->add_option("--ft-memory-budget", a->ft_memory_budget,
+                  "Memory one fine-tuning job may use (e.g. 4GiB; default: half of what is available at start-up); "
+                  "larger jobs are refused with 400")
+      ->transform(CLI::AsSizeValue(false));
   sub->callback([a] { run(*a); });
 }};
 }  // namespace

@@ -76,7 +76,8 @@ nlohmann::json job_json(const Job& j) {
   return {{"id", j.id}, {"owner", j.owner}, {"status", j.status}, {"request", request_json(j.request)},
           {"created_at", j.created_at}, {"finished_at", j.finished_at}, {"trained_tokens", j.trained_tokens},
           {"fine_tuned_model", j.fine_tuned_model}, {"error_code", j.error_code}, {"error_message", j.error_message},
-          {"resumes", j.resumes}};
+          {"resumes", j.resumes}, {"progress_mark", j.progress_mark}, {"stopped_cleanly", j.stopped_cleanly},
+          {"stalled_restarts", j.stalled_restarts}};
 }
 Job job_from(const nlohmann::json& x) {
   Job j;
@@ -91,6 +92,9 @@ Job job_from(const nlohmann::json& x) {
   j.error_code = x.at("error_code").get<std::string>();
   j.error_message = x.at("error_message").get<std::string>();
   j.resumes = x.value("resumes", int64_t{0});
+  j.progress_mark = x.value("progress_mark", std::string());
+  j.stopped_cleanly = x.value("stopped_cleanly", false);
+  j.stalled_restarts = x.value("stalled_restarts", int64_t{0});
   return j;
 }
 }  // namespace
@@ -226,6 +230,28 @@ struct JobManager::Impl {
   int64_t event_seq = 0;
 
   fs::path job_dir(const std::string& id) const { return fs::path(opts.dir) / "jobs" / id; }
+  // The newest checkpoint file of a job ("" when none): progress between two starts.
+  std::string newest_checkpoint(const std::string& id) const {
+    std::string best;
+    std::error_code ec;
+    for (fs::directory_iterator it(job_dir(id) / "out" / "checkpoints", ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().extension() == ".h5" && it->path().filename().string()[0] != '.')
+        best = std::max(best, it->path().filename().string());
+    return best;
+  }
+  bool is_cancelled(const std::string& id) const {
+    std::lock_guard<std::mutex> g(mu);
+    return jobs.at(id).status == "cancelled";
+  }
+  void fail(const std::string& id, const std::string& code, const std::string& msg) {
+    set_status(id, [&](Job& x) {
+      x.status = "failed";
+      x.finished_at = now_s();
+      x.error_code = code;
+      x.error_message = msg;
+    });
+    add_event(id, "error", "Job failed: " + msg);
+  }
 
   void persist(const Job& j) {
     fs::create_directories(job_dir(j.id));
@@ -268,8 +294,17 @@ struct JobManager::Impl {
       j = jobs.at(id);
     }
     const fs::path dir = job_dir(id);
-    const bool resume = fs::exists(dir / "out" / "checkpoints") && !fs::is_empty(dir / "out" / "checkpoints");
-    set_status(id, [](Job& x) { x.status = "running"; });
+    const std::string mark = newest_checkpoint(id);
+    const bool resume = !mark.empty();
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (jobs.at(id).status != "queued") return;  // cancelled since the worker picked it
+    }
+    set_status(id, [&](Job& x) {
+      x.status = "running";
+      x.progress_mark = mark;
+      x.stopped_cleanly = false;
+    });
     add_event(id, "info", resume ? "Resuming fine-tuning job from its last checkpoint" : "Fine-tuning job started");
     bool cancelled = false;
     auto should_stop = [&] {
@@ -277,9 +312,11 @@ struct JobManager::Impl {
       cancelled = cancel_id == id;
       return stopping.load() || cancelled;
     };
-    Throttle throttle(opts.compute_share, opts.share_window_s, hooks.serving_stats, [&] { return stopping.load(); });
+    Throttle throttle(opts.compute_share, opts.share_window_s, hooks.serving_stats, should_stop);
     try {
       auto recipe = train::load_recipe((dir / "recipe.yaml").string());
+      // Again before every (re)start: the budget may have changed, or the job predates the limits.
+      if (hooks.base) check_job_recipe(recipe.proto, *hooks.base, opts.limits);
       train::TrainOptions o;
       o.resume = resume;
       o.progress = false;
@@ -299,12 +336,12 @@ struct JobManager::Impl {
       };
       const train::TrainSummary sum = train::run_training(recipe, o);
       if (sum.stopped) {
-        if (cancelled) {
-          set_status(id, [](Job& x) { x.status = "cancelled"; x.finished_at = now_s(); });
-          add_event(id, "info", "Job cancelled");
-        }
-        return;  // server stopping: status stays "running" on disk, resumed at the next start
+        // Cancelled: cancel() already recorded it. Server stopping: status stays "running" on disk
+        // (resumed at the next start), marked as a clean stop for the crash-loop guard.
+        if (!cancelled && !is_cancelled(id)) set_status(id, [](Job& x) { x.stopped_cleanly = true; });
+        return;
       }
+      if (is_cancelled(id)) return;  // cancelled after its last step: nothing is published
       std::string base = name_part(opts.base_name);
       const std::string name = "ft:" + base + ":" + j.request.suffix + ":" + id;
       hooks.publish(name, sum.adapter_dir, j.owner);
@@ -317,15 +354,11 @@ struct JobManager::Impl {
       add_event(id, "info", "New fine-tuned model created: " + name);
       add_event(id, "info", "The job has successfully completed");
     } catch (const std::exception& e) {
+      if (is_cancelled(id)) return;
       const auto* ge = dynamic_cast<const Error*>(&e);
+      const auto* ae = dynamic_cast<const ApiError*>(&e);
       const std::string msg = ge ? ge->message() + (ge->fix().empty() ? "" : " (" + ge->fix() + ")") : e.what();
-      set_status(id, [&](Job& x) {
-        x.status = "failed";
-        x.finished_at = now_s();
-        x.error_code = "training_failed";
-        x.error_message = msg;
-      });
-      add_event(id, "error", "Job failed: " + msg);
+      fail(id, ae && !ae->code.empty() ? ae->code : "training_failed", msg);
     }
   }
 
@@ -383,9 +416,26 @@ void JobManager::start() {
     return a.created_at < b.created_at || (a.created_at == b.created_at && a.id < b.id);
   });
   for (Job& j : loaded) {
+    bool failed_now = false;
     if (j.status == "running") {
-      j.status = "queued";
-      ++j.resumes;
+      // Interrupted. A crash (not a clean stop) without a new checkpoint since the job started counts
+      // toward the crash-loop guard.
+      const bool progress = I.newest_checkpoint(j.id) != j.progress_mark;
+      j.stalled_restarts = j.stopped_cleanly || progress ? 0 : j.stalled_restarts + 1;
+      j.stopped_cleanly = false;
+      if (j.stalled_restarts >= kMaxStalledRestarts) {
+        j.status = "failed";
+        j.finished_at = now_s();
+        j.error_code = "interrupted_without_progress";
+        j.error_message = fmt::format(
+            "the server stopped {} times in a row while this job ran, before it wrote a new checkpoint (it may exhaust "
+            "the server's memory); it is not resumed again",
+            j.stalled_restarts);
+        failed_now = true;
+      } else {
+        j.status = "queued";
+        ++j.resumes;
+      }
       I.persist(j);
     }
     std::vector<JobEvent> evs;
@@ -409,6 +459,7 @@ void JobManager::start() {
       I.jobs[j.id] = j;
       I.order.push_back(j.id);
     }
+    if (failed_now) I.add_event(j.id, "error", "Job failed: " + j.error_message);
     if (j.status == "succeeded" && I.hooks.publish) {
       try {
         I.hooks.publish(j.fine_tuned_model, (I.job_dir(j.id) / "out").string(), j.owner);
@@ -422,13 +473,7 @@ void JobManager::start() {
 
 std::string JobManager::compose_recipe(const JobRequest& req, const std::string& job_dir) const {
   const auto& I = *impl_;
-  static const char* reserved[] = {"base_model", "output_dir", "load_in_4bit", "load_in_8bit", "datasets",
-                                   "test_datasets", "resume_from_checkpoint", "tokenizer"};
-  for (auto it = req.extra.begin(); it != req.extra.end(); ++it)
-    for (const char* k : reserved)
-      if (it.key() == k)
-        throw bad_request(std::string("extra.") + k + " is set by the server for fine-tuning jobs", std::string("extra.") + k,
-                          "invalid_value");
+  check_job_keys(req.extra);
   nlohmann::ordered_json r;
   r["base_model"] = I.opts.base_dir;
   r["load_in_4bit"] = I.opts.load_in_4bit;
@@ -466,14 +511,17 @@ Job JobManager::create(const std::string& owner, JobRequest req) {
   auto r = nlohmann::ordered_json::parse(compose_recipe(req, dir.string()));
   r["datasets"] = nlohmann::ordered_json::array({{{"path", I.files.content_path(tf)}, {"type", tf.format}}});
   if (vf) r["test_datasets"] = nlohmann::ordered_json::array({{{"path", I.files.content_path(*vf)}, {"type", vf->format}}});
-  std::string yaml;
+  train::LoadedRecipe loaded;
   try {
     // JSON is YAML: the trainer's loader validates every key (unknown keys name the nearest one).
-    yaml = train::parse_recipe_text(r.dump(2), "fine-tuning job recipe").text;
+    loaded = train::parse_recipe_text(r.dump(2), "fine-tuning job recipe");
   } catch (const Error& e) {
     throw bad_request("invalid recipe keys: " + e.message() + (e.fix().empty() ? "" : " (" + e.fix() + ")"), "extra",
                       "invalid_recipe");
   }
+  check_job_keys_allowed(req.extra);
+  if (I.hooks.base) check_job_recipe(loaded.proto, *I.hooks.base, I.opts.limits);
+  const std::string& yaml = loaded.text;
   fs::create_directories(dir);
   write_file_atomic((dir / "recipe.yaml").string(), yaml.data(), yaml.size());
   I.persist(j);
@@ -521,29 +569,18 @@ std::vector<JobEvent> JobManager::events(const std::string& owner, const std::st
 Job JobManager::cancel(const std::string& owner, const std::string& id) {
   Job j = get(owner, id);
   if (j.status == "succeeded" || j.status == "failed" || j.status == "cancelled") return j;
-  bool queued = false;
   {
     std::lock_guard<std::mutex> g(impl_->mu);
     Job& x = impl_->jobs.at(id);
-    if (x.status == "queued") {
-      x.status = "cancelled";
-      x.finished_at = now_s();
-      queued = true;
-    } else {
-      impl_->cancel_id = id;
-    }
+    if (x.status == "succeeded" || x.status == "failed" || x.status == "cancelled") return x;
+    if (x.status == "running") impl_->cancel_id = id;  // the worker stops within one micro-batch
+    x.status = "cancelled";
+    x.finished_at = now_s();
+    j = x;
   }
-  if (queued) {
-    impl_->persist(get(owner, id));
-    impl_->add_event(id, "info", "Job cancelled");
-    return get(owner, id);
-  }
-  // Running: it stops at its next step boundary.
-  for (int i = 0; i < 6000; ++i) {
-    j = get(owner, id);
-    if (j.status != "running") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  impl_->persist(j);
+  impl_->add_event(id, "info", "Job cancelled");
+  impl_->cv.notify_all();
   return j;
 }
 

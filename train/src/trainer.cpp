@@ -134,6 +134,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   fs::create_directories(out / "checkpoints", ec);
   GRAFT_CHECK_FIX(!ec && ::access(out.c_str(), W_OK) == 0, "choose a writable output_dir",
                   "cannot write to output_dir '{}': {}", out.string(), ec ? ec.message() : "permission denied");
+  // A save interrupted by a kill leaves its temp file behind; nothing of this run has been written yet.
+  for (const auto& stale : remove_stale_checkpoint_temps((out / "checkpoints").string()))
+    std::fprintf(stderr, "removed %s (left by an interrupted checkpoint save)\n", stale.c_str());
   // ---- model and tokenizer
   model::LoadOptions lo;
   lo.load_in_4bit = r.load_in_4bit();
@@ -352,7 +355,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (opt.before_step) opt.before_step();
     ad.zero_grad();
     double loss = 0;
+    // A stop requested during the step abandons it (no update) and rewinds the data cursor, so the run
+    // stops within one micro-batch and a resume still continues bit-exactly.
+    const int64_t epoch0 = epoch, cursor0 = cursor, trained0 = sum.trained_tokens, tokens0 = tokens;
+    bool abandoned = false;
     for (int64_t mb = 0; mb < per_step; ++mb) {
+      if (opt.should_stop && opt.should_stop()) {
+        abandoned = true;
+        break;
+      }
       if (cursor >= static_cast<int64_t>(order.size())) {
         ++epoch;
         cursor = 0;
@@ -367,6 +378,14 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
       tokens += static_cast<int64_t>(s.ids.size());
       sum.trained_tokens += static_cast<int64_t>(s.ids.size());
+    }
+    if (abandoned) {
+      if (epoch != epoch0) shuffle_for(epoch0);
+      epoch = epoch0, cursor = cursor0, sum.trained_tokens = trained0, tokens = tokens0;
+      if (steps_run > 0) save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
+      sum.steps = step;
+      sum.stopped = true;
+      return sum;
     }
     loss /= static_cast<double>(per_step);
     for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients

@@ -232,3 +232,25 @@ TEST_F(Ckpt, RejectsBadNamesAndWrongFormat) {
   EXPECT_NE(error_of([&] { train::save_checkpoint(p("x.h5"), c); }).find("bad/key"), std::string::npos);
   EXPECT_EQ(files(), std::vector<std::string>{});
 }
+
+// A SIGKILL between writing a checkpoint's temp file and renaming it leaves ".NAME.h5.tmp.XXXXXX"
+// behind; the trainer removes such files when it starts (tests/finetune/jobs checks it on a resume).
+TEST_F(Ckpt, StaleTempFilesOfInterruptedSavesAreRemoved) {
+  train::save_checkpoint(p("step-00000002.h5"), sample());
+  std::string tmpl = p(".step-00000004.h5.tmp.XXXXXX");  // write_file_atomic's temp name
+  const int fd = ::mkstemp(tmpl.data());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "partial", 7), 7);
+  ::close(fd);
+  std::ofstream(p(".notes.tmp.abcdef")) << "not a checkpoint temp";
+  std::ofstream(p("step-00000003.h5.tmp.abcdef")) << "no leading dot: not ours";
+  fs::create_directories(p(".step-00000009.h5.tmp.zzzzzz"));  // a directory is never removed
+  const auto removed = train::remove_stale_checkpoint_temps(dir_.string());
+  ASSERT_EQ(removed.size(), 1u);
+  EXPECT_EQ(removed[0], tmpl);
+  EXPECT_EQ(files(), (std::vector<std::string>{".notes.tmp.abcdef", ".step-00000009.h5.tmp.zzzzzz", "step-00000002.h5",
+                                               "step-00000003.h5.tmp.abcdef"}));
+  EXPECT_EQ(train::load_checkpoint(p("step-00000002.h5")).step, sample().step);
+  EXPECT_TRUE(train::remove_stale_checkpoint_temps(dir_.string()).empty());
+  EXPECT_TRUE(train::remove_stale_checkpoint_temps(p("missing")).empty());
+}

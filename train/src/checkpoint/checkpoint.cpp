@@ -4,6 +4,8 @@
 #include <hdf5.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -437,6 +439,27 @@ Checkpoint load_checkpoint(const std::string& path) {
   GRAFT_CHECK_FIX(fs::is_regular_file(path, ec), "pass a checkpoint file, not a directory", "checkpoint '{}' is not a file", path);
   Reader r{path};
   return r.read();
+}
+
+std::vector<std::string> remove_stale_checkpoint_temps(const std::string& dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return removed;
+  // write_file_atomic's temp names: "." + target name + ".tmp." + 6 mkstemp characters.
+  auto is_temp = [](const std::string& n) {
+    const size_t at = n.rfind(".h5.tmp.");
+    if (n.size() < 2 || n[0] != '.' || at == std::string::npos || at < 2 || n.size() - (at + 8) != 6) return false;
+    for (size_t i = at + 8; i < n.size(); ++i)
+      if (!std::isalnum(static_cast<unsigned char>(n[i]))) return false;
+    return true;
+  };
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!is_temp(name) || !it->is_regular_file(ec) || it->is_symlink(ec)) continue;
+    if (fs::remove(it->path(), ec)) removed.push_back(it->path().string());
+  }
+  std::sort(removed.begin(), removed.end());
+  return removed;
 }
 
 }  // namespace graft::train

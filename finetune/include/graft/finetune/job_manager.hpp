@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "graft/finetune/file_store.hpp"
+#include "graft/finetune/job_limits.hpp"
 #include "graft/model/model.hpp"
 #include "graft/serve/engine.hpp"
 
@@ -59,6 +60,12 @@ struct Job {
   std::string fine_tuned_model;   // adapter name once succeeded
   std::string error_code, error_message;
   int64_t resumes = 0;            // times resumed after a restart
+  // Crash-loop guard: the newest checkpoint when the job last started, whether it was stopped by a
+  // clean shutdown, and how many restarts in a row found it interrupted without a new checkpoint
+  // (kMaxStalledRestarts of them fail the job for good).
+  std::string progress_mark;
+  bool stopped_cleanly = false;
+  int64_t stalled_restarts = 0;
   nlohmann::json to_openai(const std::string& base_name) const;
 };
 
@@ -70,7 +77,13 @@ struct JobManagerOptions {
   double compute_share = 0.5;      // training's share of wall time while serving is busy (0, 1]
   double share_window_s = 2.0;
   int64_t default_save_steps = 10;
+  JobLimits limits;                // sizes and memory budget of a job (job_limits.hpp)
 };
+
+// A job found interrupted (the server died while it ran) this many times in a row without having
+// written a new checkpoint fails instead of being resumed again (e.g. it makes the server run out of
+// memory): a failed job stays failed across restarts.
+inline constexpr int64_t kMaxStalledRestarts = 2;
 
 // The server side a job touches: the shared base, serving load, and adapter publication.
 struct JobHooks {
@@ -96,7 +109,9 @@ class JobManager {
   // Events after `after` (an event id; "" = from the start), oldest first, at most `limit`.
   std::vector<JobEvent> events(const std::string& owner, const std::string& id, const std::string& after,
                                int64_t limit) const;
-  Job cancel(const std::string& owner, const std::string& id);     // ApiError 404; no-op when finished
+  // ApiError 404; no-op when finished. Answers at once: the job is "cancelled" from now on, and a
+  // running one stops within one micro-batch on the worker.
+  Job cancel(const std::string& owner, const std::string& id);
   // The recipe YAML a request turns into (exposed for tests and `graft jobs recipe`).
   std::string compose_recipe(const JobRequest& req, const std::string& job_dir) const;
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "graft/tensor.hpp"
 
@@ -36,5 +37,10 @@ inline constexpr int64_t kCheckpointFormatVersion = 1;
 
 void save_checkpoint(const std::string& path, const Checkpoint& ck);
 Checkpoint load_checkpoint(const std::string& path);
+
+// Removes the temp files an interrupted save_checkpoint left in `dir` (".NAME.h5.tmp.XXXXXX": a process
+// killed between writing and renaming) and returns their paths, sorted. The trainer calls it when it
+// starts, before it writes anything, so every such file is another run's; nothing else is touched.
+std::vector<std::string> remove_stale_checkpoint_temps(const std::string& dir);
 
 }  // namespace graft::train

@@ -27,8 +27,9 @@ struct TrainOptions {
   // weights with fine-tuning jobs). It must be the recipe's base, loaded with its load_in_4bit.
   const model::Model* base = nullptr;
   std::function<void()> before_step;  // called before every optimizer step; may block (throttling)
-  std::function<bool()> should_stop;  // polled before every step: true = checkpoint now and return
-                                      // with TrainSummary::stopped (resume continues bit-exactly)
+  std::function<bool()> should_stop;  // polled before every step and micro-batch: true = abandon the
+                                      // step in progress, checkpoint now and return with
+                                      // TrainSummary::stopped (resume continues bit-exactly)
 };
 
 struct TrainSummary {
