@@ -266,7 +266,7 @@ TEST(LoraGrads, DeepseekV3PlainQNoRenormMatchesTorchAutograd) {
 }
 // DeepSeek-V2: softmax, group_limited_greedy (group max, keep 1 of 2), renormalised top-2.
 TEST(LoraGrads, DeepseekV2GroupLimitedGreedyMatchesTorchAutograd) {
-  check("deepseek_v2", {"deepseek_v2", nullptr, 0.0, 8.0f});
+  check("deepseek_v2", {"deepseek_v2", [](ojson& c) { c["norm_topk_prob"] = true; }, 0.0, 8.0f});
 }
 // DeepSeek-V2: greedy top-2 without renorm, × routed_scaling_factor; q_lora on.
 TEST(LoraGrads, DeepseekV2GreedyRoutedScalingMatchesTorchAutograd) {

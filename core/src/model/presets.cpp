@@ -94,7 +94,8 @@ ojson preset_config(const std::string& arch, const std::string& preset, int64_t 
     c["qk_nope_head_dim"] = s.head_dim;
     c["qk_rope_head_dim"] = s.head_dim / 2;
     c["v_head_dim"] = s.head_dim;
-    c["norm_topk_prob"] = true;
+    // DeepSeek-V2/V2-Lite ship norm_topk_prob false (transformers' DeepseekV2 router also ignores true).
+    c["norm_topk_prob"] = arch == "deepseek_v3";
     c["routed_scaling_factor"] = arch == "deepseek_v3" ? 2.5 : 1.0;
     c["n_group"] = 2;
     c["topk_group"] = 1;
