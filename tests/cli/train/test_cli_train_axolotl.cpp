@@ -40,7 +40,7 @@ class CliTrainAxolotl : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   std::string d(const std::string& s) const { return (dir_ / s).string(); }
   // Two steps of a corpus config on a tiny checkpoint.
-  Run train(const std::string& config, const std::string& base, const std::string& data, const std::string& out) {
+  graft::testing::RunResult train(const std::string& config, const std::string& base, const std::string& data, const std::string& out) {
     return run("train " + (kCorpus / config).string() + " --set base_model=" + base + " --set datasets.0.path=" + data +
                " --set output_dir=" + d(out) + " --set max_steps=2");
   }
