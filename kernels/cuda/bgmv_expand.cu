@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -130,7 +131,7 @@ void bgmv_expand(const BgmvExpandDesc& d, cudaStream_t stream) {
   p.ldy = d.ldy ? d.ldy : width;
   const dim3 grid(static_cast<unsigned>((max_n + kCols - 1) / kCols), static_cast<unsigned>(d.dims.T),
                   static_cast<unsigned>(d.dims.num_slices));
-  bgmv_expand_kernel<<<grid, kThreads, 0, stream>>>(p);
+  GRAFT_LAUNCH(grid, kThreads, 0, stream, bgmv_expand_kernel)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

@@ -16,6 +16,7 @@
 //   (rank·K·2 bytes per row): the split-K factor (lora_shrink_splits) spreads few rows over the SMs.
 // Limits: T <= 2^31 - 1 (grid x), num_slices <= 4, splits <= 64.
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -97,7 +98,7 @@ void bgmv_shrink(const BgmvShrinkDesc& d, cudaStream_t stream) {
   p.v = d.v;
   const dim3 grid(static_cast<unsigned>(d.dims.T), static_cast<unsigned>(d.dims.num_slices),
                   static_cast<unsigned>(d.dims.splits));
-  bgmv_shrink_kernel<<<grid, kWarps * 32, 0, stream>>>(p);
+  GRAFT_LAUNCH(grid, kWarps * 32, 0, stream, bgmv_shrink_kernel)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

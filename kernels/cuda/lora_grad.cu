@@ -12,6 +12,7 @@
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/nf4_matmul.hpp"
 #include "nf4_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda {
 namespace {
@@ -84,8 +85,8 @@ void launch_tn(const TP* P, const TQ* Q, float* C, int64_t T, int64_t I, int64_t
   const int64_t per = (T + splits - 1) / splits;
   const bool atomic = splits > 1;
   if (atomic && !accumulate) GRAFT_CUDA_CHECK(cudaMemsetAsync(C, 0, static_cast<size_t>(I * J) * sizeof(float), stream));
-  tn_gemm_kernel<TP, TQ><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(splits)),
-                           kThr, 0, stream>>>(P, Q, C, T, I, J, per, s, atomic, accumulate);
+  GRAFT_LAUNCH(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(splits)),
+                           kThr, 0, stream, tn_gemm_kernel<TP, TQ>)(P, Q, C, T, I, J, per, s, atomic, accumulate);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

@@ -14,6 +14,7 @@
 //   grid sizes from n and num_keys only: capturable in a CUDA graph.
 // Limits: n < 2^31, 1 <= num_keys <= kMaxPlanKeys (2^20).
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -94,14 +95,14 @@ void lora_plan(const LoraPlanDesc& d, cudaStream_t stream) {
   GRAFT_CUDA_CHECK(cudaMemsetAsync(d.plan.counts, 0, nb * sizeof(int32_t), stream));
   const unsigned blocks = static_cast<unsigned>((d.n + kThreads - 1) / kThreads);
   if (blocks > 0) {
-    plan_hist_kernel<<<blocks, kThreads, 0, stream>>>(d.keys, d.n, d.num_keys, d.plan.counts);
+    GRAFT_LAUNCH(blocks, kThreads, 0, stream, plan_hist_kernel)(d.keys, d.n, d.num_keys, d.plan.counts);
     GRAFT_CUDA_CHECK_LAUNCH();
   }
-  plan_scan_kernel<<<1, kScanThreads, 0, stream>>>(d.num_keys, d.plan.counts, d.plan.offsets, d.plan.tile_offsets,
+  GRAFT_LAUNCH(1, kScanThreads, 0, stream, plan_scan_kernel)(d.num_keys, d.plan.counts, d.plan.offsets, d.plan.tile_offsets,
                                                    d.plan.cursor);
   GRAFT_CUDA_CHECK_LAUNCH();
   if (blocks > 0) {
-    plan_scatter_kernel<<<blocks, kThreads, 0, stream>>>(d.keys, d.n, d.num_keys, d.plan.cursor, d.plan.sorted_rows);
+    GRAFT_LAUNCH(blocks, kThreads, 0, stream, plan_scatter_kernel)(d.keys, d.n, d.num_keys, d.plan.cursor, d.plan.sorted_rows);
     GRAFT_CUDA_CHECK_LAUNCH();
   }
 }

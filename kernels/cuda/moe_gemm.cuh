@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "graft/cuda/moe.hpp"
+#include "launch.cuh"
 
 namespace graft::cuda::moe::detail {
 
@@ -143,11 +144,15 @@ struct Stage {
 };
 
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef GRAFT_SIMT
+  ::graft::simt::mma_m16n8k16_bf16(*reinterpret_cast<float(*)[4]>(c), *reinterpret_cast<const uint32_t(*)[4]>(a), b[0], b[1]);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 template <BKind B1, Epi EPI>
@@ -433,7 +438,7 @@ template <BKind B1, Epi EPI>
 void launch_gemm(const GemmParams& p, int64_t n, cudaStream_t stream) {
   const dim3 grid(col_tiles<EPI>(p.ncols), static_cast<unsigned>(max_row_tiles(n, p.E)));
   if (grid.x == 0 || grid.y == 0) return;
-  grouped_gemm_kernel<B1, EPI><<<grid, kGemmThreads, 0, stream>>>(p);
+  GRAFT_LAUNCH(grid, kGemmThreads, 0, stream, grouped_gemm_kernel<B1, EPI>)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

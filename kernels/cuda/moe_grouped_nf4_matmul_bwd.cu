@@ -13,6 +13,7 @@
 // (expert, 64x64 output tile) loops over the expert's rows). Limits as in the forward.
 // Not tensor-core: the LoRA weight gradients (SIMT fp32, ~2·n·r·(H + 2I + I + H) FLOP per layer).
 #include "moe_gemm.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::moe {
 using namespace detail;
@@ -69,7 +70,7 @@ void lora_grad(const bf16_t* L, int64_t P, const bf16_t* R, int64_t Q, const int
   const dim3 grid(static_cast<unsigned>((Q + GT - 1) / GT), static_cast<unsigned>((P + GT - 1) / GT),
                   static_cast<unsigned>(E));
   GRAFT_CHECK(grid.y <= 65535, "moe LoRA gradient: {} rows of output is too many", P);
-  lora_grad_kernel<<<grid, 256, 0, stream>>>(L, P, R, Q, offsets, out);
+  GRAFT_LAUNCH(grid, 256, 0, stream, lora_grad_kernel)(L, P, R, Q, offsets, out);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

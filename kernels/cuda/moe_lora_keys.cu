@@ -9,6 +9,7 @@
 //   by (slot, expert), so the per-expert adapters of every customer run in one SGMV launch.
 // Limits: k in [1, 8], E >= 1, num_slots >= 1, num_slots·E <= kMaxPlanKeys. One thread per row.
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -45,7 +46,7 @@ void moe_lora_keys(const MoeLoraKeysDesc& d, cudaStream_t stream) {
   d.validate();
   const int64_t n = d.T * d.k;
   if (n == 0) return;
-  moe_lora_keys_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(d.order, d.expert_ids, d.token_slot,
+  GRAFT_LAUNCH(static_cast<unsigned>((n + 255) / 256), 256, 0, stream, moe_lora_keys_kernel)(d.order, d.expert_ids, d.token_slot,
                                                                                     n, d.k, d.E, d.num_slots, d.keys);
   GRAFT_CUDA_CHECK_LAUNCH();
 }

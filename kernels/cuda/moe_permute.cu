@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "moe_gemm.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::moe {
 using detail::bf2f;
@@ -27,7 +28,7 @@ int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
 __global__ void __launch_bounds__(kChunk) chunk_hist_kernel(const int32_t* __restrict__ ids, int64_t n, int E,
                                                             int32_t* __restrict__ chunk_counts) {
-  extern __shared__ int32_t hist[];
+  GRAFT_EXTERN_SHARED(int32_t, hist, 16);
   for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
   __syncthreads();
   const int64_t f = static_cast<int64_t>(blockIdx.x) * kChunk + threadIdx.x;
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(1024) plan_scan_kernel(int64_t nchunks, int E,
 __global__ void __launch_bounds__(kChunk) plan_scatter_kernel(const int32_t* __restrict__ ids, int64_t n, int E,
                                                               const int32_t* __restrict__ chunk_base,
                                                               int32_t* __restrict__ order, int32_t* __restrict__ pos) {
-  extern __shared__ int32_t warp_counts[];  // [kChunk / 32][E]
+  GRAFT_EXTERN_SHARED(int32_t, warp_counts, 16);  // [kChunk / 32][E]
   constexpr int kW = kChunk / 32;
   for (int i = threadIdx.x; i < kW * E; i += blockDim.x) warp_counts[i] = 0;
   __syncthreads();
@@ -201,14 +202,14 @@ void build_plan(const int32_t* ids, int64_t n, int E, const Plan& plan, void* wo
   auto* cc = static_cast<int32_t*>(workspace);
   const size_t hist_smem = static_cast<size_t>(E) * sizeof(int32_t);
   if (nc > 0) {
-    chunk_hist_kernel<<<static_cast<unsigned>(nc), kChunk, hist_smem, stream>>>(ids, n, E, cc);
+    GRAFT_LAUNCH(static_cast<unsigned>(nc), kChunk, hist_smem, stream, chunk_hist_kernel)(ids, n, E, cc);
     GRAFT_CUDA_CHECK_LAUNCH();
   }
-  plan_scan_kernel<<<1, 1024, 0, stream>>>(nc, E, cc, plan.counts, plan.offsets, plan.tile_offsets);
+  GRAFT_LAUNCH(1, 1024, 0, stream, plan_scan_kernel)(nc, E, cc, plan.counts, plan.offsets, plan.tile_offsets);
   GRAFT_CUDA_CHECK_LAUNCH();
   if (nc > 0) {
     const size_t smem = static_cast<size_t>(kChunk / 32) * static_cast<size_t>(E) * sizeof(int32_t);
-    plan_scatter_kernel<<<static_cast<unsigned>(nc), kChunk, smem, stream>>>(ids, n, E, cc, plan.order, plan.pos);
+    GRAFT_LAUNCH(static_cast<unsigned>(nc), kChunk, smem, stream, plan_scatter_kernel)(ids, n, E, cc, plan.order, plan.pos);
     GRAFT_CUDA_CHECK_LAUNCH();
   }
 }
@@ -220,7 +221,7 @@ void permute(const PermuteArgs& a, cudaStream_t stream) {
   if (n == 0) return;
   GRAFT_CHECK(a.x && a.order && a.xp, "moe permute: x / order / xp are null");
   GRAFT_CHECK(n <= 0x7fffffff, "moe permute: {} rows is too many", n);
-  permute_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(a.x, a.H, a.k, a.order, a.scale, a.xp);
+  GRAFT_LAUNCH(static_cast<unsigned>(n), 256, 0, stream, permute_kernel)(a.x, a.H, a.k, a.order, a.scale, a.xp);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 
@@ -231,7 +232,7 @@ void permute_bwd(const PermuteBwdArgs& a, cudaStream_t stream) {
   GRAFT_CHECK(a.dxp && a.pos && a.dx, "moe permute_bwd: dxp / pos / dx are null");
   GRAFT_CHECK(!a.dscale || a.x, "moe permute_bwd: dscale needs x");
   GRAFT_CHECK(a.T <= 0x7fffffff, "moe permute_bwd: {} tokens is too many", a.T);
-  permute_bwd_kernel<<<static_cast<unsigned>(a.T), 256, 0, stream>>>(a.x, a.dxp, a.H, a.k, a.pos, a.scale, a.dx,
+  GRAFT_LAUNCH(static_cast<unsigned>(a.T), 256, 0, stream, permute_bwd_kernel)(a.x, a.dxp, a.H, a.k, a.pos, a.scale, a.dx,
                                                                       a.dscale);
   GRAFT_CUDA_CHECK_LAUNCH();
 }

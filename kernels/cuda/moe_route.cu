@@ -18,6 +18,7 @@
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/moe.hpp"
 #include "warp_reduce.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::moe {
 namespace {
@@ -196,7 +197,7 @@ void route(const RouteArgs& r, cudaStream_t stream) {
                     p.correction_bias, r.ids, r.weights};
   const int64_t blocks = (r.T + kWarps - 1) / kWarps;
   GRAFT_CHECK(blocks <= 0x7fffffff, "moe route: {} tokens is too many", r.T);
-  route_kernel<<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(a);
+  GRAFT_LAUNCH(static_cast<unsigned>(blocks), kWarps * 32, 0, stream, route_kernel)(a);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

@@ -13,6 +13,7 @@
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/moe.hpp"
 #include "warp_reduce.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::moe {
 namespace {
@@ -111,7 +112,7 @@ void route_bwd(const RouteBwdArgs& r, cudaStream_t stream) {
                        r.ids, r.dweights, r.dlogits};
   const int64_t blocks = (r.T + kWarps - 1) / kWarps;
   GRAFT_CHECK(blocks <= 0x7fffffff, "moe route_bwd: {} tokens is too many", r.T);
-  route_bwd_kernel<<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(a);
+  GRAFT_LAUNCH(static_cast<unsigned>(blocks), kWarps * 32, 0, stream, route_bwd_kernel)(a);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

@@ -7,6 +7,7 @@
 //     dweights [T, k] f32 (=) = <yp[pos[f]], dout[t]> (the router's d combine weight), when requested.
 // One block (256 threads) per token; no atomics (deterministic). Limits: H % 8 == 0, k <= 8.
 #include "moe_gemm.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::moe {
 using detail::bf2f;
@@ -88,7 +89,7 @@ void unpermute(const UnpermuteArgs& a, cudaStream_t stream) {
   if (a.T == 0) return;
   GRAFT_CHECK(a.yp && a.pos && a.out, "moe unpermute: yp / pos / out are null");
   GRAFT_CHECK(a.T <= 0x7fffffff, "moe unpermute: {} tokens is too many", a.T);
-  unpermute_kernel<<<static_cast<unsigned>(a.T), 256, 0, stream>>>(a.yp, a.H, a.k, a.pos, a.weights, a.out);
+  GRAFT_LAUNCH(static_cast<unsigned>(a.T), 256, 0, stream, unpermute_kernel)(a.yp, a.H, a.k, a.pos, a.weights, a.out);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 
@@ -99,7 +100,7 @@ void unpermute_bwd(const UnpermuteBwdArgs& a, cudaStream_t stream) {
   GRAFT_CHECK(a.dout && a.pos && a.dyp, "moe unpermute_bwd: dout / pos / dyp are null");
   GRAFT_CHECK(!a.dweights || a.yp, "moe unpermute_bwd: dweights needs yp");
   GRAFT_CHECK(a.T <= 0x7fffffff, "moe unpermute_bwd: {} tokens is too many", a.T);
-  unpermute_bwd_kernel<<<static_cast<unsigned>(a.T), 256, 0, stream>>>(a.yp, a.dout, a.H, a.k, a.pos, a.weights,
+  GRAFT_LAUNCH(static_cast<unsigned>(a.T), 256, 0, stream, unpermute_bwd_kernel)(a.yp, a.dout, a.H, a.k, a.pos, a.weights,
                                                                         a.dyp, a.dweights);
   GRAFT_CUDA_CHECK_LAUNCH();
 }

@@ -1,6 +1,7 @@
 // nf4_common.cuh — device helpers shared by the NF4 kernels: the NF4 code table, per-block absmax
 // decoding (plain fp32 or double-quantized), and thin wrappers over cp.async / ldmatrix /
-// mma.sync m16n8k16 bf16 (sm_80+; also the path used on sm_90a).
+// mma.sync m16n8k16 bf16 (sm_80+; also the path used on sm_90a). Under GRAFT_SIMT (the CPU build,
+// kernels/cuda/simt) each wrapper calls the harness's emulation instead of its PTX.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -73,26 +74,48 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 }
 // 16-byte async copy; src_bytes == 0 zero-fills the destination (src is not read).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+#ifdef GRAFT_SIMT
+  ::graft::simt::cp_async(smem, gmem, 16, src_bytes);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(src_bytes));
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef GRAFT_SIMT
+  ::graft::simt::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef GRAFT_SIMT
+  ::graft::simt::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+#ifdef GRAFT_SIMT
+  ::graft::simt::ldmatrix_x4(r, smem);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(smem)));
+#endif
 }
 // D (fp32 16x8) += A (bf16 16x16, row) · B (bf16 16x8, col)
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef GRAFT_SIMT
+  ::graft::simt::mma_m16n8k16_bf16(d, a, b0, b1);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 }  // namespace graft::cuda::nf4k

@@ -7,6 +7,7 @@
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/nf4_matmul.hpp"
 #include "nf4_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda {
 namespace {
@@ -51,7 +52,7 @@ void nf4_dequant_bf16(const Nf4Weight& w, __nv_bfloat16* out, cudaStream_t strea
   constexpr int kThreads = 256;
   const int64_t blocks = (chunks + kThreads - 1) / kThreads;
   GRAFT_CHECK(blocks < (int64_t{1} << 31), "nf4_dequant_bf16: {} elements is too many for one launch", numel);
-  nf4_dequant_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(w, out, numel);
+  GRAFT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, nf4_dequant_kernel)(w, out, numel);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

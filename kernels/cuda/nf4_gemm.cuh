@@ -22,6 +22,7 @@
 #pragma once
 
 #include "nf4_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::nf4k {
 
@@ -60,7 +61,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 
 template <Mode kMode, bool kLora>
 __global__ void __launch_bounds__(kThreads) nf4_gemm_kernel(const GemmParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  GRAFT_EXTERN_SHARED(unsigned char, smem, 16);
   __nv_bfloat16* const wbf = reinterpret_cast<__nv_bfloat16*>(smem + 2 * kStageBytes);
   float* const code = reinterpret_cast<float*>(smem + 2 * kStageBytes + kWbfBytes);
   float* const dmap = code + 16;
@@ -311,7 +312,7 @@ void launch_nf4_gemm(const GemmParams& p, cudaStream_t stream) {
   GRAFT_CHECK(gx <= 0x7fffffff, "nf4 GEMM: {} output columns exceed the grid limit", p.nout);
   auto kernel = nf4_gemm_kernel<kMode, kLora>;
   GRAFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, kSmemBytes, stream>>>(p);
+  GRAFT_LAUNCH(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, kSmemBytes, stream, kernel)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

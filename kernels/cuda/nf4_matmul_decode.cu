@@ -15,6 +15,7 @@
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/nf4_matmul.hpp"
 #include "nf4_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::nf4k {
 namespace {
@@ -132,13 +133,13 @@ void launch_nf4_decode(const Nf4MatmulDesc& d, cudaStream_t stream) {
   GRAFT_CHECK(d.t >= 1 && d.t <= kDecodeMaxT, "nf4 decode: T = {} must be in [1, {}]", d.t, kDecodeMaxT);
   if (d.r > 0) {
     const int64_t threads = d.t * d.r * 32;
-    lora_shrink_small_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
+    GRAFT_LAUNCH(static_cast<unsigned>((threads + 255) / 256), 256, 0, stream, lora_shrink_small_kernel)(
         d.x, d.lora_a, d.xa_out, d.t, d.w.k, d.r);
     GRAFT_CUDA_CHECK_LAUNCH();
   }
   const int64_t blocks = (d.w.n + kDecRows - 1) / kDecRows;
   GRAFT_CHECK(blocks <= 0x7fffffff, "nf4 decode: N = {} too large", d.w.n);
-  nf4_decode_kernel<<<static_cast<unsigned>(blocks), kDecThreads, 0, stream>>>(d);
+  GRAFT_LAUNCH(static_cast<unsigned>(blocks), kDecThreads, 0, stream, nf4_decode_kernel)(d);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

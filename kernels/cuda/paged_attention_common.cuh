@@ -13,6 +13,7 @@
 
 #include "graft/cuda/paged_attention.hpp"
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve::detail {
 
@@ -50,7 +51,7 @@ namespace {  // internal linkage: each including .cu gets its own copy of the ke
 __global__ void __launch_bounds__(128) merge_partitions_kernel(const float* __restrict__ ws, const int32_t* __restrict__ context_lens,
                                                                int num_seqs, int heads, int parts, int psize, int dv,
                                                                bf16_t* __restrict__ out) {
-  extern __shared__ float w[];
+  GRAFT_EXTERN_SHARED(float, w, 16);
   __shared__ float red[4];
   const int h = blockIdx.x, s = blockIdx.y;
   const int ctx = context_lens[s];
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(128) merge_partitions_kernel(const float* __re
 inline void launch_merge(const float* ws, const int32_t* context_lens, int num_seqs, int heads, int parts, int psize,
                          int dv, bf16_t* out, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(parts) * sizeof(float);  // <= kMaxPartitions·4 = 32 KB
-  merge_partitions_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(num_seqs)), 128, smem, stream>>>(
+  GRAFT_LAUNCH(dim3(static_cast<unsigned>(heads), static_cast<unsigned>(num_seqs)), 128, smem, stream, merge_partitions_kernel)(
       ws, context_lens, num_seqs, heads, parts, psize, dv, out);
   GRAFT_CUDA_CHECK_LAUNCH();
 }

@@ -19,6 +19,7 @@
 // Limits: head_dim 64 or 128, q_heads % kv_heads == 0, num_seqs <= 65535, kv_heads·G/HPB <= 65535,
 //   max_context_len <= max_blocks·block_size, at most 8192 partitions.
 #include "paged_attention_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -143,10 +144,10 @@ int heads_per_block(int group) {
 template <int D>
 void launch_d(const Params& p, int hpb, dim3 grid, cudaStream_t st) {
   switch (hpb) {
-    case 8: paged_decode_kernel<D, 8><<<grid, kWarps * 32, 0, st>>>(p); break;
-    case 4: paged_decode_kernel<D, 4><<<grid, kWarps * 32, 0, st>>>(p); break;
-    case 2: paged_decode_kernel<D, 2><<<grid, kWarps * 32, 0, st>>>(p); break;
-    default: paged_decode_kernel<D, 1><<<grid, kWarps * 32, 0, st>>>(p); break;
+    case 8: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_decode_kernel<D, 8>)(p); break;
+    case 4: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_decode_kernel<D, 4>)(p); break;
+    case 2: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_decode_kernel<D, 2>)(p); break;
+    default: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_decode_kernel<D, 1>)(p); break;
   }
 }
 

@@ -18,6 +18,7 @@
 // Limits: L in {256, 512}, dr == 64, num_seqs <= 65535, max_context_len <= max_blocks·block_size,
 //   at most 8192 partitions.
 #include "paged_attention_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -141,9 +142,9 @@ int heads_per_block(int heads) { return heads % 4 == 0 ? 4 : (heads % 2 == 0 ? 2
 template <int LPL>
 void launch_l(const Params& p, int hpb, dim3 grid, cudaStream_t st) {
   switch (hpb) {
-    case 4: paged_mla_decode_kernel<LPL, 4><<<grid, kWarps * 32, 0, st>>>(p); break;
-    case 2: paged_mla_decode_kernel<LPL, 2><<<grid, kWarps * 32, 0, st>>>(p); break;
-    default: paged_mla_decode_kernel<LPL, 1><<<grid, kWarps * 32, 0, st>>>(p); break;
+    case 4: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_mla_decode_kernel<LPL, 4>)(p); break;
+    case 2: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_mla_decode_kernel<LPL, 2>)(p); break;
+    default: GRAFT_LAUNCH(grid, kWarps * 32, 0, st, paged_mla_decode_kernel<LPL, 1>)(p); break;
   }
 }
 

@@ -25,6 +25,7 @@
 
 #include "graft/cuda/paged_attention.hpp"
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -77,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const Params p)
   const int pos0 = ctx - qlen;  // position of new token 0
   const int kvh = h / p.group;
 
-  extern __shared__ __align__(128) unsigned char smem[];
+  GRAFT_EXTERN_SHARED(unsigned char, smem, 128);
   __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem + S::q_off);
   __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem + S::k_off);
   __nv_bfloat16* Vs = reinterpret_cast<__nv_bfloat16*>(smem + S::v_off);
@@ -217,7 +218,7 @@ void launch_d(const Params& p, dim3 grid, cudaStream_t stream) {
               bytes, dev.name, dev.smem_per_block_optin);
   GRAFT_CUDA_CHECK(cudaFuncSetAttribute(paged_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
-  paged_prefill_kernel<D><<<grid, kThreads, bytes, stream>>>(p);
+  GRAFT_LAUNCH(grid, kThreads, bytes, stream, paged_prefill_kernel<D>)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

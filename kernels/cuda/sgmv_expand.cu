@@ -25,6 +25,7 @@
 #include <algorithm>
 
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -228,7 +229,7 @@ void sgmv_expand(const SgmvExpandDesc& d, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((max_n + BN - 1) / BN),
                   static_cast<unsigned>(sgmv_max_row_tiles(d.dims.T, d.table.num_keys)),
                   static_cast<unsigned>(d.dims.num_slices));
-  sgmv_expand_kernel<<<grid, kThreads, 0, stream>>>(p);
+  GRAFT_LAUNCH(grid, kThreads, 0, stream, sgmv_expand_kernel)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

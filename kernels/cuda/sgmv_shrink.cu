@@ -22,6 +22,7 @@
 #include <mma.h>
 
 #include "serve_common.cuh"
+#include "launch.cuh"
 
 namespace graft::cuda::serve {
 namespace {
@@ -187,7 +188,7 @@ void sgmv_shrink(const SgmvShrinkDesc& d, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((d.dims.max_rank + BN - 1) / BN),
                   static_cast<unsigned>(sgmv_max_row_tiles(d.dims.T, d.table.num_keys)),
                   static_cast<unsigned>(d.dims.splits * d.dims.num_slices));
-  sgmv_shrink_kernel<<<grid, kThreads, 0, stream>>>(p);
+  GRAFT_LAUNCH(grid, kThreads, 0, stream, sgmv_shrink_kernel)(p);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

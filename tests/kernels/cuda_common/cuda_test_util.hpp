@@ -18,6 +18,17 @@
 
 namespace graft::testing::cudatest {
 
+// True when the tests run on the CPU SIMT target (kernels/cuda/simt, label simt) instead of a GPU:
+// the same cases, with the few whose size only matters for speed (T = 1000 sweeps, model-sized
+// shapes) skipped so the label stays within its time budget. Every code path keeps a smaller case.
+#ifdef GRAFT_SIMT
+inline constexpr bool kSimt = true;
+#else
+inline constexpr bool kSimt = false;
+#endif
+#define GRAFT_SKIP_UNDER_SIMT(why) \
+  if (::graft::testing::cudatest::kSimt) GTEST_SKIP() << "skipped on the SIMT target (" << why << "); runs on a GPU"
+
 inline void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }

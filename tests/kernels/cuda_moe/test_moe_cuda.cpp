@@ -59,6 +59,7 @@ TEST_P(CudaMoeRoute, MatchesCpuForwardAndBackward) {
   REQUIRE_GPU();
   const RouteCase c = GetParam();
   for (int64_t T : {1, 7, 130, 1000}) {
+    if (kSimt && T > 130) continue;  // CPU time only: T = 130 already spans several blocks per router
     SCOPED_TRACE("T=" + std::to_string(T));
     auto logits = randn(static_cast<size_t>(T * c.E), 1000 + static_cast<uint32_t>(T) + static_cast<uint32_t>(c.E));
     if (c.ties)
@@ -113,7 +114,15 @@ TEST_P(CudaMoeRoute, MatchesCpuForwardAndBackward) {
     rb.dlogits = ddz.p;
     gm::route_bwd(rb, nullptr);
     sync();
-    EXPECT_LT(rel(ddz.download(), std::vector<float>(dz.data<float>(), dz.data<float>() + T * c.E)), 1e-4);
+    // Relative to max(‖ref‖, 1e-2·rsf·‖g‖): with top-1 renormalisation w ≡ 1, so d logits is only
+    // the eps term (~1e-20·g) and both sides are rounding noise (the SIMT run found rel = O(1) there).
+    double ng = 0;
+    for (float v : g) ng += static_cast<double>(v) * v;
+    const std::vector<float> dz_ref(dz.data<float>(), dz.data<float>() + T * c.E);
+    double nref = 0;
+    for (float v : dz_ref) nref += static_cast<double>(v) * v;
+    const double floor = 1e-2 * c.rsf * std::sqrt(ng);
+    EXPECT_LT(rel(ddz.download(), dz_ref) * std::sqrt(nref) / std::max(std::sqrt(nref), floor), 1e-4);
   }
 }
 
@@ -198,6 +207,8 @@ TEST(CudaMoePermute, ForwardAndBackwardMatchCpu) {
     for (int k : {1, 2, 8})
       for (int64_t T : {1, 7, 130, 1000})
         for (bool scaled : {false, true}) {
+          if (kSimt && T > 130) continue;  // CPU time only
+          if (k > E) continue;  // make_ids draws k distinct experts (the SIMT run found E=4, k=8 reading past perm)
           SCOPED_TRACE("E=" + std::to_string(E) + " k=" + std::to_string(k) + " T=" + std::to_string(T) +
                        (scaled ? " scale_input" : " combine"));
           const int64_t n = T * k;
@@ -340,6 +351,7 @@ class CudaMoeLayer : public ::testing::TestWithParam<LayerCase> {};
 TEST_P(CudaMoeLayer, ForwardAndBackwardMatchCpu) {
   REQUIRE_GPU();
   const LayerCase c = GetParam();
+  if (std::string(c.name) == "qwen3_30b_a3b") GRAFT_SKIP_UNDER_SIMT("model-sized shape");
   const int64_t T = c.T, H = c.H, I = c.I, n = T * c.k;
   const int E = c.E, k = c.k, r = c.rank;
   // routing inputs

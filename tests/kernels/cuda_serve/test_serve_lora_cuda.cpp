@@ -139,7 +139,16 @@ void expect_y(const Batch& b, const Layout& L, const std::vector<uint16_t>& got_
   }
   if (r_rows.empty()) return;
   EXPECT_LT(rel(g_rows, r_rows), kYTol) << what;
-  EXPECT_LT(rel(dg, dr), kDeltaTol) << what << " (delta)";
+  // The rounding of y to bf16 is relative to |y|, so when the delta is much smaller than y0 (one
+  // row, rank 1, a small v) its relative error grows by |y|/|Δ|: the bound scales with that ratio
+  // (found by the SIMT run: T = 1, rank 1 gave 4.8e-2 with ‖Δ‖ ≈ 0.02‖y‖).
+  double ny = 0, nd = 0;
+  for (size_t i = 0; i < r_rows.size(); ++i) {
+    ny += static_cast<double>(r_rows[i]) * r_rows[i];
+    nd += static_cast<double>(dr[i]) * dr[i];
+  }
+  const double ratio = std::sqrt(ny / std::max(nd, 1e-300));
+  EXPECT_LT(rel(dg, dr), kDeltaTol * std::max(1.0, ratio)) << what << " (delta), ‖y‖/‖Δ‖ = " << ratio;
 }
 
 struct Case {
