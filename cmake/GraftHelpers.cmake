@@ -29,6 +29,13 @@ function(graft_add_gtest)
   endif()
   include(GoogleTest)
   gtest_discover_tests(${T_NAME}
-    PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT}
+    PROPERTIES TIMEOUT ${T_TIMEOUT}
     DISCOVERY_TIMEOUT 60)
+  # Labels are set by a second include file run after the discovered list (${T_NAME}_TESTS): passed through
+  # gtest_discover_tests' PROPERTIES, a list like "unit;reference" is split into words and every label after
+  # the first is lost (CMake 3.25), so `ctest -L reference` would not select the test.
+  set(labels_file "${CMAKE_CURRENT_BINARY_DIR}/${T_NAME}_labels.cmake")
+  file(WRITE "${labels_file}"
+       "foreach(t IN LISTS ${T_NAME}_TESTS)\n  set_tests_properties(\"\${t}\" PROPERTIES LABELS \"${T_LABELS}\")\nendforeach()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${labels_file}")
 endfunction()
