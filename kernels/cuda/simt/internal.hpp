@@ -43,7 +43,7 @@ struct Warp {
 struct Injection {
   std::string skip_syncthreads;  // "file:line" (suffix match on the file name)
   int skip_cp_async_wait = 0;    // every thread skips its n-th cp.async.wait_group (1-based)
-  int fragment_lane_xor = 0;     // mma / ldmatrix / wmma read their elements from lane ^ this
+  int fragment_lane_xor = 0;     // mma / wmma read A, ldmatrix its rows, from lane ^ this
   int shrink_dynamic_smem = 0;   // blocks get this many bytes less dynamic shared memory than launched
 };
 const Injection& injection();

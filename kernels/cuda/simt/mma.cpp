@@ -17,6 +17,8 @@ using namespace detail;
 
 namespace {
 float bf16_half(uint32_t reg, int half) { return bf16_to_f32(static_cast<uint16_t>(reg >> (16 * half))); }
+// Injected bug (GRAFT_SIMT_INJECT=fragment_lane_xor=N): the A operand (and ldmatrix rows) read from
+// lane ^ N, i.e. a wrong element-to-lane mapping of one operand.
 int remap(int lane) { return (lane ^ injection().fragment_lane_xor) & 31; }
 uint32_t& u32(Warp& w, int lane, int i) { return reinterpret_cast<uint32_t*>(w.slot[lane])[i]; }
 float& f32(Warp& w, int lane, int i) { return reinterpret_cast<float*>(w.slot[lane])[i]; }
@@ -39,7 +41,7 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
       const int la = remap((row & 7) * 4 + ((k & 7) >> 1));
       const uint32_t ra = u32(w, la, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0));
       // B (k, col): lane col·4 + (k % 8)/2, register k >= 8, half k & 1
-      const int lb = remap(col * 4 + ((k & 7) >> 1));
+      const int lb = col * 4 + ((k & 7) >> 1);
       const uint32_t rb = u32(w, lb, 4 + (k >= 8 ? 1 : 0));
       acc += bf16_half(ra, k & 1) * bf16_half(rb, k & 1);
     }
@@ -108,7 +110,7 @@ void wmma_mma(const float (&a)[8], const float (&b)[8], const float (&c)[8], flo
       int la, ia, lb, ib;
       owner_a(m, k, la, ia);
       owner_b(k, n, lb, ib);
-      acc += f32(w, remap(la), ia) * f32(w, remap(lb), 8 + ib);
+      acc += f32(w, remap(la), ia) * f32(w, lb, 8 + ib);
     }
     out[i] = acc;
   }

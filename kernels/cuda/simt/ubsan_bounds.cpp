@@ -32,7 +32,7 @@ struct OutOfBoundsData {
     v = static_cast<int64_t>(index & m);
     if (is_signed && (index >> (bits - 1) & 1)) v -= static_cast<int64_t>(m) + 1;
   }
-  graft::simt::fault(fmt::format("index {} out of bounds for type '{}' at {}:{}:{}", v, d->array_type->name, d->loc.file,
+  graft::simt::fault(fmt::format("index {} out of bounds for type {} at {}:{}:{}", v, d->array_type->name, d->loc.file,
                                  d->loc.line, d->loc.column));
 }
 }  // namespace
