@@ -13,10 +13,11 @@ function(graft_target_options target)
     $<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<BOOL:${GRAFT_WERROR}>>:-Werror=all-warnings>)
 endfunction()
 
-# graft_add_gtest(NAME name LABELS l1 [l2...] SOURCES ... LIBS ...)
+# graft_add_gtest(NAME name LABELS l1 [l2...] SOURCES ... LIBS ... [TEST_PREFIX p])
+# TEST_PREFIX: prepended to every CTest name (the SIMT builds of the CUDA suites reuse their test names).
 # One GoogleTest binary; every TEST becomes a CTest test carrying the labels.
 function(graft_add_gtest)
-  cmake_parse_arguments(T "" "NAME;TIMEOUT" "LABELS;SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;TIMEOUT;TEST_PREFIX" "LABELS;SOURCES;LIBS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
   graft_target_options(${T_NAME})
   target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
@@ -29,6 +30,7 @@ function(graft_add_gtest)
   endif()
   include(GoogleTest)
   gtest_discover_tests(${T_NAME}
+    TEST_PREFIX "${T_TEST_PREFIX}"
     PROPERTIES TIMEOUT ${T_TIMEOUT}
     DISCOVERY_TIMEOUT 60)
   # Labels are set by a second include file run after the discovered list (${T_NAME}_TESTS): passed through
