@@ -42,7 +42,8 @@ class CliTrainAxolotl : public ::testing::Test {
   // Two steps of a corpus config on a tiny checkpoint.
   graft::testing::RunResult train(const std::string& config, const std::string& base, const std::string& data, const std::string& out) {
     return run("train " + (kCorpus / config).string() + " --set base_model=" + base + " --set datasets.0.path=" + data +
-               " --set output_dir=" + d(out) + " --set max_steps=2");
+               " --set output_dir=" + d(out) + " --set dataset_prepared_path=" + d(out + "_prepared") +
+               " --set max_steps=2");
   }
   fs::path dir_;
 };
