@@ -18,25 +18,6 @@ uint64_t sat_mul(uint64_t a, uint64_t b) { return a != 0 && b > kMax / a ? kMax 
 uint64_t sat_add(uint64_t a, uint64_t b) { return b > kMax - a ? kMax : a + b; }
 uint64_t u(int64_t v) { return v > 0 ? static_cast<uint64_t>(v) : 0; }
 
-const LinearWeight* weight_of(const model::LayerWeights& L, Module m) {
-  switch (m) {
-    case Module::Q: return &L.attn.q;
-    case Module::K: return &L.attn.k;
-    case Module::V: return &L.attn.v;
-    case Module::O: return &L.attn.o;
-    case Module::QA: return &L.attn.q_a;
-    case Module::QB: return &L.attn.q_b;
-    case Module::KVA: return &L.attn.kv_a;
-    case Module::KVB: return &L.attn.kv_b;
-    case Module::Gate: return &L.mlp.gate;
-    case Module::Up: return &L.mlp.up;
-    case Module::Down: return &L.mlp.down;
-    case Module::SharedGate: return &L.moe.shared.gate;
-    case Module::SharedUp: return &L.moe.shared.up;
-    case Module::SharedDown: return &L.moe.shared.down;
-    default: return nullptr;
-  }
-}
 }  // namespace
 
 std::string format_bytes(uint64_t b) {
@@ -63,9 +44,6 @@ MemoryEstimate estimate_training_memory(const model::Model& m, const Recipe& r) 
 
   MemoryEstimate e;
   uint64_t lora = 0, per_layer_rank_sum = 0;  // the largest layer's sum of ranks (LoRA intermediates)
-  const Module dense[] = {Module::Q,    Module::K,   Module::V,   Module::O,          Module::QA,
-                          Module::QB,   Module::KVA, Module::KVB, Module::Gate,       Module::Up,
-                          Module::Down, Module::SharedGate, Module::SharedUp, Module::SharedDown};
   for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
     const auto& L = m.layers()[static_cast<size_t>(l)];
     uint64_t rank_sum = 0;
@@ -75,8 +53,8 @@ MemoryEstimate estimate_training_memory(const model::Model& m, const Recipe& r) 
       e.max_rank = std::max(e.max_rank, rank);
       ++e.adapted_modules;
     };
-    for (Module mod : dense) {
-      const LinearWeight* w = weight_of(L, mod);
+    for (Module mod : model::kDenseModules) {
+      const LinearWeight* w = model::dense_weight(L, mod);
       if (!w || !w->defined()) continue;
       const std::string key = fmt::format("model.layers.{}.{}", l, model::module_path(cfg.family, mod));
       if (adapters::targets_module(pc, key, l)) add(w->in, w->out, adapters::expected_rank(pc, key));

@@ -38,29 +38,6 @@ using model::ExpertProj;
 using model::Module;
 
 namespace {
-const Module kDenseModules[] = {Module::Q,    Module::K,  Module::V,    Module::O,          Module::QA,
-                                Module::QB,   Module::KVA, Module::KVB, Module::Gate,       Module::Up,
-                                Module::Down, Module::SharedGate, Module::SharedUp, Module::SharedDown};
-
-const LinearWeight* weight_of(const model::LayerWeights& L, Module m) {
-  switch (m) {
-    case Module::Q: return &L.attn.q;
-    case Module::K: return &L.attn.k;
-    case Module::V: return &L.attn.v;
-    case Module::O: return &L.attn.o;
-    case Module::QA: return &L.attn.q_a;
-    case Module::QB: return &L.attn.q_b;
-    case Module::KVA: return &L.attn.kv_a;
-    case Module::KVB: return &L.attn.kv_b;
-    case Module::Gate: return &L.mlp.gate;
-    case Module::Up: return &L.mlp.up;
-    case Module::Down: return &L.mlp.down;
-    case Module::SharedGate: return &L.moe.shared.gate;
-    case Module::SharedUp: return &L.moe.shared.up;
-    case Module::SharedDown: return &L.moe.shared.down;
-    default: return nullptr;
-  }
-}
 
 adapters::PeftConfig peft_config_of(const Recipe& r) {
   std::vector<std::string> mods(r.lora_target_modules().begin(), r.lora_target_modules().end());
@@ -196,8 +173,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   std::vector<std::string> names;  // parameter names in optimizer order
   for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
     const auto& L = m.layers()[static_cast<size_t>(l)];
-    for (Module mod : kDenseModules) {
-      const LinearWeight* w = weight_of(L, mod);
+    for (Module mod : model::kDenseModules) {
+      const LinearWeight* w = model::dense_weight(L, mod);
       if (!w || !w->defined()) continue;
       const std::string key = fmt::format("model.layers.{}.{}", l, model::module_path(cfg.family, mod));
       if (!adapters::targets_module(pc, key, l)) continue;

@@ -11,6 +11,26 @@
 
 namespace graft::model {
 
+const LinearWeight* dense_weight(const LayerWeights& L, Module m) {
+  switch (m) {
+    case Module::Q: return &L.attn.q;
+    case Module::K: return &L.attn.k;
+    case Module::V: return &L.attn.v;
+    case Module::O: return &L.attn.o;
+    case Module::QA: return &L.attn.q_a;
+    case Module::QB: return &L.attn.q_b;
+    case Module::KVA: return &L.attn.kv_a;
+    case Module::KVB: return &L.attn.kv_b;
+    case Module::Gate: return &L.mlp.gate;
+    case Module::Up: return &L.mlp.up;
+    case Module::Down: return &L.mlp.down;
+    case Module::SharedGate: return &L.moe.shared.gate;
+    case Module::SharedUp: return &L.moe.shared.up;
+    case Module::SharedDown: return &L.moe.shared.down;
+    default: return nullptr;
+  }
+}
+
 std::string module_path(config::Family f, Module m) {
   const bool l4 = f == config::Family::Llama4;
   const std::string mlp = l4 ? "feed_forward" : "mlp";

@@ -102,6 +102,14 @@ struct LayerWeights {
   MoeWeights moe;  // MoE layers
 };
 
+// The non-expert linear modules a LoRA can adapt, and the weight behind each in a layer (nullptr for
+// an expert module; an undefined LinearWeight where the layer lacks the module).
+inline constexpr Module kDenseModules[] = {Module::Q,    Module::K,          Module::V,        Module::O,
+                                           Module::QA,   Module::QB,         Module::KVA,      Module::KVB,
+                                           Module::Gate, Module::Up,         Module::Down,     Module::SharedGate,
+                                           Module::SharedUp, Module::SharedDown};
+const LinearWeight* dense_weight(const LayerWeights& L, Module m);
+
 class Model {
  public:
   // Loads DIR (config.json + safetensors). Throws graft::Error naming any missing, unexpected or
