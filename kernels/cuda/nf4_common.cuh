@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "cp_async.cuh"
 #include "graft/cuda/nf4_matmul.hpp"
 
 namespace graft::cuda::nf4k {
@@ -72,30 +73,10 @@ __device__ __forceinline__ void dequant16(uint4 p, float scale, const float* cod
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
-// 16-byte async copy; src_bytes == 0 zero-fills the destination (src is not read).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async(smem, gmem, 16, src_bytes);
-#else
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(src_bytes));
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async_commit();
-#else
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async_wait(N);
-#else
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
+// 16-byte async copy; src_bytes == 0 zero-fills the destination (src is not read). cp_async.cuh.
+using ptx::cp_async16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
 #ifdef GRAFT_SIMT
   ::graft::simt::ldmatrix_x4(r, smem);

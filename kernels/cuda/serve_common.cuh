@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 
+#include "cp_async.cuh"
 #include "graft/cuda/check.hpp"
 #include "graft/cuda/device_info.hpp"
 #include "graft/cuda/serve_lora.hpp"
@@ -44,31 +45,12 @@ __device__ __forceinline__ void load8(const bf16_t* p, bool al, float f[8]) {
   }
 }
 
-// 16-byte global -> shared copy; valid == false writes 16 zero bytes (src is not read).
+// 16-byte global -> shared copy; valid == false writes 16 zero bytes (src is not read). cp_async.cuh.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async(smem, gmem, 16, valid ? 16 : 0);
-#else
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-#endif
+  ptx::cp_async16(smem, gmem, valid ? 16 : 0);
 }
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async_commit();
-#else
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef GRAFT_SIMT
-  ::graft::simt::cp_async_wait(N);
-#else
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
 
 // Key k whose row tiles contain grid tile ty: tile_offsets[k] <= ty < tile_offsets[k+1]
 // (the largest k with tile_offsets[k] <= ty; keys without rows own no tile). ty < tile_offsets[num_keys].
