@@ -12,6 +12,8 @@ cd "$ROOT"
 KIT=${KIT:-gpu-kit}
 OUT=${OUT:-$ROOT/gpu-report}
 mkdir -p "$OUT/logs"
+# The kit's non-CUDA libraries travel gzipped (bench/gpu/build.sh).
+if [[ -f "$KIT/lib.tar.gz" && ! -d "$KIT/lib" ]]; then tar -xzf "$KIT/lib.tar.gz" -C "$KIT"; fi
 export LD_LIBRARY_PATH="$ROOT/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 START=$(date +%s)
 STEPS="$OUT/steps.jsonl"
@@ -97,6 +99,9 @@ json.dump(report, open(os.path.join(out, "report.json"), "w"), indent=1)
 md = ["# GPU check report", "", "```", report["environment"].strip(), "```", "",
       f"Total {report['seconds']} s.", "", "| step | rc | seconds | timed out |", "|---|---|---|---|"]
 md += [f"| {s['step']} | {s['rc']} | {s['seconds']} | {s['timed_out']} |" for s in steps]
+md += ["", "| test binary | tests | failed | skipped |", "|---|---|---|---|"]
+md += [f"| {b} | {t.get('tests')} | {t.get('failures')} | {sum(c['skipped'] for c in t.get('cases', []))} |"
+       for b, t in tests.items()]
 md += ["", "## Failed test cases"]
 nfail = 0
 for b, t in tests.items():
@@ -107,5 +112,5 @@ for b, t in tests.items():
 if not nfail:
     md.append("none")
 open(os.path.join(out, "report.md"), "w").write("\n".join(md) + "\n")
-print("\n".join(md[:60 + len(steps)]))
+print("\n".join(md[:80 + len(steps) + len(tests)]))
 PY
