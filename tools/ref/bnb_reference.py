@@ -67,13 +67,24 @@ def same(a, b):
                                                                       b.view(torch.uint8) if b.dtype != torch.uint8 else b)
 
 
+def dequant_f32(packed, state):
+    """bitsandbytes' f32 dequantization of one NF4 tensor, taken over the flat weight: the CPU kernel
+    (cdequantize_blockwise_cpu_nf4_fp32, bitsandbytes 0.50.2) is wrong when a row is shorter than or not a multiple of
+    the blocksize (e.g. a [64, 32] expert down_proj): it returns other values than code[nibble] * absmax[block]
+    (docs/testing.md has the reproduction). Flat, every row is whole blocks and the kernel is right."""
+    shape = state.shape
+    flat = F.QuantState(absmax=state.absmax, shape=torch.Size([shape.numel()]), code=state.code, blocksize=state.blocksize,
+                        quant_type=state.quant_type, dtype=torch.float32, offset=state.offset, state2=state.state2)
+    return F.dequantize_4bit(packed.reshape(-1, 1), flat).reshape(shape)
+
+
 def bits_equal(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.int16 if a.element_size() == 2 else torch.int32),
                                                                      b.contiguous().view(torch.int16 if b.element_size() == 2 else torch.int32))
 
 
 def check_quantize(src, gq, dq_out):
-    r = {"tensors": 0, "packed_bytes": 0, "absmax_bytes": 0, "dequant_values": 0, "mismatches": [], "bnb_cpu_farther_code": [],
+    r = {"tensors": 0, "packed_bytes": 0, "absmax_bytes": 0, "dequant_values": 0, "mismatches": [], "bnb_cpu_not_nearest": [],
          "dequant_bits_equal_blocks": 0}
     for name in quant_names(gq):
         w = src[name]
@@ -89,10 +100,11 @@ def check_quantize(src, gq, dq_out):
             "nested_absmax": (packed["nested_absmax"], gq[name + ".nested_absmax"]),
             "nested_quant_map": (packed["nested_quant_map"], gq[name + ".nested_quant_map"]),
         }
-        # absmax codes: bitsandbytes' CPU kernel (cquantize_blockwise_cpu_fp32) picks the farther of the two
-        # neighbouring codes for values within ~1e-5 of their midpoint (docs/testing.md has the reproduction);
-        # graft picks the nearer one, as bitsandbytes' CUDA kernel does. Such codes are counted apart; any
-        # other difference is a mismatch.
+        # absmax codes: bitsandbytes' CPU kernel (cquantize_blockwise_cpu_fp32) sometimes returns a code that is
+        # not the nearest one (its lookup-table search lands one or more codes off and the nearest-neighbour fix-up
+        # only looks to the right; docs/testing.md has the reproduction); graft takes the nearest code, as
+        # bitsandbytes' CUDA kernel (dQuantize) does. Such codes are counted apart, only where graft's code is
+        # strictly nearer; any other difference is a mismatch.
         a_b, a_g = packed["absmax"], gq[name + ".absmax"]
         if a_b.shape == a_g.shape and not torch.equal(a_b, a_g):
             code2 = packed["nested_quant_map"]
@@ -101,8 +113,9 @@ def check_quantize(src, gq, dq_out):
             for i in (a_b != a_g).nonzero().flatten().tolist():
                 x = ((raw_absmax[i] - s.offset) / nested[i // s.state2.blocksize]).item()
                 cb, cg = int(a_b[i]), int(a_g[i])
-                if abs(cb - cg) == 1 and abs(x - code2[cg].item()) < abs(x - code2[cb].item()):
-                    r["bnb_cpu_farther_code"].append({"tensor": name, "block": i, "normalized": x, "bitsandbytes": cb, "graft": cg})
+                if abs(x - code2[cg].item()) < abs(x - code2[cb].item()) and \
+                        abs(x - code2[cg].item()) == (code2 - x).abs().min().item():
+                    r["bnb_cpu_not_nearest"].append({"tensor": name, "block": i, "normalized": x, "bitsandbytes": cb, "graft": cg})
                 else:
                     r["mismatches"].append(f"{name}: absmax code of block {i}: bitsandbytes {cb}, graft {cg} (normalized {x!r})")
             checks.pop("absmax")
@@ -117,12 +130,9 @@ def check_quantize(src, gq, dq_out):
                 r["mismatches"].append(f"{name}: quant_state {k}: bitsandbytes {st_b.get(k)!r}, graft {st_g.get(k)!r}")
         # Dequantized: bitsandbytes' own result vs bitsandbytes' dequantization of graft's file, f32 output,
         # bit for bit outside the blocks whose absmax code differs as above.
-        s.dtype = torch.float32
-        sg = state_of(gq, name)
-        sg.dtype = torch.float32
-        d_b = F.dequantize_4bit(q, s).reshape(-1, st_g["blocksize"])
-        d_g = F.dequantize_4bit(gq[name].reshape(-1, 1), sg).reshape(-1, st_g["blocksize"])
-        skip = {c["block"] for c in r["bnb_cpu_farther_code"] if c["tensor"] == name}
+        d_b = dequant_f32(q, s).reshape(-1, st_g["blocksize"])
+        d_g = dequant_f32(gq[name], state_of(gq, name)).reshape(-1, st_g["blocksize"])
+        skip = {c["block"] for c in r["bnb_cpu_not_nearest"] if c["tensor"] == name}
         for blk in range(d_b.shape[0]):
             if blk in skip:
                 continue
@@ -150,7 +160,7 @@ def dequantized_linears(m):
     out = {}
     for n, mod in m.named_modules():
         if isinstance(mod, bnb.nn.Linear4bit):
-            out[n + ".weight"] = F.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+            out[n + ".weight"] = dequant_f32(mod.weight.data, mod.weight.quant_state)
     return out
 
 
@@ -172,9 +182,7 @@ def case(c):
              "graft_only": sorted(set(quant_names(gq)) - set(quant_names(hq)))}
         hdq = {}
         for name in quant_names(hq):
-            st = state_of(hq, name)
-            st.dtype = torch.float32
-            hdq[name] = F.dequantize_4bit(hq[name].reshape(-1, 1), st).contiguous()
+            hdq[name] = dequant_f32(hq[name], state_of(hq, name)).contiguous()
             r["tensors"] += 1
             r["bytes"] += sum(hq[k].numel() * hq[k].element_size() for k in hq if k == name or k.startswith(name + "."))
         save_file(hdq, c["hf_dequant"])
@@ -192,7 +200,7 @@ def case(c):
             if n not in gq_names:
                 r["mismatches"].append(f"{n}: a Linear4bit in transformers, not quantized in graft's file")
                 continue
-            ref = F.dequantize_4bit(gq[n].reshape(-1, 1), state_of(gq, n))
+            ref = dequant_f32(gq[n], state_of(gq, n))
             if not bits_equal(t, ref):
                 r["mismatches"].append(f"{n}: transformers' dequantized weight differs from the file's")
             r["tensors"] += 1

@@ -262,9 +262,9 @@ struct Loader {
         if (!std::equal(ours.begin(), ours.end(), nm.data<float>())) {
           std::vector<float> am_f(static_cast<size_t>(nb));
           for (int64_t b = 0; b < nb; ++b) {
-            const float v = nm.data<float>()[w->absmax_q[static_cast<size_t>(b)]] *
-                            w->nested_absmax[static_cast<size_t>(b / w->nested_blocksize)];
-            am_f[static_cast<size_t>(b)] = v + w->nested_offset;
+            am_f[static_cast<size_t>(b)] = nf4::decode_absmax(nm.data<float>()[w->absmax_q[static_cast<size_t>(b)]],
+                                                              w->nested_absmax[static_cast<size_t>(b / w->nested_blocksize)],
+                                                              w->nested_offset);
           }
           w->double_quant = false;
           w->absmax = std::move(am_f);

@@ -129,6 +129,11 @@ QuantizedWeight quantize(const Tensor& w, bool double_quant, int64_t blocksize) 
                   blocksize, orig);
 }
 
+float decode_absmax(float map_value, float nested_absmax, float offset) {
+  const float scaled = map_value * nested_absmax;
+  return scaled + offset;
+}
+
 std::vector<float> block_absmax(const QuantizedWeight& q) {
   const int64_t nb = q.num_blocks();
   if (!q.double_quant) {
@@ -144,8 +149,8 @@ std::vector<float> block_absmax(const QuantizedWeight& q) {
   const auto& dmap = dynamic_map_signed();
   std::vector<float> out(static_cast<size_t>(nb));
   for (int64_t b = 0; b < nb; ++b) {
-    float v = dmap[q.absmax_q[static_cast<size_t>(b)]] * q.nested_absmax[static_cast<size_t>(b / q.nested_blocksize)];
-    out[static_cast<size_t>(b)] = v + q.nested_offset;
+    out[static_cast<size_t>(b)] = decode_absmax(dmap[q.absmax_q[static_cast<size_t>(b)]],
+                                                q.nested_absmax[static_cast<size_t>(b / q.nested_blocksize)], q.nested_offset);
   }
   return out;
 }

@@ -55,6 +55,10 @@ QuantizedWeight quantize(std::span<const float> x, const Dims& shape, bool doubl
                          int64_t blocksize = 64, DType orig_dtype = DType::BF16);
 QuantizedWeight quantize(const Tensor& w, bool double_quant = true, int64_t blocksize = 64);
 
+// One double-quantized absmax: map_value * nested_absmax, rounded to f32, then + offset, rounded again,
+// as bitsandbytes computes it (two separate kernels). Never fused into one FMA (nf4.cpp is compiled with
+// -ffp-contract=off): a fused result differs in the last bit and so would every weight of the block.
+float decode_absmax(float map_value, float nested_absmax, float offset);
 // Per-block absmax values (decodes the nested state when double-quantized).  // [num_blocks]
 std::vector<float> block_absmax(const QuantizedWeight& q);
 // Dequantizes into `out` (numel f32 values): code[nibble] * absmax[block].
