@@ -34,4 +34,14 @@ TEST(Examples, EvaluateAdapterVsBase) {
   EXPECT_NE(out.find("OK: the adapter beats the base on both tasks"), std::string::npos) << out;
 }
 
+TEST(Examples, RecipeOnPrivateData) {
+  GRAFT_REQUIRE_REFERENCE("torch, transformers, peft");
+  auto [rc, out] = run_example("recipe-on-private-data");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("step 120/120"), std::string::npos) << out;  // the progress bar
+  EXPECT_NE(out.find("detected format alpaca"), std::string::npos) << out;
+  EXPECT_NE(out.find("OK: held-out loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("OK: PEFT loaded the adapter"), std::string::npos) << out;
+}
+
 }  // namespace
