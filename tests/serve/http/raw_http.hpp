@@ -23,9 +23,19 @@ struct HttpResponse {
   std::string body;                            // de-chunked
 };
 
-inline int connect_loopback(int port) {
+// A loopback connection, optionally from a chosen source address (127.0.0.2 is another client of this machine).
+inline int connect_loopback(int port, const char* source = nullptr) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return -1;
+  if (source) {
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    ::inet_pton(AF_INET, source, &src.sin_addr);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
+      ::close(fd);
+      return -1;
+    }
+  }
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
@@ -129,12 +139,8 @@ inline bool response_complete(const std::string& all) {
   return false;  // until the server closes
 }
 
-// Sends raw bytes and reads one whole response (until complete, closed, or the timeout).
-inline HttpResponse raw_exchange(int port, const std::string& request, int timeout_ms = 20000, bool half_close = false) {
-  int fd = connect_loopback(port);
-  if (fd < 0) return {};
-  send_all(fd, request);
-  if (half_close) ::shutdown(fd, SHUT_WR);  // end of request: the server sees EOF after it
+// Reads one response from an open socket (until complete, EOF, or the timeout).
+inline HttpResponse read_response(int fd, int timeout_ms) {
   std::string all;
   const auto t0 = std::chrono::steady_clock::now();
   for (;;) {
@@ -146,8 +152,18 @@ inline HttpResponse raw_exchange(int port, const std::string& request, int timeo
     all += s;
     if (response_complete(all)) break;
   }
-  ::close(fd);
   return parse_response(all);
+}
+
+// Sends raw bytes and reads one whole response (until complete, closed, or the timeout).
+inline HttpResponse raw_exchange(int port, const std::string& request, int timeout_ms = 20000, bool half_close = false) {
+  int fd = connect_loopback(port);
+  if (fd < 0) return {};
+  send_all(fd, request);
+  if (half_close) ::shutdown(fd, SHUT_WR);  // end of request: the server sees EOF after it
+  HttpResponse r = read_response(fd, timeout_ms);
+  ::close(fd);
+  return r;
 }
 
 inline HttpResponse http_call(int port, const std::string& method, const std::string& path, const std::string& body = {},

@@ -24,42 +24,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// A loopback connection from a chosen source address (127.0.0.2 is another client of the same machine).
-int connect_from(int port, const char* source) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in src{};
-  src.sin_family = AF_INET;
-  ::inet_pton(AF_INET, source, &src.sin_addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-// Reads one response from an open socket (until complete, EOF, or the timeout).
-HttpResponse read_response(int fd, int timeout_ms) {
-  std::string all;
-  const auto t0 = Clock::now();
-  for (;;) {
-    const int left = timeout_ms - static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count());
-    if (left <= 0) break;
-    std::string s = recv_some(fd, left);
-    if (s.empty()) break;
-    all += s;
-    if (response_complete(all)) break;
-  }
-  return parse_response(all);
-}
-
 std::string code_of(const HttpResponse& r) {
   json j = json::parse(r.body, nullptr, false);
   return j.is_object() && j.contains("error") && j["error"]["code"].is_string() ? j["error"]["code"].get<std::string>() : "";
@@ -225,10 +189,10 @@ TEST_F(Transport, ConnectionCapsAnswerA503AndSpareOtherClients) {
   o.max_connections_per_client = 4;
   start(o);
   std::vector<int> held;
-  for (int i = 0; i < 4; ++i) held.push_back(connect_from(port_, "127.0.0.1"));
+  for (int i = 0; i < 4; ++i) held.push_back(connect_loopback(port_, "127.0.0.1"));
   std::this_thread::sleep_for(200ms);
   // A fifth connection from the same address: 503 with an OpenAI error object, then closed.
-  int fifth = connect_from(port_, "127.0.0.1");
+  int fifth = connect_loopback(port_, "127.0.0.1");
   ASSERT_GE(fifth, 0);
   send_all(fifth, build_request("GET", "/health", ""));
   auto r = read_response(fifth, 5000);
@@ -238,7 +202,7 @@ TEST_F(Transport, ConnectionCapsAnswerA503AndSpareOtherClients) {
   EXPECT_NE(r.body.find("--max-connections-per-client"), std::string::npos) << r.body;
   EXPECT_EQ(r.headers["retry-after"], "1");
   // Another client address is not affected.
-  int other = connect_from(port_, "127.0.0.2");
+  int other = connect_loopback(port_, "127.0.0.2");
   ASSERT_GE(other, 0) << "127.0.0.2 is a loopback address on Linux";
   send_all(other, build_request("POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})"));
   EXPECT_EQ(read_response(other, 5000).status, 200);
