@@ -3,11 +3,14 @@
 // with a message only when the venv is absent or lacks a module.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -51,6 +54,36 @@ inline std::pair<int, std::string> ref_run(const std::string& cmd) {
   const int rc = pclose(p);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
 }
+
+// A test suite whose cases share one expensive reference run (one Python process for the whole suite).
+// State: a struct with members `std::filesystem::path dir`, `std::string skip` (non-empty: every case skips with
+// it) and `std::string error` (non-empty: the set-up failed, every case fails showing it). Prepare() fills the state
+// from a fresh temporary dir (named Prefix + pid, kept when GRAFT_KEEP_TMP is set) once `import Modules` works.
+template <class State, State& (*Get)(), std::string (*Prepare)(), const char* Modules, const char* Prefix>
+class ReferenceSuite : public ::testing::Test {
+ protected:
+  static State& shared() { return Get(); }
+  static void SetUpTestSuite() {
+    State& s = Get();
+    s.skip = ref_python_missing(Modules);
+    if (!s.skip.empty()) return;
+    s.dir = std::filesystem::temp_directory_path() / (std::string(Prefix) + std::to_string(::getpid()));
+    std::filesystem::remove_all(s.dir);
+    std::filesystem::create_directories(s.dir);
+    try {
+      s.error = Prepare();
+    } catch (const std::exception& e) {
+      s.error = e.what();
+    }
+  }
+  static void TearDownTestSuite() {
+    if (!Get().dir.empty() && !std::getenv("GRAFT_KEEP_TMP")) std::filesystem::remove_all(Get().dir);
+  }
+  void SetUp() override {
+    if (!Get().skip.empty()) GTEST_SKIP() << Get().skip;
+    ASSERT_TRUE(Get().error.empty()) << Get().error;
+  }
+};
 
 }  // namespace graft::testing
 

@@ -149,29 +149,9 @@ std::string set_up() {
   return "";
 }
 
-class PeftReference : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    Shared& s = shared();
-    s.skip = graft::testing::ref_python_missing("torch, transformers, peft");
-    if (!s.skip.empty()) return;
-    s.dir = fs::temp_directory_path() / ("graft_peft_ref_" + std::to_string(::getpid()));
-    fs::remove_all(s.dir);
-    fs::create_directories(s.dir);
-    try {
-      s.error = set_up();
-    } catch (const std::exception& e) {
-      s.error = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    if (!shared().dir.empty() && !std::getenv("GRAFT_KEEP_TMP")) fs::remove_all(shared().dir);
-  }
-  void SetUp() override {
-    if (!shared().skip.empty()) GTEST_SKIP() << shared().skip;
-    ASSERT_TRUE(shared().error.empty()) << shared().error;
-  }
-};
+constexpr char kPeftReferenceModules[] = "torch, transformers, peft";
+constexpr char kPeftReferenceDirPrefix[] = "graft_peft_ref_";
+class PeftReference : public graft::testing::ReferenceSuite<Shared, shared, set_up, kPeftReferenceModules, kPeftReferenceDirPrefix> {};
 
 struct Compare {
   double max_rel = 0;       // max |a - b| / max |b|

@@ -120,28 +120,10 @@ int64_t expect_weights_equal(const std::string& model_dir, const std::string& re
   return n;
 }
 
-class BnbReference : public ::testing::Test {
+constexpr char kBnbReferenceModules[] = "torch, transformers, bitsandbytes";
+constexpr char kBnbReferenceDirPrefix[] = "graft_bnb_ref_";
+class BnbReference : public graft::testing::ReferenceSuite<Shared, shared, set_up, kBnbReferenceModules, kBnbReferenceDirPrefix> {
  protected:
-  static void SetUpTestSuite() {
-    Shared& s = shared();
-    s.skip = graft::testing::ref_python_missing("torch, transformers, bitsandbytes");
-    if (!s.skip.empty()) return;
-    s.dir = fs::temp_directory_path() / ("graft_bnb_ref_" + std::to_string(::getpid()));
-    fs::remove_all(s.dir);
-    fs::create_directories(s.dir);
-    try {
-      s.error = set_up();
-    } catch (const std::exception& e) {
-      s.error = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    if (!shared().dir.empty() && !std::getenv("GRAFT_KEEP_TMP")) fs::remove_all(shared().dir);
-  }
-  void SetUp() override {
-    if (!shared().skip.empty()) GTEST_SKIP() << shared().skip;
-    ASSERT_TRUE(shared().error.empty()) << shared().error;
-  }
   // The report of one step; skips the test showing bitsandbytes'/transformers' exact error when the
   // library could not do it on the CPU.
   static const nlohmann::json& step(const std::string& arch, const std::string& what) {
