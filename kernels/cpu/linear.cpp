@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
 
@@ -62,6 +63,11 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   GRAFT_CHECK(w.shape[1] == K, "linear_nf4: x {} and NF4 weight {} disagree on K", x.describe(), w.shape.str());
   GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "linear_nf4: y {} must be [{}, {}]", y.describe(), T, N);
   const std::vector<float> absmax = nf4::block_absmax(w);
+  if (T <= 16) {
+    // Decode: codes decoded in registers, the packed weight streamed once (nf4_gemv.cpp).
+    nf4_gemv(x.data<float>(), T, K, w, absmax, y.data<float>());
+    return;
+  }
   const auto& code = nf4::code();
   constexpr int64_t kPanel = 64;  // rows of W dequantized at a time
   MapC X(x.data<float>(), T, K);

@@ -1,0 +1,24 @@
+// NF4 matmul for decode-shaped inputs: decodes the 4-bit codes in registers inside the dot product
+// (no dequantized panel), streaming the packed weight once; all T rows share each decoded block.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "graft/quant/nf4.hpp"
+
+namespace graft::cpu {
+
+enum class Nf4Isa { Auto, Portable, Avx2, Avx512 };
+
+// Best ISA this CPU supports; GRAFT_NF4_ISA=portable|avx2|avx512 caps it (for tests and benches).
+Nf4Isa nf4_isa_detect();
+bool nf4_isa_supported(Nf4Isa isa);
+
+// y[T, N] (=) x[T, K] · dequant(w)ᵀ for w NF4 [N, K]; absmax = nf4::block_absmax(w) [num_blocks].
+// SIMD paths need K % blocksize == 0 and blocksize % 32 == 0, else the portable path runs (any layout).
+// Throws when `isa` is not supported by this CPU. Parallel over output rows (OpenMP).
+void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, std::span<const float> absmax,
+              float* y, Nf4Isa isa = Nf4Isa::Auto);
+
+}  // namespace graft::cpu

@@ -1,0 +1,81 @@
+// nf4_gemv (codes decoded in registers) == dequantize-then-matmul, on every ISA path this CPU has.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "graft/cpu/nf4_gemv.hpp"
+#include "graft/cpu/ops.hpp"
+#include "test_util.hpp"
+
+namespace graft::cpu {
+namespace {
+
+// y_ref[T, N] in double from the dequantized weight.
+std::vector<double> reference(const Tensor& x, const nf4::QuantizedWeight& q) {
+  const Tensor wd = nf4::dequantize(q);
+  const int64_t T = x.size(0), K = x.size(1), N = q.shape[0];
+  std::vector<double> y(static_cast<size_t>(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += double(x.data<float>()[t * K + k]) * wd.data<float>()[n * K + k];
+      y[t * N + n] = s;
+    }
+  return y;
+}
+
+struct Shape {
+  int64_t T, N, K, blocksize;
+  bool double_quant;
+};
+
+TEST(CpuNf4Gemv, EqualsDequantizeThenMatmulOnEveryIsa) {
+  const Shape shapes[] = {{1, 37, 128, 64, true},   {16, 65, 256, 64, true},  {3, 300, 512, 64, false},
+                          {1, 19, 100, 64, true},   {5, 7, 33, 64, true},      {2, 40, 192, 32, true},
+                          {16, 9, 128, 128, true},  {4, 513, 64, 64, true}};
+  int paths = 0;
+  for (Nf4Isa isa : {Nf4Isa::Portable, Nf4Isa::Avx2, Nf4Isa::Avx512}) {
+    if (!nf4_isa_supported(isa)) continue;
+    ++paths;
+    for (const Shape& s : shapes) {
+      SCOPED_TRACE(::testing::Message() << "isa " << int(isa) << " T " << s.T << " N " << s.N << " K " << s.K
+                                      << " bs " << s.blocksize);
+      const Tensor wf = graft::testing::randn({s.N, s.K}, 11u + uint32_t(s.K), 0.05f);
+      const nf4::QuantizedWeight q = nf4::quantize(std::span<const float>(wf.data<float>(), size_t(wf.numel())), wf.shape(), s.double_quant, s.blocksize);
+      const Tensor x = graft::testing::randn({s.T, s.K}, 7u + uint32_t(s.T));
+      Tensor y = graft::testing::poisoned({s.T, s.N});
+      const std::vector<float> absmax = nf4::block_absmax(q);
+      nf4_gemv(x.data<float>(), s.T, s.K, q, absmax, y.data<float>(), isa);
+      const std::vector<double> ref = reference(x, q);
+      EXPECT_LT(graft::testing::rel_err(y.data<float>(), ref.data(), s.T * s.N), 1e-5);
+    }
+  }
+  EXPECT_GE(paths, 1);
+}
+
+TEST(CpuNf4Gemv, LinearNf4AgreesAcrossTheDecodeAndPanelPaths) {
+  // T = 16 takes nf4_gemv, T = 17 the dequantized-panel GEMM; both must match the reference.
+  const Tensor wf = graft::testing::randn({70, 192}, 3u, 0.05f);
+  const nf4::QuantizedWeight q = nf4::quantize(wf, true, 64);
+  for (int64_t T : {1, 16, 17}) {
+    SCOPED_TRACE(T);
+    const Tensor x = graft::testing::randn({T, 192}, 5u);
+    Tensor y = graft::testing::poisoned({T, 70});
+    linear_nf4(x, q, y);
+    const std::vector<double> ref = reference(x, q);
+    EXPECT_LT(graft::testing::rel_err(y.data<float>(), ref.data(), T * 70), 1e-5);
+  }
+}
+
+TEST(CpuNf4Gemv, RejectsTooManyRowsAndWrongK) {
+  const Tensor wf = graft::testing::randn({8, 64}, 1u);
+  const nf4::QuantizedWeight q = nf4::quantize(wf, true, 64);
+  const std::vector<float> absmax = nf4::block_absmax(q);
+  std::vector<float> x(17 * 64), y(17 * 8);
+  EXPECT_THROW(nf4_gemv(x.data(), 17, 64, q, absmax, y.data()), Error);
+  EXPECT_THROW(nf4_gemv(x.data(), 1, 32, q, absmax, y.data()), Error);
+}
+
+}  // namespace
+}  // namespace graft::cpu
