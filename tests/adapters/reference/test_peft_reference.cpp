@@ -219,7 +219,9 @@ TEST_F(PeftReference, GraftTrainedAdaptersLoadInPeftWithTheSameLogits) {
     if (c.name.size() > 7 && c.name.compare(c.name.size() - 7, 7, "_linear") == 0) {
       // Known gap (issue 12, docs/testing.md): on MoE families PEFT's "all-linear" means attention + routed
       // experts + the router, and PEFT cannot adapt dense MLP layers or shared experts there; graft's all-linear
-      // is attention + dense/shared MLP. graft's export must write an explicit module list for these families.
+      // is attention + dense/shared MLP. PEFT's MoE config conversion rewrites any target_modules gate_proj /
+      // up_proj / down_proj to the fused experts, so graft's export must name the dense/shared MLP it adapted as
+      // target_parameters "<module>.weight" (verified to load those nn.Linear with graft's key names).
       const Compare r = compare_logits(c);
       std::printf("[ known gap ] %s: all-linear differs between graft and PEFT on MoE families (max rel %.3g)\n",
                   c.name.c_str(), r.max_rel);
