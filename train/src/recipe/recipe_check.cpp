@@ -23,8 +23,13 @@ RecipeCheck check_recipe_files(const LoadedRecipe& lr) {
       const auto cfg = config::load_model_config(base.string());
       out.notes.push_back(fmt::format("base_model {}: config.json is a supported {} ({} layers, hidden {}, vocab {})",
                                       base.string(), cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size));
+      const auto targets = lora_target_problems(r, cfg);
+      out.problems.insert(out.problems.end(), targets.begin(), targets.end());
+      if (targets.empty())
+        out.notes.push_back(fmt::format("LoRA targets: every target name matches modules of this {} base", cfg.model_type));
     } catch (const graft::Error& e) {
       problem(fmt::format("base_model {}: {}", base.string(), e.message()), e.fix());
+      out.notes.push_back("LoRA targets: not checked (base_model's config.json did not load)");
     }
     bool weights = false;
     for (const auto& e : fs::directory_iterator(base)) weights = weights || e.path().extension() == ".safetensors";
@@ -36,6 +41,8 @@ RecipeCheck check_recipe_files(const LoadedRecipe& lr) {
         "base_model '{}' is not a local directory here: not checked (graft train loads a local directory; download "
         "it, e.g. `huggingface-cli download {} --local-dir DIR`, and set base_model: DIR)",
         r.base_model(), r.base_model()));
+    out.notes.push_back(fmt::format("LoRA targets: not checked against the architecture (base_model '{}' is not on disk "
+                                    "here, and its config.json names the modules)", r.base_model()));
   }
   // ---- tokenizer, chat template, special tokens
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();

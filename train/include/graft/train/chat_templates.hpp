@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "graft/chat_template/chat_template.hpp"
+#include "graft/config/model_config.hpp"
 #include "graft/tokenizer/tokenizer.hpp"
 #include "graft/train/recipe.hpp"
 
@@ -46,5 +47,9 @@ struct RecipeCheck {
   std::vector<std::string> problems;  // would fail at training time, one line each (with a fix)
 };
 RecipeCheck check_recipe_files(const LoadedRecipe& recipe);
+// The recipe's LoRA target names (lora_target_modules list entries and regex, lora_target_parameters)
+// that match no module of a model with config `cfg` (config.json only, no weights), one problem each
+// naming the entry and listing the family's valid names, with a fix. Empty when all can match.
+std::vector<std::string> lora_target_problems(const Recipe& recipe, const config::ModelConfig& cfg);
 
 }  // namespace graft::train
