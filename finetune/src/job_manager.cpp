@@ -77,7 +77,7 @@ nlohmann::json job_json(const Job& j) {
           {"created_at", j.created_at}, {"finished_at", j.finished_at}, {"trained_tokens", j.trained_tokens},
           {"fine_tuned_model", j.fine_tuned_model}, {"error_code", j.error_code}, {"error_message", j.error_message},
           {"resumes", j.resumes}, {"progress_mark", j.progress_mark}, {"stopped_cleanly", j.stopped_cleanly},
-          {"stalled_restarts", j.stalled_restarts}};
+          {"stalled_restarts", j.stalled_restarts}, {"warnings", j.warnings}};
 }
 Job job_from(const nlohmann::json& x) {
   Job j;
@@ -95,6 +95,7 @@ Job job_from(const nlohmann::json& x) {
   j.progress_mark = x.value("progress_mark", std::string());
   j.stopped_cleanly = x.value("stopped_cleanly", false);
   j.stalled_restarts = x.value("stalled_restarts", int64_t{0});
+  j.warnings = x.value("warnings", std::vector<std::string>{});
   return j;
 }
 }  // namespace
@@ -172,6 +173,7 @@ nlohmann::json Job::to_openai(const std::string& base_name) const {
                                                            ? nlohmann::json(*request.learning_rate_multiplier)
                                                            : nlohmann::json("auto")}};
   if (!request.suffix.empty()) j["suffix"] = request.suffix;
+  if (!warnings.empty()) j["warnings"] = warnings;  // graft extension: recipe warnings (also job events)
   return j;
 }
 
@@ -521,6 +523,7 @@ Job JobManager::create(const std::string& owner, JobRequest req) {
   }
   check_job_keys_allowed(req.extra);
   if (I.hooks.base) check_job_recipe(loaded.proto, *I.hooks.base, I.opts.limits);
+  j.warnings = loaded.warnings;
   const std::string& yaml = loaded.text;
   fs::create_directories(dir);
   write_file_atomic((dir / "recipe.yaml").string(), yaml.data(), yaml.size());
@@ -531,6 +534,7 @@ Job JobManager::create(const std::string& owner, JobRequest req) {
     I.order.push_back(j.id);
   }
   I.add_event(j.id, "info", "Created fine-tuning job: " + j.id);
+  for (const auto& w : j.warnings) I.add_event(j.id, "warn", "recipe: " + w);
   I.cv.notify_all();
   return j;
 }

@@ -256,6 +256,41 @@ TEST_F(Jobs, CancelQueuedAndRunningJobs) {
   EXPECT_TRUE(published_.empty());
 }
 
+// An accepted-with-a-warning recipe key (an 8-bit optimizer name runs graft's fp32 AdamW) is not
+// dropped: the job carries the loader's warning, as a "warn" event and in the job's JSON, across restarts.
+TEST_F(Jobs, RecipeWarningsBecomeJobEvents) {
+  auto f = files_->add("alice", "t.jsonl", "fine-tune", dataset(8, 0));
+  std::string id;
+  {
+    auto jm = make_jobs();
+    auto r = request(f.id, 400);
+    r.extra["optimizer"] = "paged_adamw_8bit";
+    const auto j = jm->create("alice", r);
+    id = j.id;
+    ASSERT_EQ(j.warnings.size(), 1u);
+    EXPECT_NE(j.warnings[0].find("optimizer: paged_adamw_8bit runs graft's AdamW"), std::string::npos) << j.warnings[0];
+    int warns = 0;
+    for (const auto& e : jm->events("alice", id, "", 1000))
+      if (e.level == "warn") {
+        ++warns;
+        EXPECT_EQ(e.message, "recipe: " + j.warnings[0]);
+      }
+    EXPECT_EQ(warns, 1);
+    const auto o = j.to_openai("tiny");
+    ASSERT_TRUE(o.contains("warnings"));
+    EXPECT_EQ(o["warnings"], nlohmann::json::array({j.warnings[0]}));
+    EXPECT_EQ(jm->cancel("alice", id).status, "cancelled");
+    // A recipe without warnings adds no warn event and no "warnings" field.
+    const auto plain = jm->create("alice", request(f.id, 400));
+    EXPECT_TRUE(plain.warnings.empty());
+    EXPECT_FALSE(plain.to_openai("tiny").contains("warnings"));
+    for (const auto& e : jm->events("alice", plain.id, "", 1000)) EXPECT_NE(e.level, "warn") << e.message;
+    EXPECT_EQ(jm->cancel("alice", plain.id).status, "cancelled");
+  }
+  auto jm = make_jobs();  // persisted with the job
+  EXPECT_EQ(jm->get("alice", id).warnings.size(), 1u);
+}
+
 namespace {
 int status_of(const std::function<void()>& fn, std::string* message = nullptr, std::string* param = nullptr) {
   try {

@@ -66,6 +66,9 @@ struct Job {
   std::string progress_mark;
   bool stopped_cleanly = false;
   int64_t stalled_restarts = 0;
+  // The recipe loader's warnings (accepted keys graft ignores or honours differently, e.g. an 8-bit
+  // optimizer name): one "job.recipe:line:col: ..." line each; also one "warn" event each.
+  std::vector<std::string> warnings;
   nlohmann::json to_openai(const std::string& base_name) const;
 };
 
