@@ -1,4 +1,4 @@
-// CUDA kernels of the dense training step that are not GEMMs (kernels/cuda/{rmsnorm,swiglu,
+// CUDA kernels of the dense training step that are not GEMMs (kernels/cuda/{rmsnorm,swiglu,rope,
 // cross_entropy,adamw}.cu). Conventions (docs/kernels.md): row-major contiguous device pointers,
 // bf16 = __nv_bfloat16 activations, fp32 accumulation, fp32 optimizer state, `=` outputs unless a
 // parameter says otherwise, every reduction in a fixed order (bit-identical from run to run).
@@ -26,6 +26,21 @@ void swiglu_fwd(const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, __nv_
 // dg = bf16(dout·u·σ(g)(1 + g(1 − σ(g)))), du = bf16(dout·silu(g)) (=).  all bf16 [n].
 void swiglu_bwd(const __nv_bfloat16* g, const __nv_bfloat16* u, const __nv_bfloat16* dout, int64_t n,
                 __nv_bfloat16* dg, __nv_bfloat16* du, cudaStream_t stream);
+
+// Rotary position embeddings on the first rot_dim dims of each head (kernels/cpu/rope.cpp's
+// formula): per token t and pair i, f = inv_freq[i]·float(positions[t]) in fp32, c = cos(f)·s_a,
+// s = sin(f)·s_a with s_a = attention_scaling; pairs (i, i + rot_dim/2) when !interleaved (HF
+// rotate-half), (2i, 2i+1) when interleaved (DeepSeek q_pe/k_pe). fwd rotates by +θ, bwd by −θ
+// (the transpose: dx from dy). Dims [rot_dim, head_dim) are copied. (=); in place allowed.
+// x, y, dy, dx bf16 [T, heads, head_dim]; positions int32 [T]; inv_freq fp32 [rot_dim/2] (device,
+// ops::RopeTable::inv_freq) and attention_scaling (ops::RopeTable::attention_scaling).
+// T >= 0, heads >= 1, 2 <= rot_dim <= head_dim, rot_dim even.
+void rope_fwd(const __nv_bfloat16* x, const int32_t* positions, const float* inv_freq, float attention_scaling,
+              int64_t T, int64_t heads, int64_t head_dim, int rot_dim, bool interleaved, __nv_bfloat16* y,
+              cudaStream_t stream);
+void rope_bwd(const __nv_bfloat16* dy, const int32_t* positions, const float* inv_freq, float attention_scaling,
+              int64_t T, int64_t heads, int64_t head_dim, int rot_dim, bool interleaved, __nv_bfloat16* dx,
+              cudaStream_t stream);
 
 // Fused cross-entropy, one block per row: loss[t] = logsumexp(logits[t]) − logits[t, y_t] (fp32, =),
 // dlogits[t] = bf16((softmax(logits[t]) − onehot(y_t)) · grad_scale) (=, may be null). Rows with
