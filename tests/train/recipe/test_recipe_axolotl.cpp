@@ -140,6 +140,23 @@ TEST(RecipeAxolotl, ResultChangingKeysStayErrorsWithAFix) {
   EXPECT_EQ(parse_recipe_text(kBase + "group_by_length: false\n").warnings.size(), 1u);
 }
 
+// PEFT modules_to_save (full trained copies of embed_tokens / lm_head) is not implemented: a non-empty
+// list is an error with the fix, collected with the recipe's other problems; blank or [] is absent.
+TEST(RecipeAxolotl, ModulesToSaveIsAnErrorCollectedWithTheOthers) {
+  const std::string e = error_of(kBase + "lora_modules_to_save:\n  - embed_tokens\n  - lm_head\noptimizer: adafactor\n"
+                                         "learning_rate: -1\n");
+  expect_all(e, {"t.yaml: 3 problems in the recipe", "t.yaml:7:3: lora_modules_to_save [embed_tokens, lm_head] is not supported",
+                 "graft trains low-rank LoRA factors only", "no per-adapter full copy", "fix: remove lora_modules_to_save",
+                 "t.yaml:9:12: key 'optimizer' = 'adafactor'", "t.yaml:10:16: key 'learning_rate' = -1"});
+  expect_all(error_of(kBase + "lora_modules_to_save: [lm_head]\n"), {"lora_modules_to_save [lm_head] is not supported"});
+  for (const char* absent : {"lora_modules_to_save:\n", "lora_modules_to_save: []\n", "lora_modules_to_save: null\n"}) {
+    const auto r = parse(kBase + absent);
+    EXPECT_EQ(r.proto.lora_modules_to_save_size(), 0) << absent;
+    EXPECT_TRUE(r.warnings.empty()) << absent << joined(r.warnings);
+    EXPECT_EQ(r.hash, parse(kBase).hash) << absent;
+  }
+}
+
 TEST(RecipeAxolotl, SuggestionsOnlyForCloseSpellings) {
   // tokenizer_type is an Axolotl key (accepted), never "did you mean 'tokenizer'".
   auto r = parse_recipe_text(kBase + "tokenizer_type: AutoTokenizer\n");
