@@ -1,4 +1,5 @@
 // PEFT adapter files <-> graft Adapter: key naming, shape and rank validation, fused-expert packing.
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <regex>
@@ -344,6 +345,48 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg) {
     }
   }
   return ad;
+}
+
+namespace {
+// Whether save_peft writes this projection's experts fused (target_parameters gate_up_proj / experts.down_proj).
+bool is_fused_in_config(const PeftConfig& c, ExpertProj p) {
+  for (auto& t : c.target_parameters)
+    if (p == ExpertProj::Down ? is_fused_down_param(t) : is_fused_gate_up_param(t)) return true;
+  return false;
+}
+}  // namespace
+
+void make_targets_explicit(Adapter& a, const config::ModelConfig& cfg) {
+  PeftConfig& c = a.config;
+  if (!c.all_linear || !cfg.is_moe_model()) return;
+  static const std::set<std::string> kMlpLeaves = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"};
+  std::set<std::string> modules;
+  std::vector<std::string> params = c.target_parameters;
+  for (const auto& [k, f] : a.modules) {
+    const std::string key = module_key(cfg, k.first, k.second);  // model.layers.N.<parent>.<leaf>
+    const size_t leaf_dot = key.rfind('.');
+    const std::string leaf = key.substr(leaf_dot + 1);
+    if (!kMlpLeaves.count(leaf)) {
+      modules.insert(leaf);
+      continue;
+    }
+    const size_t parent_dot = key.rfind('.', leaf_dot - 1);
+    const std::string param = key.substr(parent_dot + 1) + ".weight";  // e.g. shared_experts.gate_proj.weight
+    if (std::find(params.begin(), params.end(), param) == params.end()) params.push_back(param);
+  }
+  // Experts saved per expert (v4 names): PEFT's conversion fuses them, but only when target_modules names the
+  // v4 projections (gate_proj/up_proj/down_proj, Mixtral's w1/w3/w2); it never touches target_parameters.
+  bool per_expert = false;
+  for (const auto& [k, f] : a.experts) {
+    const ExpertProj p = std::get<1>(k);
+    if (!is_fused_in_config(c, p)) per_expert = true;
+  }
+  if (per_expert)
+    for (ExpertProj p : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) modules.insert(expert_proj_name(cfg, p));
+  c.all_linear = false;
+  c.target_modules.assign(modules.begin(), modules.end());
+  if (params.size() > c.target_parameters.size()) c.lora_dropout = 0;
+  c.target_parameters = std::move(params);
 }
 
 void save_peft(const std::string& dir, const Adapter& a, const config::ModelConfig& cfg) {

@@ -242,9 +242,13 @@ bool targets_module(const PeftConfig& c, const std::string& module_key, int laye
   if (!c.target_modules_regex.empty()) return std::regex_match(module_key, compile(c.target_modules_regex, "target_modules"));
   for (auto& t : c.target_modules)
     if (suffix_match(module_key, t)) return true;
-  // target_parameters: "mlp.experts.gate_up_proj" targets the parameter `gate_up_proj` of module `mlp.experts`.
-  for (auto& t : c.target_parameters)
-    if (suffix_match(module_key, t)) return true;
+  // target_parameters: "mlp.experts.gate_up_proj" targets the parameter `gate_up_proj` of module `mlp.experts`;
+  // "mlp.gate_proj.weight" the weight of the Linear `mlp.gate_proj` (PEFT's ParamWrapper over an nn.Linear).
+  static const std::string kWeight = ".weight";
+  for (auto& t : c.target_parameters) {
+    const bool weight = t.size() > kWeight.size() && t.compare(t.size() - kWeight.size(), kWeight.size(), kWeight) == 0;
+    if (suffix_match(module_key, weight ? t.substr(0, t.size() - kWeight.size()) : t)) return true;
+  }
   return false;
 }
 

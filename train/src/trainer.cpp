@@ -412,6 +412,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   exported.config = pc;
   for (auto& [k, p] : ad.params()) exported.modules[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
   for (auto& [k, p] : ad.expert_params()) exported.experts[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
+  adapters::make_targets_explicit(exported, cfg);  // PEFT rewrites all-linear on MoE families (peft.hpp)
   adapters::save_peft(out.string(), exported, cfg);
   sum.adapter_dir = out.string();
   if (!curve.empty()) write_loss_plot((out / "loss.svg").string(), curve, fmt::format("graft train: {}", lr.source));

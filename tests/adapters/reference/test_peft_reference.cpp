@@ -216,17 +216,9 @@ TEST_F(PeftReference, GraftTrainedAdaptersLoadInPeftWithTheSameLogits) {
   for (const auto& c : shared().cases) {
     if (c.kind != "train") continue;
     SCOPED_TRACE(c.name);
-    if (c.name.size() > 7 && c.name.compare(c.name.size() - 7, 7, "_linear") == 0) {
-      // Known gap (issue 12, docs/testing.md): on MoE families PEFT's "all-linear" means attention + routed
-      // experts + the router, and PEFT cannot adapt dense MLP layers or shared experts there; graft's all-linear
-      // is attention + dense/shared MLP. PEFT's MoE config conversion rewrites any target_modules gate_proj /
-      // up_proj / down_proj to the fused experts, so graft's export must name the dense/shared MLP it adapted as
-      // target_parameters "<module>.weight" (verified to load those nn.Linear with graft's key names).
-      const Compare r = compare_logits(c);
-      std::printf("[ known gap ] %s: all-linear differs between graft and PEFT on MoE families (max rel %.3g)\n",
-                  c.name.c_str(), r.max_rel);
-      continue;
-    }
+    // all-linear on MoE families: graft exports the explicit form (attention in target_modules, dense/shared
+    // MLP Linears as target_parameters "<parent>.<leaf>.weight") because PEFT's MoE conversion rewrites every
+    // gate_proj/up_proj/down_proj target_modules entry (and "all-linear") to the fused experts + router.
     expect_clean_load(c.name);
     const Compare r = compare_logits(c);
     std::printf("[ figures ] %s: max rel logits error %.3g, adapter effect %.3g\n", c.name.c_str(), r.max_rel, r.effect);

@@ -100,6 +100,13 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg);
 // must then share A), per expert otherwise. save_peft(load_peft(x)) reproduces x byte for byte for
 // files graft wrote.
 void save_peft(const std::string& dir, const Adapter& a, const config::ModelConfig& cfg);
+// Rewrites an all-linear config of an MoE family into the explicit form PEFT loads as written: attention
+// leaf names in target_modules, each adapted dense or shared-expert MLP Linear as "<parent>.<leaf>.weight" in
+// target_parameters (lora_dropout then 0: PEFT's ParamWrapper refuses dropout; it never changes outputs).
+// Why: PEFT (0.18+ with transformers v5) rewrites target_modules on MoE families whose experts transformers
+// fuses: every gate_proj/up_proj/down_proj entry (list, regex or all-linear) becomes the fused experts, and
+// all-linear adds the router, so "all-linear" would load graft's MLP LoRA nowhere. Other configs: unchanged.
+void make_targets_explicit(Adapter& a, const config::ModelConfig& cfg);
 // A fresh config for an adapter graft trains: r, alpha, target_modules; everything else default.
 PeftConfig make_config(int64_t r, double alpha, std::vector<std::string> target_modules,
                        std::vector<std::string> target_parameters = {});
