@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/reference_bwd.hpp"
 #include "graft/parallel.hpp"
 
 namespace graft::cpu {
@@ -63,6 +64,39 @@ class CpuBackend final : public Backend {
   }
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& ex,
                    const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input, Tensor& out) override;
+  void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx) override {
+    const int64_t D = x.size(-1);
+    GRAFT_CHECK(dy.numel() == x.numel() && dx.numel() == x.numel() && w.numel() == D,
+                "rmsnorm_bwd: x {}, w {}, dy {}, dx {} must share the shape [.., {}]", x.describe(), w.describe(),
+                dy.describe(), dx.describe(), D);
+    ref::rmsnorm_bwd<float>(x.data<float>(), w.data<float>(), dy.data<float>(), eps, x.numel() / D, D,
+                            dx.data<float>());
+  }
+  void swiglu_bwd(const Tensor& g, const Tensor& u, const Tensor& dout, Tensor& dg, Tensor& du) override {
+    GRAFT_CHECK(u.numel() == g.numel() && dout.numel() == g.numel() && dg.numel() == g.numel() &&
+                    du.numel() == g.numel(),
+                "swiglu_bwd: gate {}, up {}, dout {}, dgate {}, dup {} must have equal sizes", g.describe(),
+                u.describe(), dout.describe(), dg.describe(), du.describe());
+    ref::swiglu_bwd<float>(g.data<float>(), u.data<float>(), dout.data<float>(), g.numel(), dg.data<float>(),
+                           du.data<float>());
+  }
+  void rope_bwd(Tensor& dx, std::span<const int32_t> pos, const RopeTable& t, int rot_dim, bool interleaved) override {
+    GRAFT_CHECK(dx.ndim() == 3, "rope_bwd: dx {} must be [T, heads, head_dim]", dx.describe());
+    ref::rope_bwd<float>(dx.data<float>(), dx.size(0), dx.size(1), dx.size(2), rot_dim, t.inv_freq,
+                         t.attention_scaling, pos, interleaved);
+  }
+  void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                     std::span<const int32_t> q_pos, std::span<const int32_t> k_pos, const AttentionMask& mask,
+                     float scale, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    cpu::attention_bwd(q, k, v, dout, q_pos, k_pos, mask, scale, dq, dk, dv);
+  }
+  double cross_entropy(const Tensor& logits, std::span<const int32_t> labels, Tensor* dlogits) override {
+    const int64_t T = logits.size(0), V = logits.size(1);
+    GRAFT_CHECK(static_cast<int64_t>(labels.size()) == T && (!dlogits || dlogits->numel() == logits.numel()),
+                "cross_entropy: logits {} need {} labels (got {}) and dlogits of the same shape", logits.describe(),
+                T, labels.size());
+    return ref::cross_entropy<float>(logits.data<float>(), labels, T, V, dlogits ? dlogits->data<float>() : nullptr);
+  }
   void add_acc(const Tensor& x, Tensor& y) override {
     GRAFT_CHECK(x.numel() == y.numel() && x.dtype() == DType::F32 && y.dtype() == DType::F32,
                 "add_acc: {} and {} differ", x.describe(), y.describe());

@@ -91,7 +91,7 @@ double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSeq
     Tensor lg = m.forward(be, b);
     const int64_t valid = std::count_if(s.labels.begin(), s.labels.end(), [](int32_t l) { return l != -100; });
     if (valid == 0) continue;
-    sum += cpu::ref::cross_entropy<float>(lg.data<float>(), s.labels, static_cast<int64_t>(s.ids.size()), m.vocab_size(), nullptr) * valid;
+    sum += static_cast<float>(be.cross_entropy(lg, s.labels, nullptr)) * valid;
     n += valid;
   }
   return n ? sum / static_cast<double>(n) : 0.0;
@@ -348,6 +348,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       }
       const PackedSequence& s = seqs[static_cast<size_t>(order[static_cast<size_t>(cursor++)])];
       StepOptions so;
+      so.backend = be.get();
       so.gradient_checkpointing = r.gradient_checkpointing();
       so.lora_dropout = r.lora_dropout();
       so.dropout_seed = static_cast<uint64_t>(r.seed());

@@ -29,16 +29,15 @@ std::vector<float> temperatures(const Ctx& c) {
 float softmax_scale(const Ctx& c) {
   return c.spec.attn_scale != 0.0f ? c.spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.cfg.head_dim));
 }
-Tensor normed(const Tensor& x, const Tensor& w, float eps) {
+Tensor normed(Backend& be, const Tensor& x, const Tensor& w, float eps) {
   Tensor y = Tensor::empty(x.shape(), DType::F32);
-  cpu::rmsnorm(x, w, eps, y);
+  be.rmsnorm(x, w, eps, y);
   return y;
 }
 // dx (=) of y = rmsnorm(x, w) over the last dim.   x, dy [.., D]
-Tensor normed_bwd(const Tensor& x, const Tensor& w, const Tensor& dy, float eps) {
+Tensor normed_bwd(Backend& be, const Tensor& x, const Tensor& w, const Tensor& dy, float eps) {
   Tensor dx = Tensor::empty(x.shape(), DType::F32);
-  const int64_t D = x.size(-1);
-  cpu::ref::rmsnorm_bwd<float>(x.data<float>(), w.data<float>(), dy.data<float>(), eps, x.numel() / D, D, dx.data<float>());
+  be.rmsnorm_bwd(x, w, dy, eps, dx);
   return dx;
 }
 }  // namespace
@@ -52,8 +51,8 @@ Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
   if (c.spec.qk_norm) {
     A.q0 = q;
     A.k0 = k;
-    q = normed(A.q0, L.attn.q_norm, c.eps);
-    k = normed(A.k0, L.attn.k_norm, c.eps);
+    q = normed(c.be, A.q0, L.attn.q_norm, c.eps);
+    k = normed(c.be, A.k0, L.attn.k_norm, c.eps);
   }
   if (L.kind.rope) {
     c.rope(q, static_cast<int>(D));
@@ -62,8 +61,8 @@ Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
       A.qr = q;
       A.kr = k;
       const Tensor one = ones(D);
-      q = normed(A.qr, one, c.eps);
-      k = normed(A.kr, one, c.eps);
+      q = normed(c.be, A.qr, one, c.eps);
+      k = normed(c.be, A.kr, one, c.eps);
     }
   } else if (c.spec.temperature_tuning) {
     const std::vector<float> s = temperatures(c);
@@ -72,7 +71,7 @@ Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
   A.q = q;
   A.k = k;
   A.out = Tensor::empty({T, nh, D}, DType::F32);
-  cpu::attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
+  c.be.attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
   return lin_fwd(A.out.reshape({T, nh * D}), c.lin(l, L.attn.o, Module::O));
 }
 
@@ -82,12 +81,12 @@ Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
   Tensor dattn = lin_bwd(A.out.reshape({T, nh * D}), dout, c.lin(l, L.attn.o, Module::O));
   Tensor dq = Tensor::empty({T, nh, D}, DType::F32), dk = Tensor::empty({T, nkv, D}, DType::F32),
          dv = Tensor::empty({T, nkv, D}, DType::F32);
-  cpu::attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
+  c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
   if (L.kind.rope) {
     if (c.spec.qk_l2_norm) {
       const Tensor one = ones(D);
-      dq = normed_bwd(A.qr, one, dq, c.eps);
-      dk = normed_bwd(A.kr, one, dk, c.eps);
+      dq = normed_bwd(c.be, A.qr, one, dq, c.eps);
+      dk = normed_bwd(c.be, A.kr, one, dk, c.eps);
     }
     c.rope_bwd(dq, static_cast<int>(D));
     c.rope_bwd(dk, static_cast<int>(D));
@@ -96,8 +95,8 @@ Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
     ref::scale_rows_fwd<float>(dq.data<float>(), s.data(), T, nh * D, dq.data<float>());  // dq·s: its own transpose
   }
   if (c.spec.qk_norm) {
-    dq = normed_bwd(A.q0, L.attn.q_norm, dq, c.eps);
-    dk = normed_bwd(A.k0, L.attn.k_norm, dk, c.eps);
+    dq = normed_bwd(c.be, A.q0, L.attn.q_norm, dq, c.eps);
+    dk = normed_bwd(c.be, A.k0, L.attn.k_norm, dk, c.eps);
   }
   Tensor dx1 = lin_bwd(x1, dq.reshape({T, nh * D}), c.lin(l, L.attn.q, Module::Q));
   add(dx1, lin_bwd(x1, dk.reshape({T, nkv * D}), c.lin(l, L.attn.k, Module::K)));

@@ -45,6 +45,7 @@ struct Ctx {
   int64_t T;
   float eps;
   StepOptions opt;
+  Backend& be;  // every op of the step runs here
 
   Lin lin(int layer, const LinearWeight& w, model::Module mod) const;
   Lin expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows) const;

@@ -6,8 +6,7 @@
 #include <numeric>
 
 #include "backward_internal.hpp"
-#include "graft/cpu/ops.hpp"
-#include "graft/cpu/reference_bwd.hpp"
+#include "graft/cpu/cpu_backend.hpp"
 
 namespace graft::train {
 
@@ -48,7 +47,14 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
       rt = &dyn;
     }
   }
-  const Ctx c{m, cfg, model::family_spec(cfg), ad, pos, segments, *rt, T, static_cast<float>(cfg.rms_norm_eps), opt};
+  // The step's ops run on options.backend; without one, on a CPU backend made here.
+  std::unique_ptr<Backend> own;
+  Backend* be = opt.backend;
+  if (!be) {
+    own = cpu::make_backend();
+    be = own.get();
+  }
+  const Ctx c{m, cfg, model::family_spec(cfg), ad, pos, segments, *rt, T, static_cast<float>(cfg.rms_norm_eps), opt, *be};
   const bool ckpt = opt.gradient_checkpointing;
   const int L = static_cast<int>(m.layers().size());
 
@@ -56,7 +62,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   std::vector<LayerActs> acts(static_cast<size_t>(L));
   size_t held = 0, peak = 0;  // bytes of saved activations
   Tensor h = f32(T, H);
-  cpu::embedding(ids, m.embedding(), h);
+  c.be.embedding(ids, m.embedding(), h);
   for (int l = 0; l < L; ++l) {
     LayerActs& A = acts[static_cast<size_t>(l)];
     Tensor out = layer_fwd(c, l, h, A);
@@ -72,15 +78,15 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
     h = out;
   }
   Tensor xf = f32(T, H);
-  cpu::rmsnorm(h, m.final_norm(), c.eps, xf);
+  c.be.rmsnorm(h, m.final_norm(), c.eps, xf);
   Tensor logits = lin_fwd(xf, Lin{&m.lm_head()});
   Tensor dlogits = f32(T, V);
-  const double loss = cpu::ref::cross_entropy<float>(logits.data<float>(), labels, T, V, dlogits.data<float>());
+  const double loss = c.be.cross_entropy(logits, labels, &dlogits);
 
   // ---------------- backward
   Tensor dxf = lin_bwd(xf, dlogits, Lin{&m.lm_head()});
   Tensor dh = f32(T, H);
-  cpu::ref::rmsnorm_bwd<float>(h.data<float>(), m.final_norm().data<float>(), dxf.data<float>(), c.eps, T, H, dh.data<float>());
+  c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {
     LayerActs& A = acts[static_cast<size_t>(l)];
     if (ckpt) {

@@ -15,11 +15,11 @@ Tensor layer_fwd(const Ctx& c, int l, const Tensor& h_in, LayerActs& A) {
   const int64_t T = c.T, H = c.cfg.hidden_size;
   A.h_in = h_in;
   A.x1 = f32(T, H);
-  cpu::rmsnorm(h_in, L.input_norm, c.eps, A.x1);
+  c.be.rmsnorm(h_in, L.input_norm, c.eps, A.x1);
   A.h_mid = h_in.clone();
   add(A.h_mid, c.spec.mla ? mla_fwd(c, l, L, A.x1, A.mla) : attention_fwd(c, l, L, A.x1, A.attn));
   A.x2 = f32(T, H);
-  cpu::rmsnorm(A.h_mid, L.post_norm, c.eps, A.x2);
+  c.be.rmsnorm(A.h_mid, L.post_norm, c.eps, A.x2);
   Tensor out = A.h_mid.clone();
   if (L.kind.moe) {
     add(out, moe_fwd(c, l, L, A.x2, A.moe));
@@ -28,7 +28,7 @@ Tensor layer_fwd(const Ctx& c, int l, const Tensor& h_in, LayerActs& A) {
   A.g = lin_fwd(A.x2, c.lin(l, L.mlp.gate, Module::Gate));
   A.u = lin_fwd(A.x2, c.lin(l, L.mlp.up, Module::Up));
   A.a = f32(T, A.g.size(1));
-  cpu::swiglu(A.g, A.u, A.a);
+  c.be.swiglu(A.g, A.u, A.a);
   add(out, lin_fwd(A.a, c.lin(l, L.mlp.down, Module::Down)));
   return out;
 }
@@ -43,16 +43,15 @@ Tensor layer_bwd(const Ctx& c, int l, const Tensor& dh_out, LayerActs& A) {
   } else {
     Tensor da = lin_bwd(A.a, dh, c.lin(l, L.mlp.down, Module::Down));
     Tensor dg = f32(T, A.g.size(1)), du = f32(T, A.g.size(1));
-    cpu::ref::swiglu_bwd<float>(A.g.data<float>(), A.u.data<float>(), da.data<float>(), A.g.numel(), dg.data<float>(),
-                                du.data<float>());
+    c.be.swiglu_bwd(A.g, A.u, da, dg, du);
     dx2 = lin_bwd(A.x2, dg, c.lin(l, L.mlp.gate, Module::Gate));
     add(dx2, lin_bwd(A.x2, du, c.lin(l, L.mlp.up, Module::Up)));
   }
   Tensor t = f32(T, H);
-  cpu::ref::rmsnorm_bwd<float>(A.h_mid.data<float>(), L.post_norm.data<float>(), dx2.data<float>(), c.eps, T, H, t.data<float>());
+  c.be.rmsnorm_bwd(A.h_mid, L.post_norm, dx2, c.eps, t);
   add(dh, t);
   Tensor dx1 = c.spec.mla ? mla_bwd(c, l, L, A.x1, dh, A.mla) : attention_bwd(c, l, L, A.x1, dh, A.attn);
-  cpu::ref::rmsnorm_bwd<float>(A.h_in.data<float>(), L.input_norm.data<float>(), dx1.data<float>(), c.eps, T, H, t.data<float>());
+  c.be.rmsnorm_bwd(A.h_in, L.input_norm, dx1, c.eps, t);
   add(dh, t);
   return dh;
 }

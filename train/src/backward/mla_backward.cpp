@@ -46,7 +46,7 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   if (L.attn.q_a.defined()) {
     A.qa = lin_fwd(x1, c.lin(l, L.attn.q_a, Module::QA));
     A.qa_n = f32(T, A.qa.size(1));
-    cpu::rmsnorm(A.qa, L.attn.q_a_norm, c.eps, A.qa_n);
+    c.be.rmsnorm(A.qa, L.attn.q_a_norm, c.eps, A.qa_n);
     q = lin_fwd(A.qa_n, c.lin(l, L.attn.q_b, Module::QB));
   } else {
     q = lin_fwd(x1, c.lin(l, L.attn.q, Module::Q));
@@ -59,7 +59,7 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   Tensor ckv = lin_fwd(x1, c.lin(l, L.attn.kv_a, Module::KVA));  // [T, kvr + dr]
   A.c = ckv.slice(1, 0, d.kvr).contiguous();
   A.c_n = f32(T, d.kvr);
-  cpu::rmsnorm(A.c, L.attn.kv_a_norm, c.eps, A.c_n);
+  c.be.rmsnorm(A.c, L.attn.kv_a_norm, c.eps, A.c_n);
   Tensor kpe = ckv.slice(1, d.kvr, d.kvr + d.dr).contiguous().reshape({T, 1, d.dr});
   c.rope(kpe, static_cast<int>(d.dr));
   Tensor kv = lin_fwd(A.c_n, c.lin(l, L.attn.kv_b, Module::KVB));  // [T, nh·(dn + dv)]
@@ -67,7 +67,7 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   A.v = Tensor::empty({T, d.nh, d.dv}, DType::F32);
   ref::mla_kv_fwd<float>(kv.data<float>(), kpe.data<float>(), T, d.nh, d.dn, d.dr, d.dv, A.k.data<float>(), A.v.data<float>());
   A.out = Tensor::empty({T, d.nh, d.dv}, DType::F32);
-  cpu::attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
+  c.be.attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
   return lin_fwd(A.out.reshape({T, d.nh * d.dv}), c.lin(l, L.attn.o, Module::O));
 }
 
@@ -77,15 +77,14 @@ Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   Tensor dattn = lin_bwd(A.out.reshape({T, d.nh * d.dv}), dout, c.lin(l, L.attn.o, Module::O));
   Tensor dq = Tensor::empty({T, d.nh, d.dq}, DType::F32), dk = Tensor::empty({T, d.nh, d.dq}, DType::F32),
          dv = Tensor::empty({T, d.nh, d.dv}, DType::F32);
-  cpu::attention_bwd(A.q, A.k, A.v, dattn.reshape({T, d.nh, d.dv}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
+  c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, d.nh, d.dv}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
   // keys / values -> kv_b output and the shared RoPE key
   Tensor dkv = f32(T, d.nh * (d.dn + d.dv)), dkpe = Tensor::empty({T, 1, d.dr}, DType::F32);
   ref::mla_kv_bwd<float>(dk.data<float>(), dv.data<float>(), T, d.nh, d.dn, d.dr, d.dv, dkv.data<float>(), dkpe.data<float>());
   c.rope_bwd(dkpe, static_cast<int>(d.dr));
   Tensor dcn = lin_bwd(A.c_n, dkv, c.lin(l, L.attn.kv_b, Module::KVB));
   Tensor dc = f32(T, d.kvr), dckv = f32(T, d.kvr + d.dr);
-  cpu::ref::rmsnorm_bwd<float>(A.c.data<float>(), L.attn.kv_a_norm.data<float>(), dcn.data<float>(), c.eps, T, d.kvr,
-                               dc.data<float>());
+  c.be.rmsnorm_bwd(A.c, L.attn.kv_a_norm, dcn, c.eps, dc);
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(dc.data<float>() + t * d.kvr, d.kvr, dckv.data<float>() + t * (d.kvr + d.dr));
     std::copy_n(dkpe.data<float>() + t * d.dr, d.dr, dckv.data<float>() + t * (d.kvr + d.dr) + d.kvr);
@@ -100,8 +99,7 @@ Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   if (L.attn.q_a.defined()) {
     Tensor dqan = lin_bwd(A.qa_n, dq2, c.lin(l, L.attn.q_b, Module::QB));
     Tensor dqa = f32(T, A.qa.size(1));
-    cpu::ref::rmsnorm_bwd<float>(A.qa.data<float>(), L.attn.q_a_norm.data<float>(), dqan.data<float>(), c.eps, T,
-                                 A.qa.size(1), dqa.data<float>());
+    c.be.rmsnorm_bwd(A.qa, L.attn.q_a_norm, dqan, c.eps, dqa);
     add(dx1, lin_bwd(x1, dqa, c.lin(l, L.attn.q_a, Module::QA)));
   } else {
     add(dx1, lin_bwd(x1, dq2, c.lin(l, L.attn.q, Module::Q)));

@@ -50,7 +50,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     X.g = lin_fwd(X.x, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
     X.u = lin_fwd(X.x, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok));
     X.a = f32(n, X.g.size(1));
-    cpu::swiglu(X.g, X.u, X.a);
+    c.be.swiglu(X.g, X.u, X.a);
     X.y = lin_fwd(X.a, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
     for (int32_t i = 0; i < n; ++i) {
       const int64_t t = X.tok[static_cast<size_t>(i)];
@@ -63,7 +63,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     A.sg = lin_fwd(x, c.lin(l, S.gate, Module::SharedGate));
     A.su = lin_fwd(x, c.lin(l, S.up, Module::SharedUp));
     A.sa = f32(T, A.sg.size(1));
-    cpu::swiglu(A.sg, A.su, A.sa);
+    c.be.swiglu(A.sg, A.su, A.sa);
     A.sy = lin_fwd(A.sa, c.lin(l, S.down, Module::SharedDown));
     Tensor sy = A.sy.clone();
     if (LW.moe.shared_gate.defined()) {
@@ -108,8 +108,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     const auto& ex = LW.moe.experts;
     Tensor da = lin_bwd(X.a, dy, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
     Tensor dg = f32(n, X.g.size(1)), du = f32(n, X.g.size(1));
-    cpu::ref::swiglu_bwd<float>(X.g.data<float>(), X.u.data<float>(), da.data<float>(), X.g.numel(), dg.data<float>(),
-                                du.data<float>());
+    c.be.swiglu_bwd(X.g, X.u, da, dg, du);
     Tensor dxe = lin_bwd(X.x, dg, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
     add(dxe, lin_bwd(X.x, du, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok)));
     // input side: x_e = x[t]·(w or 1)  ->  dx[t] += (w or 1)·dx_e, and dw = <x[t], dx_e> for Llama 4
@@ -148,8 +147,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     }
     Tensor da = lin_bwd(A.sa, dsy, c.lin(l, S.down, Module::SharedDown));
     Tensor dg = f32(T, A.sg.size(1)), du = f32(T, A.sg.size(1));
-    cpu::ref::swiglu_bwd<float>(A.sg.data<float>(), A.su.data<float>(), da.data<float>(), A.sg.numel(), dg.data<float>(),
-                                du.data<float>());
+    c.be.swiglu_bwd(A.sg, A.su, da, dg, du);
     add(dx, lin_bwd(x, dg, c.lin(l, S.gate, Module::SharedGate)));
     add(dx, lin_bwd(x, du, c.lin(l, S.up, Module::SharedUp)));
   }

@@ -22,7 +22,7 @@ void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, Mo
   cpu::linear(x2, L.moe.router, Tensor(), A.logits);
   A.ids = Tensor::empty({c.T, rp.top_k}, DType::I32);
   A.w = f32(c.T, rp.top_k);
-  cpu::moe_route(A.logits, rp, A.ids, A.w);
+  c.be.moe_route(A.logits, rp, A.ids, A.w);
 }
 
 Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, const MoeActs& A, const Tensor& dw) {

@@ -1,8 +1,6 @@
 // The per-step context of the training forward/backward (which LoRA, dropout stream, mask and RoPE
 // layout each piece uses) and the byte count of saved activations.
 #include "backward_internal.hpp"
-#include "graft/cpu/ops.hpp"
-#include "graft/cpu/reference_bwd.hpp"
 #include "graft/train/lora_dropout.hpp"
 
 namespace graft::train::detail {
@@ -38,13 +36,11 @@ ops::AttentionMask Ctx::mask(const config::LayerKind& k) const {
 }
 
 void Ctx::rope(Tensor& x, int rot_dim) const {
-  if (spec.rope_interleaved) cpu::rope_interleaved(x, pos, rt, rot_dim);
-  else cpu::rope_rotate_half(x, pos, rt, rot_dim);
+  be.rope(x, pos, rt, rot_dim, spec.rope_interleaved);
 }
 
 void Ctx::rope_bwd(Tensor& dx, int rot_dim) const {
-  cpu::ref::rope_bwd<float>(dx.data<float>(), dx.size(0), dx.size(1), dx.size(2), rot_dim, rt.inv_freq, rt.attention_scaling,
-                            pos, spec.rope_interleaved);
+  be.rope_bwd(dx, pos, rt, rot_dim, spec.rope_interleaved);
 }
 
 size_t AttnActs::bytes() const {

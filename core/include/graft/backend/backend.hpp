@@ -89,6 +89,25 @@ class Backend {
   virtual void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& experts,
                            const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input,
                            Tensor& out) = 0;
+  // ---------------------------------------------------------------- backward (training step)
+  // Gradients of the forward ops above; fp32. Inputs are the forward's inputs (saved activations).
+  // dx of y = rmsnorm(x, w).  x, dy [..., H], w [H] -> dx like x (=). dw is not produced (frozen).
+  virtual void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx) = 0;
+  // dg, du of out = silu(gate)·up.  gate, up, dout, dg, du [T, I] (=)
+  virtual void swiglu_bwd(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) = 0;
+  // In-place transpose of `rope` (scaling·Rᵀ) on the first rot_dim dims.  dx [T, heads, head_dim]
+  virtual void rope_bwd(Tensor& dx, std::span<const int32_t> positions, const ops::RopeTable& table, int rot_dim,
+                        bool interleaved) = 0;
+  // Backward of `attention` (P recomputed, no saved lse). q, k, v, dout as in the forward ->
+  // dq [T, Hq, D], dk [S, Hkv, D], dv [S, Hkv, Dv] (=). Rows with no visible key get zero gradients.
+  virtual void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                             std::span<const int32_t> q_pos, std::span<const int32_t> k_pos,
+                             const ops::AttentionMask& mask, float scale, Tensor& dq, Tensor& dk, Tensor& dv) = 0;
+  // Fused cross-entropy: returns mean over rows with label != -100 of −log softmax(logits)[label];
+  // dlogits (=) = (softmax − onehot)/n_valid (zeros for ignored rows), or skipped when null.
+  // logits [T, V], labels [T] -> dlogits [T, V]
+  virtual double cross_entropy(const Tensor& logits, std::span<const int32_t> labels, Tensor* dlogits) = 0;
+
   // y += x (same shape)
   virtual void add_acc(const Tensor& x, Tensor& y) = 0;
   // y *= s (scalar) or, with a [T] or [T,1] tensor, row-wise

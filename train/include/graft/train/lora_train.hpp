@@ -62,6 +62,8 @@ struct StepOptions {
   // global index, so --resume and checkpoint recomputation see the same masks.
   double lora_dropout = 0.0;
   uint64_t dropout_seed = 0, dropout_draw = 0;
+  // The device the step's ops run on (forward and backward go through it); null = the CPU backend.
+  Backend* backend = nullptr;
 };
 struct StepStats {
   // Peak bytes held in saved activations (per-layer tensors kept for the backward, including the
