@@ -44,4 +44,17 @@ TEST(Examples, RecipeOnPrivateData) {
   EXPECT_NE(out.find("OK: PEFT loaded the adapter"), std::string::npos) << out;
 }
 
+TEST(Examples, FineTuneThroughTheApi) {
+  GRAFT_REQUIRE_REFERENCE("openai");
+  auto [rc, out] = run_example("fine-tune-through-the-api");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("OK: uploaded train.jsonl"), std::string::npos) << out;
+  EXPECT_NE(out.find("event [info] Step 40/40: training loss="), std::string::npos) << out;  // events as they come
+  EXPECT_NE(out.find("OK: job succeeded, training loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("OK: ft:tiny-llama:zebra:ftjob-"), std::string::npos) << out;  // listed in /v1/models
+  EXPECT_NE(out.find("OK: the fine-tuned model answers 'zebra' to a held-out question, the base does not"),
+            std::string::npos)
+      << out;
+}
+
 }  // namespace
