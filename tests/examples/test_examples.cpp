@@ -58,3 +58,18 @@ TEST(Examples, FineTuneThroughTheApi) {
 }
 
 }  // namespace
+
+TEST(Examples, PerCustomerAdapters) {
+  GRAFT_REQUIRE_REFERENCE("openai");
+  auto [rc, out] = run_example("per-customer-adapters");
+  ASSERT_EQ(rc, 0) << out;
+  for (const char* ok : {"OK: acme gets its own adapter: chat 'alpha', completion 'alpha'",
+                         "OK: globex gets its own adapter: chat 'bravo', completion 'bravo'",
+                         "OK: initech gets its own adapter: chat 'charlie', completion 'charlie'",
+                         "OK: the base alone answers", "OK: /v1/models lists only the base and the key's own adapter",
+                         "OK: another customer's adapter is a 404 model_not_found",
+                         "OK: umbrella is a 404 before the hot-load", "OK: a customer key may not load adapters",
+                         "OK: umbrella hot-loaded without a restart", "chat 'delta', completion 'delta'",
+                         "OK: the hot-loaded adapter is still only umbrella's"})
+    EXPECT_NE(out.find(ok), std::string::npos) << ok << "\n" << out;
+}
