@@ -33,6 +33,9 @@ Tensor lin_fwd(const Tensor& x, const Lin& l);
 // dx [n, in] (=); with LoRA, dA / dB (+=). The dropout mask is redrawn from its key.   dy [n, out]
 Tensor lin_bwd(const Tensor& x, const Tensor& dy, const Lin& l);
 
+// A frozen dense projection without bias as a LinearWeight.   w [out, in]
+LinearWeight dense_weight(const Tensor& w);
+
 // What every piece of one forward/backward reads.
 struct Ctx {
   const model::Model& m;

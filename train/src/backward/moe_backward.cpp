@@ -68,7 +68,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     Tensor sy = A.sy.clone();
     if (LW.moe.shared_gate.defined()) {
       A.sgate = f32(T, 1);
-      cpu::linear(x, LW.moe.shared_gate, Tensor(), A.sgate);
+      c.be.linear(x, dense_weight(LW.moe.shared_gate), LoraBatch{}, A.sgate);
       for (int64_t t = 0; t < T; ++t) {
         float& gt = A.sgate.data<float>()[t];
         gt = 1.0f / (1.0f + std::exp(-gt));
@@ -139,10 +139,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
         }
         dgl.data<float>()[t] = static_cast<float>(d * gt * (1.0f - gt));
       }
-      LinearWeight gw;
-      gw.out = 1;
-      gw.in = H;
-      gw.dense = LW.moe.shared_gate;
+      const LinearWeight gw = dense_weight(LW.moe.shared_gate);
       add(dx, lin_bwd(x, dgl, Lin{&gw}));
     }
     Tensor da = lin_bwd(A.sa, dsy, c.lin(l, S.down, Module::SharedDown));
