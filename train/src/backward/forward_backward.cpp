@@ -84,7 +84,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   const double loss = c.be.cross_entropy(logits, labels, &dlogits);
 
   // ---------------- backward
-  Tensor dxf = lin_bwd(xf, dlogits, Lin{&m.lm_head()});
+  Tensor dxf = lin_bwd(c.be, xf, dlogits, Lin{&m.lm_head()});
   Tensor dh = f32(T, H);
   c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {

@@ -39,7 +39,7 @@ Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, 
   ref::router_weights_bwd<float>(A.logits.data<float>(), A.ids.data<int32_t>(), dw.data<float>(), c.T, static_cast<int>(E),
                                  rp, dlogits.data<float>());
   const LinearWeight router = dense_weight(L.moe.router);
-  return lin_bwd(x2, dlogits, Lin{&router});
+  return lin_bwd(c.be, x2, dlogits, Lin{&router});
 }
 
 }  // namespace graft::train::detail
