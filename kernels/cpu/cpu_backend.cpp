@@ -90,6 +90,8 @@ class CpuBackend final : public Backend {
                      float scale, Tensor& dq, Tensor& dk, Tensor& dv) override {
     cpu::attention_bwd(q, k, v, dout, q_pos, k_pos, mask, scale, dq, dk, dv);
   }
+  void linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeight& w, const LoraFactors* lora,
+                  const Tensor& lora_mask, Tensor& dx, Tensor* da, Tensor* db) override;
   double cross_entropy(const Tensor& logits, std::span<const int32_t> labels, Tensor* dlogits) override {
     const int64_t T = logits.size(0), V = logits.size(1);
     GRAFT_CHECK(static_cast<int64_t>(labels.size()) == T && (!dlogits || dlogits->numel() == logits.numel()),
@@ -228,6 +230,45 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
       for (int64_t h = 0; h < H; ++h) o[h] += c * r[h];
     }
   }
+}
+
+void CpuBackend::linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeight& w, const LoraFactors* lora,
+                            const Tensor& lora_mask, Tensor& dx, Tensor* da, Tensor* db) {
+  GRAFT_CHECK(w.defined(), "linear_bwd: weight [{}, {}] is not loaded", w.out, w.in);
+  const int64_t T = x.size(0), in = w.in, out = w.out;
+  GRAFT_CHECK(x.size(1) == in && dy.size(0) == T && dy.size(1) == out && dx.size(0) == T && dx.size(1) == in,
+              "linear_bwd: x {} / dy {} / dx {} do not fit a [{} -> {}] projection", x.describe(), dy.describe(),
+              dx.describe(), in, out);
+  Map DX(dx.data<float>(), T, in);
+  MapC DY(dy.data<float>(), T, out);
+  if (w.quantized()) {
+    Tensor wd = nf4::dequantize(*w.nf4);
+    DX.noalias() = DY * MapC(wd.data<float>(), out, in);
+  } else {
+    DX.noalias() = DY * MapC(w.dense.data<float>(), out, in);
+  }
+  if (!lora) return;
+  check_factors(*lora, in, out);
+  GRAFT_CHECK(da && db, "linear_bwd: a LoRA needs dA and dB outputs");
+  const int64_t r = lora->rank();
+  const float s = lora->scale;
+  MapC A(lora->a.data<float>(), r, in), B(lora->b.data<float>(), out, r), X(x.data<float>(), T, in);
+  RowMat dyb = DY * B;  // [T, r]
+  if (!lora_mask.defined()) {
+    RowMat xa = X * A.transpose();  // [T, r]
+    DX.noalias() += s * dyb * A;
+    Map(da->data<float>(), r, in).noalias() += s * dyb.transpose() * X;
+    Map(db->data<float>(), out, r).noalias() += s * DY.transpose() * xa;
+    return;
+  }
+  GRAFT_CHECK(lora_mask.numel() == T * in, "linear_bwd: dropout mask {} must be [{}, {}]", lora_mask.describe(), T, in);
+  const MapC m(lora_mask.data<float>(), T, in);
+  const RowMat xd = X.cwiseProduct(m);
+  RowMat xa = xd * A.transpose();
+  RowMat dxl = s * dyb * A;
+  DX += dxl.cwiseProduct(m);
+  Map(da->data<float>(), r, in).noalias() += s * dyb.transpose() * xd;
+  Map(db->data<float>(), out, r).noalias() += s * DY.transpose() * xa;
 }
 
 std::unique_ptr<Backend> make_backend() { return std::make_unique<CpuBackend>(); }

@@ -20,6 +20,8 @@
 
 #include "graft/config/model_config.hpp"
 #include "graft/cpu/cpu_backend.hpp"
+#include "graft/backend/make_backend.hpp"
+#include "graft/error.hpp"
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/io/safetensors.hpp"
 #include "graft/model/presets.hpp"
@@ -302,3 +304,14 @@ TEST(LoraGrads, DeepseekV3WithLoraDropoutMatchesTorchAutograd) {
   check("deepseek_v3_dropout", {"deepseek_v3", nullptr, 0.25, 8.0f, 0.3f});
 }
 TEST(LoraGrads, Llama4WithLoraDropoutMatchesTorchAutograd) { check("llama4_dropout", {"llama4", nullptr, 0.2, 8.0f}); }
+
+// The trainer's backend factory: "cpu" is the CPU reference backend, any other device is a clear error.
+TEST(MakeBackend, CpuAndUnavailableDevice) {
+  EXPECT_EQ(graft::make_backend("cpu")->name(), "cpu");
+  try {
+    graft::make_backend("cuda");
+    FAIL() << "make_backend(\"cuda\") did not throw";
+  } catch (const graft::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device 'cuda' is not available in this build"), std::string::npos) << e.what();
+  }
+}

@@ -20,7 +20,7 @@
 
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
-#include "graft/cpu/cpu_backend.hpp"
+#include "graft/backend/make_backend.hpp"
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/error.hpp"
 #include "graft/mmap_file.hpp"
@@ -315,7 +315,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     ck.strings["graft_version"] = GRAFT_VERSION;
     save_checkpoint(path.string(), ck);
   };
-  auto be = cpu::make_backend();
+  auto be = make_backend("cpu");
   if (!vseqs.empty() && step == 0) sum.base_eval_loss = eval_loss(m, *be, vseqs, nullptr);
   // ---- steps
   std::ofstream metrics(out / "metrics.jsonl", step == 0 ? std::ios::trunc : std::ios::app);

@@ -78,7 +78,7 @@ Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
 Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, AttnActs& A) {
   const auto& cfg = c.cfg;
   const int64_t T = c.T, nh = cfg.num_attention_heads, nkv = cfg.num_key_value_heads, D = cfg.head_dim;
-  Tensor dattn = lin_bwd(A.out.reshape({T, nh * D}), dout, c.lin(l, L.attn.o, Module::O));
+  Tensor dattn = lin_bwd(c.be, A.out.reshape({T, nh * D}), dout, c.lin(l, L.attn.o, Module::O));
   Tensor dq = Tensor::empty({T, nh, D}, DType::F32), dk = Tensor::empty({T, nkv, D}, DType::F32),
          dv = Tensor::empty({T, nkv, D}, DType::F32);
   c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
@@ -98,9 +98,9 @@ Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
     dq = normed_bwd(c.be, A.q0, L.attn.q_norm, dq, c.eps);
     dk = normed_bwd(c.be, A.k0, L.attn.k_norm, dk, c.eps);
   }
-  Tensor dx1 = lin_bwd(x1, dq.reshape({T, nh * D}), c.lin(l, L.attn.q, Module::Q));
-  add(dx1, lin_bwd(x1, dk.reshape({T, nkv * D}), c.lin(l, L.attn.k, Module::K)));
-  add(dx1, lin_bwd(x1, dv.reshape({T, nkv * D}), c.lin(l, L.attn.v, Module::V)));
+  Tensor dx1 = lin_bwd(c.be, x1, dq.reshape({T, nh * D}), c.lin(l, L.attn.q, Module::Q));
+  add(dx1, lin_bwd(c.be, x1, dk.reshape({T, nkv * D}), c.lin(l, L.attn.k, Module::K)));
+  add(dx1, lin_bwd(c.be, x1, dv.reshape({T, nkv * D}), c.lin(l, L.attn.v, Module::V)));
   return dx1;
 }
 

@@ -30,8 +30,12 @@ struct Lin {
 };
 // y = x·Wᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ.   x [n, in]  ->  y [n, out]
 Tensor lin_fwd(const Tensor& x, const Lin& l);
-// dx [n, in] (=); with LoRA, dA / dB (+=). The dropout mask is redrawn from its key.   dy [n, out]
-Tensor lin_bwd(const Tensor& x, const Tensor& dy, const Lin& l);
+// dx [n, in] (=); with LoRA, dA / dB (+=), on Backend::linear_bwd. The dropout mask is redrawn from its key.
+//   x [n, in], dy [n, out]
+Tensor lin_bwd(Backend& be, const Tensor& x, const Tensor& dy, const Lin& l);
+
+// A frozen dense projection without bias as a LinearWeight.   w [out, in]
+LinearWeight dense_weight(const Tensor& w);
 
 // What every piece of one forward/backward reads.
 struct Ctx {

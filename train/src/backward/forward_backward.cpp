@@ -6,7 +6,7 @@
 #include <numeric>
 
 #include "backward_internal.hpp"
-#include "graft/cpu/cpu_backend.hpp"
+#include "graft/backend/make_backend.hpp"
 
 namespace graft::train {
 
@@ -51,7 +51,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   std::unique_ptr<Backend> own;
   Backend* be = opt.backend;
   if (!be) {
-    own = cpu::make_backend();
+    own = make_backend("cpu");
     be = own.get();
   }
   const Ctx c{m, cfg, model::family_spec(cfg), ad, pos, segments, *rt, T, static_cast<float>(cfg.rms_norm_eps), opt, *be};
@@ -84,7 +84,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   const double loss = c.be.cross_entropy(logits, labels, &dlogits);
 
   // ---------------- backward
-  Tensor dxf = lin_bwd(xf, dlogits, Lin{&m.lm_head()});
+  Tensor dxf = lin_bwd(c.be, xf, dlogits, Lin{&m.lm_head()});
   Tensor dh = f32(T, H);
   c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {

@@ -41,11 +41,11 @@ Tensor layer_bwd(const Ctx& c, int l, const Tensor& dh_out, LayerActs& A) {
   if (L.kind.moe) {
     dx2 = moe_bwd(c, l, L, A.x2, dh, A.moe);
   } else {
-    Tensor da = lin_bwd(A.a, dh, c.lin(l, L.mlp.down, Module::Down));
+    Tensor da = lin_bwd(c.be, A.a, dh, c.lin(l, L.mlp.down, Module::Down));
     Tensor dg = f32(T, A.g.size(1)), du = f32(T, A.g.size(1));
     c.be.swiglu_bwd(A.g, A.u, da, dg, du);
-    dx2 = lin_bwd(A.x2, dg, c.lin(l, L.mlp.gate, Module::Gate));
-    add(dx2, lin_bwd(A.x2, du, c.lin(l, L.mlp.up, Module::Up)));
+    dx2 = lin_bwd(c.be, A.x2, dg, c.lin(l, L.mlp.gate, Module::Gate));
+    add(dx2, lin_bwd(c.be, A.x2, du, c.lin(l, L.mlp.up, Module::Up)));
   }
   Tensor t = f32(T, H);
   c.be.rmsnorm_bwd(A.h_mid, L.post_norm, dx2, c.eps, t);

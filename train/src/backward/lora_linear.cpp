@@ -48,36 +48,19 @@ Tensor lin_fwd(const Tensor& x, const Lin& l) {
   return y;
 }
 
-Tensor lin_bwd(const Tensor& x, const Tensor& dy, const Lin& l) {
-  const int64_t T = x.size(0), in = l.w->in, out = l.w->out;
-  Tensor dx = f32(T, in);
-  Map DX(dx.data<float>(), T, in);
-  MapC DY(dy.data<float>(), T, out);
-  if (l.w->quantized()) {
-    Tensor w = nf4::dequantize(*l.w->nf4);
-    DX.noalias() = DY * MapC(w.data<float>(), out, in);
-  } else {
-    DX.noalias() = DY * MapC(l.w->dense.data<float>(), out, in);
-  }
-  if (!l.p) return dx;
-  const int64_t r = l.p->f.rank();
-  const float s = l.p->f.scale;
-  MapC A(l.p->f.a.data<float>(), r, in), B(l.p->f.b.data<float>(), out, r), X(x.data<float>(), T, in);
-  RowMat dyb = DY * B;  // [T, r]
-  if (l.dropout <= 0.0) {
-    RowMat xa = X * A.transpose();  // [T, r]
-    DX.noalias() += s * dyb * A;
-    Map(l.p->da.data<float>(), r, in).noalias() += s * dyb.transpose() * X;
-    Map(l.p->db.data<float>(), out, r).noalias() += s * DY.transpose() * xa;
+Tensor lin_bwd(Backend& be, const Tensor& x, const Tensor& dy, const Lin& l) {
+  Tensor dx = f32(x.size(0), l.w->in);
+  if (!l.p) {
+    be.linear_bwd(x, dy, *l.w, nullptr, Tensor(), dx, nullptr, nullptr);
     return dx;
   }
-  const RowMat m = mask_of(x, l);
-  const RowMat xd = X.cwiseProduct(m);
-  RowMat xa = xd * A.transpose();
-  RowMat dxl = s * dyb * A;
-  DX += dxl.cwiseProduct(m);
-  Map(l.p->da.data<float>(), r, in).noalias() += s * dyb.transpose() * xd;
-  Map(l.p->db.data<float>(), out, r).noalias() += s * DY.transpose() * xa;
+  if (l.dropout <= 0.0) {
+    be.linear_bwd(x, dy, *l.w, &l.p->f, Tensor(), dx, &l.p->da, &l.p->db);
+    return dx;
+  }
+  RowMat m = mask_of(x, l);
+  const Tensor mask = Tensor::wrap(m.data(), {x.size(0), x.size(1)}, DType::F32);
+  be.linear_bwd(x, dy, *l.w, &l.p->f, mask, dx, &l.p->da, &l.p->db);
   return dx;
 }
 

@@ -74,7 +74,7 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
 Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, MlaActs& A) {
   const MlaDims d = dims(c);
   const int64_t T = c.T;
-  Tensor dattn = lin_bwd(A.out.reshape({T, d.nh * d.dv}), dout, c.lin(l, L.attn.o, Module::O));
+  Tensor dattn = lin_bwd(c.be, A.out.reshape({T, d.nh * d.dv}), dout, c.lin(l, L.attn.o, Module::O));
   Tensor dq = Tensor::empty({T, d.nh, d.dq}, DType::F32), dk = Tensor::empty({T, d.nh, d.dq}, DType::F32),
          dv = Tensor::empty({T, d.nh, d.dv}, DType::F32);
   c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, d.nh, d.dv}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
@@ -82,14 +82,14 @@ Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   Tensor dkv = f32(T, d.nh * (d.dn + d.dv)), dkpe = Tensor::empty({T, 1, d.dr}, DType::F32);
   ref::mla_kv_bwd<float>(dk.data<float>(), dv.data<float>(), T, d.nh, d.dn, d.dr, d.dv, dkv.data<float>(), dkpe.data<float>());
   c.rope_bwd(dkpe, static_cast<int>(d.dr));
-  Tensor dcn = lin_bwd(A.c_n, dkv, c.lin(l, L.attn.kv_b, Module::KVB));
+  Tensor dcn = lin_bwd(c.be, A.c_n, dkv, c.lin(l, L.attn.kv_b, Module::KVB));
   Tensor dc = f32(T, d.kvr), dckv = f32(T, d.kvr + d.dr);
   c.be.rmsnorm_bwd(A.c, L.attn.kv_a_norm, dcn, c.eps, dc);
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(dc.data<float>() + t * d.kvr, d.kvr, dckv.data<float>() + t * (d.kvr + d.dr));
     std::copy_n(dkpe.data<float>() + t * d.dr, d.dr, dckv.data<float>() + t * (d.kvr + d.dr) + d.kvr);
   }
-  Tensor dx1 = lin_bwd(x1, dckv, c.lin(l, L.attn.kv_a, Module::KVA));
+  Tensor dx1 = lin_bwd(c.be, x1, dckv, c.lin(l, L.attn.kv_a, Module::KVA));
   // queries: undo RoPE on the rope dims
   Tensor dqpe = Tensor::empty({T, d.nh, d.dr}, DType::F32);
   take_tail(dq, d.dr, dqpe);
@@ -97,12 +97,12 @@ Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   put_tail(dqpe, d.dr, dq);
   const Tensor dq2 = dq.reshape({T, d.nh * d.dq});
   if (L.attn.q_a.defined()) {
-    Tensor dqan = lin_bwd(A.qa_n, dq2, c.lin(l, L.attn.q_b, Module::QB));
+    Tensor dqan = lin_bwd(c.be, A.qa_n, dq2, c.lin(l, L.attn.q_b, Module::QB));
     Tensor dqa = f32(T, A.qa.size(1));
     c.be.rmsnorm_bwd(A.qa, L.attn.q_a_norm, dqan, c.eps, dqa);
-    add(dx1, lin_bwd(x1, dqa, c.lin(l, L.attn.q_a, Module::QA)));
+    add(dx1, lin_bwd(c.be, x1, dqa, c.lin(l, L.attn.q_a, Module::QA)));
   } else {
-    add(dx1, lin_bwd(x1, dq2, c.lin(l, L.attn.q, Module::Q)));
+    add(dx1, lin_bwd(c.be, x1, dq2, c.lin(l, L.attn.q, Module::Q)));
   }
   return dx1;
 }

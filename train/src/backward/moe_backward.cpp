@@ -68,7 +68,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     Tensor sy = A.sy.clone();
     if (LW.moe.shared_gate.defined()) {
       A.sgate = f32(T, 1);
-      cpu::linear(x, LW.moe.shared_gate, Tensor(), A.sgate);
+      c.be.linear(x, dense_weight(LW.moe.shared_gate), LoraBatch{}, A.sgate);
       for (int64_t t = 0; t < T; ++t) {
         float& gt = A.sgate.data<float>()[t];
         gt = 1.0f / (1.0f + std::exp(-gt));
@@ -106,11 +106,11 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     }
     const int ei = static_cast<int>(e);
     const auto& ex = LW.moe.experts;
-    Tensor da = lin_bwd(X.a, dy, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
+    Tensor da = lin_bwd(c.be, X.a, dy, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
     Tensor dg = f32(n, X.g.size(1)), du = f32(n, X.g.size(1));
     c.be.swiglu_bwd(X.g, X.u, da, dg, du);
-    Tensor dxe = lin_bwd(X.x, dg, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
-    add(dxe, lin_bwd(X.x, du, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok)));
+    Tensor dxe = lin_bwd(c.be, X.x, dg, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
+    add(dxe, lin_bwd(c.be, X.x, du, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok)));
     // input side: x_e = x[t]·(w or 1)  ->  dx[t] += (w or 1)·dx_e, and dw = <x[t], dx_e> for Llama 4
     for (int64_t i = 0; i < n; ++i) {
       const int64_t f = X.flat[static_cast<size_t>(i)], t = X.tok[static_cast<size_t>(i)];
@@ -139,17 +139,14 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
         }
         dgl.data<float>()[t] = static_cast<float>(d * gt * (1.0f - gt));
       }
-      LinearWeight gw;
-      gw.out = 1;
-      gw.in = H;
-      gw.dense = LW.moe.shared_gate;
-      add(dx, lin_bwd(x, dgl, Lin{&gw}));
+      const LinearWeight gw = dense_weight(LW.moe.shared_gate);
+      add(dx, lin_bwd(c.be, x, dgl, Lin{&gw}));
     }
-    Tensor da = lin_bwd(A.sa, dsy, c.lin(l, S.down, Module::SharedDown));
+    Tensor da = lin_bwd(c.be, A.sa, dsy, c.lin(l, S.down, Module::SharedDown));
     Tensor dg = f32(T, A.sg.size(1)), du = f32(T, A.sg.size(1));
     c.be.swiglu_bwd(A.sg, A.su, da, dg, du);
-    add(dx, lin_bwd(x, dg, c.lin(l, S.gate, Module::SharedGate)));
-    add(dx, lin_bwd(x, du, c.lin(l, S.up, Module::SharedUp)));
+    add(dx, lin_bwd(c.be, x, dg, c.lin(l, S.gate, Module::SharedGate)));
+    add(dx, lin_bwd(c.be, x, du, c.lin(l, S.up, Module::SharedUp)));
   }
   return dx;
 }

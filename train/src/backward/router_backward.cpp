@@ -1,13 +1,20 @@
 // MoE router of the training forward and its backward, for every RouterKind: the selection is made
-// by cpu::moe_route with the family's RouterParams (what Model::forward runs, DeepSeek-V3's
+// by Backend::moe_route with the family's RouterParams (what Model::forward runs, DeepSeek-V3's
 // correction bias included); the gradient flows through the selected combine weights only
 // (train::ref::router_weights_bwd, research/training-anchors.md §6.6) and on through the frozen
 // router weight into the hidden states.
 #include "backward_internal.hpp"
-#include "graft/cpu/ops.hpp"
 #include "graft/train/backward_ref.hpp"
 
 namespace graft::train::detail {
+
+LinearWeight dense_weight(const Tensor& w) {
+  LinearWeight lw;
+  lw.out = w.size(0);
+  lw.in = w.size(1);
+  lw.dense = w;
+  return lw;
+}
 
 ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L) {
   ops::RouterParams rp = c.spec.router_params;
@@ -19,7 +26,7 @@ void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, Mo
   const ops::RouterParams rp = router_params(c, L);
   const int64_t E = L.moe.experts.num_experts();
   A.logits = f32(c.T, E);
-  cpu::linear(x2, L.moe.router, Tensor(), A.logits);
+  c.be.linear(x2, dense_weight(L.moe.router), LoraBatch{}, A.logits);
   A.ids = Tensor::empty({c.T, rp.top_k}, DType::I32);
   A.w = f32(c.T, rp.top_k);
   c.be.moe_route(A.logits, rp, A.ids, A.w);
@@ -31,11 +38,8 @@ Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, 
   Tensor dlogits = f32(c.T, E);
   ref::router_weights_bwd<float>(A.logits.data<float>(), A.ids.data<int32_t>(), dw.data<float>(), c.T, static_cast<int>(E),
                                  rp, dlogits.data<float>());
-  LinearWeight router;
-  router.out = E;
-  router.in = x2.size(1);
-  router.dense = L.moe.router;
-  return lin_bwd(x2, dlogits, Lin{&router});
+  const LinearWeight router = dense_weight(L.moe.router);
+  return lin_bwd(c.be, x2, dlogits, Lin{&router});
 }
 
 }  // namespace graft::train::detail

@@ -91,6 +91,11 @@ class Backend {
                            Tensor& out) = 0;
   // ---------------------------------------------------------------- backward (training step)
   // Gradients of the forward ops above; fp32. Inputs are the forward's inputs (saved activations).
+  // Backward of y = x·Wᵀ (+b) + s·((x⊙m)·Aᵀ)·Bᵀ with W frozen (dense or NF4: dx uses dequantized W) and
+  // one optional LoRA. x [T, in], dy [T, out] -> dx [T, in] (=); with lora: da [r, in], db [out, r] (+=).
+  // lora_mask [T, in]: the LoRA input's dropout scales (0 or 1/(1-p)), undefined = no dropout.
+  virtual void linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeight& w, const LoraFactors* lora,
+                          const Tensor& lora_mask, Tensor& dx, Tensor* da, Tensor* db) = 0;
   // dx of y = rmsnorm(x, w).  x, dy [..., H], w [H] -> dx like x (=). dw is not produced (frozen).
   virtual void rmsnorm_bwd(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx) = 0;
   // dg, du of out = silu(gate)·up.  gate, up, dout, dg, du [T, I] (=)
