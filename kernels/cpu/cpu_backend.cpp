@@ -35,6 +35,21 @@ class CpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   Device device() const override { return {}; }
   Tensor empty(const Dims& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
+  DType activation_dtype() const override { return DType::F32; }
+  Tensor to_device(const Tensor& t, DType dtype) override {
+    GRAFT_CHECK(t.device().is_cpu(), "cpu backend: to_device({}) from another device; copy it to the host first",
+                t.describe());
+    if (t.dtype() == dtype && t.is_contiguous()) return t;
+    return t.dtype() == dtype ? t.contiguous() : t.to(dtype);
+  }
+  Tensor to_host(const Tensor& t) override {
+    GRAFT_CHECK(t.device().is_cpu(), "cpu backend: to_host({}) of another backend's tensor", t.describe());
+    const bool is_float = t.dtype() == DType::F64 || t.dtype() == DType::F32 || t.dtype() == DType::F16 ||
+                          t.dtype() == DType::BF16;
+    if (!is_float || t.dtype() == DType::F32) return t.is_contiguous() ? t : t.contiguous();
+    return t.to(DType::F32);
+  }
+  void synchronize() override {}
 
   void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) override {
     base_linear(x, w, y);

@@ -61,6 +61,19 @@ class Backend {
   virtual Device device() const = 0;
   virtual Tensor empty(const Dims& shape, DType dtype) = 0;
 
+  // ---------------------------------------------------------------- memory and transfers
+  // The dtype activations are computed in: F32 on the CPU, BF16 on CUDA. Model code allocates its
+  // activations with it; weights stay in their file/quant formats and the backend caches device copies.
+  virtual DType activation_dtype() const = 0;
+  // A contiguous copy of `t` (host or this backend's device, any float dtype or I32) on this
+  // backend's device, converted to `dtype`. May share storage when `t` is already contiguous there in `dtype`.
+  virtual Tensor to_device(const Tensor& t, DType dtype) = 0;
+  // A contiguous host copy: float dtypes become F32, integer dtypes keep theirs. Waits for the
+  // work that produces `t`.
+  virtual Tensor to_host(const Tensor& t) = 0;
+  // Waits until every op queued on this backend has finished (no-op on the CPU).
+  virtual void synchronize() = 0;
+
   // y = x·Wᵀ (+b) + Σ LoRA per row.  x [T, in] -> y [T, out] (=)
   virtual void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) = 0;
   // y = x / rms(x) · w over the last dim.  x [..., H], w [H] -> y like x (=); y may alias x
