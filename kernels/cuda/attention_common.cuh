@@ -29,14 +29,30 @@ inline Visibility make_visibility(const int32_t* q_pos, const int32_t* k_pos, co
   return {q_pos, k_pos, m.q_segments, m.k_segments, m.sliding_window, m.chunk_size, m.causal};
 }
 
-// Exactly kernels/cpu/attention.cpp's rule (int64 positions, C++ truncating division).
-__device__ __forceinline__ bool visible(const Visibility& v, int64_t t, int64_t j) {
-  const int64_t qp = v.q_pos[t], kp = v.k_pos[j];
+// Exactly kernels/cpu/attention.cpp's rule (int64 positions, C++ truncating division), on values
+// (qs / ks: the segment ids, ignored when the call has none).
+__device__ __forceinline__ bool visible_at(const Visibility& v, int64_t qp, int32_t qs, int64_t kp, int32_t ks) {
   if (v.causal && kp > qp) return false;
   if (v.window > 0 && qp - kp >= v.window) return false;
   if (v.chunk > 0 && qp / v.chunk != kp / v.chunk) return false;
-  if (v.q_seg != nullptr && v.q_seg[t] != v.k_seg[j]) return false;
+  if (v.q_seg != nullptr && qs != ks) return false;
   return true;
+}
+// The same for query t and key j, read from global memory.
+__device__ __forceinline__ bool visible(const Visibility& v, int64_t t, int64_t j) {
+  return visible_at(v, v.q_pos[t], v.q_seg ? v.q_seg[t] : 0, v.k_pos[j], v.k_seg ? v.k_seg[j] : 0);
+}
+
+// Block-wide OR of one flag per thread (the same answer in every thread). wflag: __shared__
+// int[kWarps]; the caller must have synchronised since the last read of wflag. Ends with a
+// __syncthreads.
+__device__ __forceinline__ bool block_any(bool any, int* wflag) {
+  const unsigned b = __ballot_sync(0xffffffffu, any);
+  if ((threadIdx.x & 31) == 0) wflag[threadIdx.x >> 5] = b != 0u;
+  __syncthreads();
+  int r = 0;
+  for (int w = 0; w < kWarps; ++w) r |= wflag[w];
+  return r != 0;
 }
 
 // vis[r·BN + c] = query t0 + r sees key j0 + c (false past T or S) for the [kBM, BN] tile; returns
@@ -53,12 +69,7 @@ __device__ __forceinline__ bool tile_visibility(const Visibility& v, int64_t t0,
     vis[e] = ok;
     any = any || ok;
   }
-  const unsigned b = __ballot_sync(0xffffffffu, any);
-  if ((threadIdx.x & 31) == 0) wflag[threadIdx.x >> 5] = b != 0u;
-  __syncthreads();
-  int r = 0;
-  for (int w = 0; w < kWarps; ++w) r |= wflag[w];
-  return r != 0;
+  return block_any(any, wflag);
 }
 
 // dst[r · pitch + c] = float(src[((row0 + r) · heads + h) · dim + c]) for r < rows, c < dim; rows
@@ -100,6 +111,10 @@ struct FwdParams {
   float* delta;                // [T, Hq], statistics mode only
 };
 void launch_fwd(const FwdParams& p, cudaStream_t stream);  // no launch for T = 0
+// The tensor-core forward (attention_fwd_tc.cu): D == Dv in {64, 128}, q/k/v 16-byte aligned, not
+// statistics mode; tc_ineligible returns why a call does not qualify (null: it does).
+const char* tc_ineligible(const FwdParams& p);
+void launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
 
 // Checks shared by both descriptors (who names the entry point).
 void validate_common(const char* who, const AttentionDims& d, const __nv_bfloat16* q, const __nv_bfloat16* k,

@@ -7,6 +7,8 @@
 //      visible; then out = 0). Scores, P, the running (m, l) and O are fp32 (P is not rounded to
 //      bf16); out is rounded once. Any T, S >= 0, 1 <= D, Dv <= 256.
 //   Oracle: cpu::attention (tests/kernels/cuda_attention).
+// Paths: attention_fwd_tc.cu (tensor cores) for D == Dv in {64, 128} unless desc.path says
+//   otherwise; this kernel for every other call and for the backward's statistics pass.
 // Design (flash-style, CUDA cores): block = kBM = 16 query rows of one query head, 128 threads.
 //   Q tile fp32 in shared memory; per key tile of BN = 32 keys: the tile's visibility from the
 //   positions / segments (skipped when no pair is visible: causal and window tiles cost nothing),
@@ -204,7 +206,14 @@ void attention_fwd(const AttentionFwdDesc& d, cudaStream_t stream) {
   p.Dv = static_cast<int>(d.dims.Dv);
   p.out = d.out;
   p.lse = d.lse;
-  attnk::launch_fwd(p, stream);
+  const char* why_not_tc = attnk::tc_ineligible(p);
+  GRAFT_CHECK_FIX(d.path != AttentionFwdPath::TensorCores || why_not_tc == nullptr,
+                  "use AttentionFwdPath::Auto (falls back to CUDA cores)", "attention_fwd: path = TensorCores, but {}",
+                  why_not_tc ? why_not_tc : "");
+  if (d.path != AttentionFwdPath::CudaCores && why_not_tc == nullptr)
+    attnk::launch_fwd_tc(p, stream);
+  else
+    attnk::launch_fwd(p, stream);
 }
 
 }  // namespace graft::cuda

@@ -34,6 +34,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr double kOutRel = 3.90625e-3;      // 2^-8
 constexpr double kFastGradRel = 7.8125e-3;  // 2^-7
+constexpr double kTcOutRel = 7.8125e-3;     // 2^-7: P is also rounded to bf16 (tensor-core path)
 
 #define GRAFT_NEED_GPU() \
   if (!kSimt && cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: " << cuda::no_device_reason()
@@ -129,7 +130,7 @@ struct Problem {
   }
 
   // The forward on the device: out (bf16 bits) and lse.
-  void run_fwd(Dev<bf16>& out, Dev<float>& lse) const {
+  void run_fwd(Dev<bf16>& out, Dev<float>& lse, cuda::AttentionFwdPath path = cuda::AttentionFwdPath::Auto) const {
     cuda::AttentionFwdDesc d;
     d.q = dq_in.p;
     d.k = dk_in.p;
@@ -141,6 +142,7 @@ struct Problem {
     d.dims = dims();
     d.out = out.p;
     d.lse = lse.p;
+    d.path = path;
     cuda::attention_fwd(d, nullptr);
     sync();
   }
@@ -232,21 +234,22 @@ std::vector<Case> cases() {
 
 class CudaAttention : public ::testing::TestWithParam<Case> {};
 
-TEST_P(CudaAttention, ForwardMatchesCpu) {
-  GRAFT_NEED_GPU();
-  const Problem p(GetParam());
+// Whether the tensor-core forward takes this shape (attention.hpp: D == Dv in {64, 128}).
+bool tc_shape(const Case& c) { return c.D == c.Dv && (c.D == 64 || c.D == 128); }
+
+void check_fwd(const Problem& p, cuda::AttentionFwdPath path) {
   const Case& c = p.c;
   Dev<bf16> out(static_cast<size_t>(c.T * c.Hq * c.Dv));
   Dev<float> lse(static_cast<size_t>(c.T * c.Hq));
   out.poison();
   lse.poison();
-  p.run_fwd(out, lse);
+  p.run_fwd(out, lse, path);
   std::vector<float> ref_out, ref_lse;
   p.cpu_fwd(ref_out, ref_lse);
   const auto got = down_bf16(out);
   const auto got_lse = lse.download();
   if (c.T > 0 && c.S > 0) {
-    EXPECT_LT(rel(got, ref_out), kOutRel);
+    EXPECT_LT(rel(got, ref_out), path == cuda::AttentionFwdPath::TensorCores ? kTcOutRel : kOutRel);
   }
   int empty = 0;
   for (int64_t t = 0; t < c.T; ++t) {
@@ -267,17 +270,31 @@ TEST_P(CudaAttention, ForwardMatchesCpu) {
   }
 }
 
+TEST_P(CudaAttention, ForwardMatchesCpu) {
+  GRAFT_NEED_GPU();
+  check_fwd(Problem(GetParam()), cuda::AttentionFwdPath::CudaCores);
+}
+
+TEST_P(CudaAttention, ForwardTensorCoresMatchesCpu) {
+  GRAFT_NEED_GPU();
+  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 128}";
+  check_fwd(Problem(GetParam()), cuda::AttentionFwdPath::TensorCores);
+}
+
 TEST_P(CudaAttention, ForwardIsDeterministic) {
   GRAFT_NEED_GPU();
+  if (GetParam().T > 64) GRAFT_SKIP_UNDER_SIMT("blocks run one after another there; the smaller cases keep the path");
   const Problem p(GetParam());
   const Case& c = p.c;
-  Dev<bf16> o1(static_cast<size_t>(c.T * c.Hq * c.Dv)), o2(o1.n);
-  Dev<float> l1(static_cast<size_t>(c.T * c.Hq)), l2(l1.n);
-  p.run_fwd(o1, l1);
-  p.run_fwd(o2, l2);
-  EXPECT_EQ(bits_of(o1), bits_of(o2));
-  const auto a = l1.download(), b = l2.download();
-  EXPECT_EQ(0, a.empty() ? 0 : std::memcmp(a.data(), b.data(), a.size() * 4));
+  for (const auto path : {cuda::AttentionFwdPath::CudaCores, cuda::AttentionFwdPath::Auto}) {
+    Dev<bf16> o1(static_cast<size_t>(c.T * c.Hq * c.Dv)), o2(o1.n);
+    Dev<float> l1(static_cast<size_t>(c.T * c.Hq)), l2(l1.n);
+    p.run_fwd(o1, l1, path);
+    p.run_fwd(o2, l2, path);
+    EXPECT_EQ(bits_of(o1), bits_of(o2));
+    const auto a = l1.download(), b = l2.download();
+    EXPECT_EQ(0, a.empty() ? 0 : std::memcmp(a.data(), b.data(), a.size() * 4));
+  }
 }
 
 // Both backward paths against cpu::attention_bwd; empty rows get exact zeros in dq; dk / dv of an
@@ -316,6 +333,7 @@ TEST_P(CudaAttention, BackwardWithSavedLseMatchesCpu) {
 
 TEST_P(CudaAttention, BackwardIsDeterministic) {
   GRAFT_NEED_GPU();
+  if (GetParam().T > 64) GRAFT_SKIP_UNDER_SIMT("blocks run one after another there; the smaller cases keep the path");
   const Problem p(GetParam());
   for (const bool fast : {false, true}) {
     const auto a = p.run_bwd(fast), b = p.run_bwd(fast);
@@ -338,6 +356,9 @@ TEST(CudaAttentionDesc, RejectsBadDescriptors) {
   EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
   d.dims = {0, 0, 4, 2, 64, 64};  // nothing to do: valid with null pointers
   EXPECT_NO_THROW(cuda::attention_fwd(d, nullptr));
+  d.dims = {0, 0, 4, 2, 96, 96};  // the tensor-core path takes D in {64, 128} only
+  d.path = cuda::AttentionFwdPath::TensorCores;
+  EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
 
   cuda::AttentionBwdDesc b;
   b.dims = {0, 0, 4, 2, 64, 64};

@@ -36,6 +36,11 @@ struct AttentionDims {
   int64_t T = 0, S = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0;
 };
 
+// Which forward kernel runs. Auto: tensor cores when D == Dv in {64, 128} and q, k, v are 16-byte
+// aligned (P rounded to bf16 as the P·V operand, like flash-attention), else CUDA cores (fp32 P,
+// any D, Dv <= 256). TensorCores throws when the call does not qualify.
+enum class AttentionFwdPath { Auto, CudaCores, TensorCores };
+
 // out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, kv(h)] over visible j) · v[j, kv(h)] (=, bf16);
 // lse[t, h] = m + log Σ_j exp(s_j − m) over the visible keys (optional, fp32, -inf for a row with
 // no visible key, whose output is 0) — the backward's fast path takes it.
@@ -50,6 +55,7 @@ struct AttentionFwdDesc {
   AttentionDims dims;
   __nv_bfloat16* out = nullptr;       // [T, Hq, Dv] (=)
   float* lse = nullptr;               // [T, Hq] fp32 (=), optional
+  AttentionFwdPath path = AttentionFwdPath::Auto;
 
   void validate() const;              // throws graft::Error naming the field and the fix
 };
