@@ -7,6 +7,8 @@
 //   fp32 everywhere, each gradient rounded to bf16 once. Rows with no visible key: zero dq, no
 //   contribution. T = 0 -> dk = dv = 0; S = 0 -> dq = 0.
 //   Oracle: cpu::attention_bwd (tests/kernels/cuda_attention).
+// Paths: passes 2-3 run on tensor cores (attention_bwd_tc.cu) for D == Dv in {64, 128} unless
+//   desc.path says otherwise; the kernels below serve every other call.
 // Passes (no atomics, every sum in a fixed order: bit-identical from run to run, grid-independent):
 //   1. row statistics into the workspace: with the forward's lse and out (fast path) one warp per
 //      (t, h) row computes delta = Σ_c dout·out; without them the forward kernel in statistics mode
@@ -301,6 +303,14 @@ void attention_bwd(const AttentionBwdDesc& d, cudaStream_t stream) {
     f.delta = delta_ws;
     attnk::launch_fwd(f, stream);
     lse = lse_ws;
+  }
+  const char* why_not_tc = attnk::bwd_tc_ineligible(n.D, n.Dv, d.q, d.k, d.v, d.dout);
+  GRAFT_CHECK_FIX(d.path != AttentionPath::TensorCores || why_not_tc == nullptr,
+                  "use AttentionPath::Auto (falls back to CUDA cores)", "attention_bwd: path = TensorCores, but {}",
+                  why_not_tc ? why_not_tc : "");
+  if (d.path != AttentionPath::CudaCores && why_not_tc == nullptr) {  // passes 2-3 on tensor cores
+    attnk::launch_bwd_tc(d.q, d.k, d.v, d.dout, vis, d.scale, n, lse, delta_ws, d.dq, d.dk, d.dv, stream);
+    return;
   }
   attnk::BwdParams p{};
   p.q = d.q;

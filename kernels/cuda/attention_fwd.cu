@@ -207,10 +207,10 @@ void attention_fwd(const AttentionFwdDesc& d, cudaStream_t stream) {
   p.out = d.out;
   p.lse = d.lse;
   const char* why_not_tc = attnk::tc_ineligible(p);
-  GRAFT_CHECK_FIX(d.path != AttentionFwdPath::TensorCores || why_not_tc == nullptr,
-                  "use AttentionFwdPath::Auto (falls back to CUDA cores)", "attention_fwd: path = TensorCores, but {}",
+  GRAFT_CHECK_FIX(d.path != AttentionPath::TensorCores || why_not_tc == nullptr,
+                  "use AttentionPath::Auto (falls back to CUDA cores)", "attention_fwd: path = TensorCores, but {}",
                   why_not_tc ? why_not_tc : "");
-  if (d.path != AttentionFwdPath::CudaCores && why_not_tc == nullptr)
+  if (d.path != AttentionPath::CudaCores && why_not_tc == nullptr)
     attnk::launch_fwd_tc(p, stream);
   else
     attnk::launch_fwd(p, stream);

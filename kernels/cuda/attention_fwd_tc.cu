@@ -1,5 +1,5 @@
 // attention_fwd_tc.cu — the tensor-core path of attention_fwd for D == Dv in {64, 128} (the head
-// dims of Llama / Qwen / Mistral-class models); attention_fwd picks it (AttentionFwdPath::Auto)
+// dims of Llama / Qwen / Mistral-class models); attention_fwd picks it (AttentionPath::Auto)
 // when the call qualifies, the CUDA-core kernel (attention_fwd.cu) otherwise.
 // Contract: attention_fwd's (graft/cuda/attention.hpp): same visibility rule per (query, key) pair
 //   from the positions / segments, same GQA mapping, out (=, bf16), optional lse (fp32, -inf and

@@ -10,7 +10,9 @@
 // 1.95e-3). Outputs and gradients are held to 2^-8 = 3.9e-3 (the rounding plus margin). The
 // backward's fast path reads the bf16-rounded forward output inside delta = Σ dout·out, an extra
 // 2^-9 relative error in delta that dS = P·(dP − delta) can amplify where dP ≈ delta; it is held
-// to 2^-7. lse is fp32 end to end: |a − b| <= 1e-5·(1 + |b|).
+// to 2^-7. The tensor-core paths (D == Dv in {64, 128}) also round P (and in the backward dS) to
+// bf16 as mma operands, one more 2^-9 relative error per term: held to 2^-7 as well. lse is fp32
+// end to end: |a − b| <= 1e-5·(1 + |b|).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -130,7 +132,7 @@ struct Problem {
   }
 
   // The forward on the device: out (bf16 bits) and lse.
-  void run_fwd(Dev<bf16>& out, Dev<float>& lse, cuda::AttentionFwdPath path = cuda::AttentionFwdPath::Auto) const {
+  void run_fwd(Dev<bf16>& out, Dev<float>& lse, cuda::AttentionPath path = cuda::AttentionPath::Auto) const {
     cuda::AttentionFwdDesc d;
     d.q = dq_in.p;
     d.k = dk_in.p;
@@ -163,7 +165,7 @@ struct Problem {
     Dev<bf16> dq, dk, dv;
   };
   // The backward on the device; fast = pass the forward's lse and out.
-  Grads run_bwd(bool fast) const {
+  Grads run_bwd(bool fast, cuda::AttentionPath path = cuda::AttentionPath::Auto) const {
     Grads g{Dev<bf16>(static_cast<size_t>(c.T * c.Hq * c.D)), Dev<bf16>(static_cast<size_t>(c.S * c.Hkv * c.D)),
             Dev<bf16>(static_cast<size_t>(c.S * c.Hkv * c.Dv))};
     g.dq.poison();
@@ -192,6 +194,7 @@ struct Problem {
     d.dv = g.dv.p;
     d.workspace = ws.p;
     d.workspace_bytes = ws_bytes;
+    d.path = path;
     cuda::attention_bwd(d, nullptr);
     sync();
     return g;
@@ -216,7 +219,7 @@ struct Problem {
 std::vector<Case> cases() {
   return {
       {"causal_gqa_T37", 37, 37, 4, 2, 64, 64},
-      {"causal_gqa4_T130_D128", 130, 130, 8, 2, 128, 128},
+      {"causal_gqa4_T80_D128", 80, 80, 4, 1, 128, 128},
       {"bidirectional_mha_D80", 19, 19, 3, 3, 80, 80, false},
       {"prefill_cache_T13_S40_D96", 13, 40, 6, 2, 96, 96},
       {"sliding_window7_D128", 40, 40, 2, 1, 128, 128, true, 7},
@@ -237,7 +240,7 @@ class CudaAttention : public ::testing::TestWithParam<Case> {};
 // Whether the tensor-core forward takes this shape (attention.hpp: D == Dv in {64, 128}).
 bool tc_shape(const Case& c) { return c.D == c.Dv && (c.D == 64 || c.D == 128); }
 
-void check_fwd(const Problem& p, cuda::AttentionFwdPath path) {
+void check_fwd(const Problem& p, cuda::AttentionPath path) {
   const Case& c = p.c;
   Dev<bf16> out(static_cast<size_t>(c.T * c.Hq * c.Dv));
   Dev<float> lse(static_cast<size_t>(c.T * c.Hq));
@@ -249,7 +252,7 @@ void check_fwd(const Problem& p, cuda::AttentionFwdPath path) {
   const auto got = down_bf16(out);
   const auto got_lse = lse.download();
   if (c.T > 0 && c.S > 0) {
-    EXPECT_LT(rel(got, ref_out), path == cuda::AttentionFwdPath::TensorCores ? kTcOutRel : kOutRel);
+    EXPECT_LT(rel(got, ref_out), path == cuda::AttentionPath::TensorCores ? kTcOutRel : kOutRel);
   }
   int empty = 0;
   for (int64_t t = 0; t < c.T; ++t) {
@@ -272,13 +275,13 @@ void check_fwd(const Problem& p, cuda::AttentionFwdPath path) {
 
 TEST_P(CudaAttention, ForwardMatchesCpu) {
   GRAFT_NEED_GPU();
-  check_fwd(Problem(GetParam()), cuda::AttentionFwdPath::CudaCores);
+  check_fwd(Problem(GetParam()), cuda::AttentionPath::CudaCores);
 }
 
 TEST_P(CudaAttention, ForwardTensorCoresMatchesCpu) {
   GRAFT_NEED_GPU();
   if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 128}";
-  check_fwd(Problem(GetParam()), cuda::AttentionFwdPath::TensorCores);
+  check_fwd(Problem(GetParam()), cuda::AttentionPath::TensorCores);
 }
 
 TEST_P(CudaAttention, ForwardIsDeterministic) {
@@ -286,7 +289,7 @@ TEST_P(CudaAttention, ForwardIsDeterministic) {
   if (GetParam().T > 64) GRAFT_SKIP_UNDER_SIMT("blocks run one after another there; the smaller cases keep the path");
   const Problem p(GetParam());
   const Case& c = p.c;
-  for (const auto path : {cuda::AttentionFwdPath::CudaCores, cuda::AttentionFwdPath::Auto}) {
+  for (const auto path : {cuda::AttentionPath::CudaCores, cuda::AttentionPath::Auto}) {
     Dev<bf16> o1(static_cast<size_t>(c.T * c.Hq * c.Dv)), o2(o1.n);
     Dev<float> l1(static_cast<size_t>(c.T * c.Hq)), l2(l1.n);
     p.run_fwd(o1, l1, path);
@@ -299,13 +302,13 @@ TEST_P(CudaAttention, ForwardIsDeterministic) {
 
 // Both backward paths against cpu::attention_bwd; empty rows get exact zeros in dq; dk / dv of an
 // empty problem are written (zeros), never left as they were.
-void check_bwd(const Problem& p, bool fast) {
+void check_bwd(const Problem& p, bool fast, cuda::AttentionPath path) {
   const Case& c = p.c;
-  const auto g = p.run_bwd(fast);
+  const auto g = p.run_bwd(fast, path);
   std::vector<float> rq, rk, rv;
   p.cpu_bwd(rq, rk, rv);
   const auto gq = down_bf16(g.dq), gk = down_bf16(g.dk), gv = down_bf16(g.dv);
-  const double tol = fast ? kFastGradRel : kOutRel;
+  const double tol = fast || path == cuda::AttentionPath::TensorCores ? kFastGradRel : kOutRel;
   if (c.T > 0 && c.S > 0) {
     EXPECT_LT(rel(gq, rq), tol) << "dq";
     EXPECT_LT(rel(gk, rk), tol) << "dk";
@@ -323,12 +326,20 @@ void check_bwd(const Problem& p, bool fast) {
 
 TEST_P(CudaAttention, BackwardRecomputedStatsMatchesCpu) {
   GRAFT_NEED_GPU();
-  check_bwd(Problem(GetParam()), /*fast=*/false);
+  check_bwd(Problem(GetParam()), /*fast=*/false, cuda::AttentionPath::CudaCores);
 }
 
 TEST_P(CudaAttention, BackwardWithSavedLseMatchesCpu) {
   GRAFT_NEED_GPU();
-  check_bwd(Problem(GetParam()), /*fast=*/true);
+  check_bwd(Problem(GetParam()), /*fast=*/true, cuda::AttentionPath::CudaCores);
+}
+
+TEST_P(CudaAttention, BackwardTensorCoresMatchesCpu) {
+  GRAFT_NEED_GPU();
+  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 128}";
+  const Problem p(GetParam());
+  check_bwd(p, /*fast=*/false, cuda::AttentionPath::TensorCores);
+  check_bwd(p, /*fast=*/true, cuda::AttentionPath::TensorCores);
 }
 
 TEST_P(CudaAttention, BackwardIsDeterministic) {
@@ -336,7 +347,7 @@ TEST_P(CudaAttention, BackwardIsDeterministic) {
   if (GetParam().T > 64) GRAFT_SKIP_UNDER_SIMT("blocks run one after another there; the smaller cases keep the path");
   const Problem p(GetParam());
   for (const bool fast : {false, true}) {
-    const auto a = p.run_bwd(fast), b = p.run_bwd(fast);
+    const auto a = p.run_bwd(fast), b = p.run_bwd(fast);  // Auto: tensor cores where the shape qualifies
     EXPECT_EQ(bits_of(a.dq), bits_of(b.dq)) << "fast " << fast;
     EXPECT_EQ(bits_of(a.dk), bits_of(b.dk)) << "fast " << fast;
     EXPECT_EQ(bits_of(a.dv), bits_of(b.dv)) << "fast " << fast;
@@ -357,7 +368,7 @@ TEST(CudaAttentionDesc, RejectsBadDescriptors) {
   d.dims = {0, 0, 4, 2, 64, 64};  // nothing to do: valid with null pointers
   EXPECT_NO_THROW(cuda::attention_fwd(d, nullptr));
   d.dims = {0, 0, 4, 2, 96, 96};  // the tensor-core path takes D in {64, 128} only
-  d.path = cuda::AttentionFwdPath::TensorCores;
+  d.path = cuda::AttentionPath::TensorCores;
   EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
 
   cuda::AttentionBwdDesc b;

@@ -36,10 +36,11 @@ struct AttentionDims {
   int64_t T = 0, S = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0;
 };
 
-// Which forward kernel runs. Auto: tensor cores when D == Dv in {64, 128} and q, k, v are 16-byte
-// aligned (P rounded to bf16 as the P·V operand, like flash-attention), else CUDA cores (fp32 P,
-// any D, Dv <= 256). TensorCores throws when the call does not qualify.
-enum class AttentionFwdPath { Auto, CudaCores, TensorCores };
+// Which kernels run. Auto: tensor cores when D == Dv in {64, 128} and the bf16 tensors are 16-byte
+// aligned (P, and in the backward dS, rounded to bf16 as the tensor-core operands, as in
+// flash-attention 2), else CUDA cores (fp32 P and dS, any D, Dv <= 256). TensorCores throws when
+// the call does not qualify.
+enum class AttentionPath { Auto, CudaCores, TensorCores };
 
 // out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, kv(h)] over visible j) · v[j, kv(h)] (=, bf16);
 // lse[t, h] = m + log Σ_j exp(s_j − m) over the visible keys (optional, fp32, -inf for a row with
@@ -55,7 +56,7 @@ struct AttentionFwdDesc {
   AttentionDims dims;
   __nv_bfloat16* out = nullptr;       // [T, Hq, Dv] (=)
   float* lse = nullptr;               // [T, Hq] fp32 (=), optional
-  AttentionFwdPath path = AttentionFwdPath::Auto;
+  AttentionPath path = AttentionPath::Auto;
 
   void validate() const;              // throws graft::Error naming the field and the fix
 };
@@ -90,6 +91,7 @@ struct AttentionBwdDesc {
   __nv_bfloat16* dv = nullptr;          // [S, Hkv, Dv] (=)
   void* workspace = nullptr;            // attention_bwd_workspace_bytes(T, Hq) bytes
   size_t workspace_bytes = 0;
+  AttentionPath path = AttentionPath::Auto;  // passes 2-3 (dk/dv, dq); pass 1 always on CUDA cores
 
   void validate() const;
 };
