@@ -7,7 +7,7 @@
 //   fp32 everywhere, each gradient rounded to bf16 once. Rows with no visible key: zero dq, no
 //   contribution. T = 0 -> dk = dv = 0; S = 0 -> dq = 0.
 //   Oracle: cpu::attention_bwd (tests/kernels/cuda_attention).
-// Paths: passes 2-3 run on tensor cores (attention_bwd_tc.cu) for D == Dv in {64, 128} unless
+// Paths: passes 2-3 run on tensor cores (attention_bwd_tc.cu) for D == Dv in {64, 80, 96, 128} unless
 //   desc.path says otherwise; the kernels below serve every other call.
 // Passes (no atomics, every sum in a fixed order: bit-identical from run to run, grid-independent):
 //   1. row statistics into the workspace: with the forward's lse and out (fast path) one warp per

@@ -1,5 +1,5 @@
 // attention_bwd_tc.cu — the tensor-core passes 2 and 3 of attention_bwd (dk/dv and dq) for D == Dv
-// in {64, 128}; attention_bwd picks them (AttentionPath::Auto) when the call qualifies, the
+// in {64, 80, 96, 128}; attention_bwd picks them (AttentionPath::Auto) when the call qualifies, the
 // CUDA-core kernels (attention_bwd.cu) otherwise. Pass 1 (lse, delta) is shared.
 // Contract: attention_bwd's (graft/cuda/attention.hpp). Differs from the CUDA-core path only in
 //   rounding: as in flash-attention 2, P and dS are rounded to bf16 as the tensor-core operands of
@@ -322,7 +322,7 @@ void launch_d(const TcArgs& a, cudaStream_t stream) {
 }  // namespace
 
 const char* bwd_tc_ineligible(int64_t D, int64_t Dv, const void* q, const void* k, const void* v, const void* dout) {
-  if (D != Dv || (D != 64 && D != 128)) return "the tensor-core path needs D == Dv in {64, 128}";
+  if (D != Dv || (D != 64 && D != 80 && D != 96 && D != 128)) return "the tensor-core path needs D == Dv in {64, 80, 96, 128}";
   for (const void* ptr : {q, k, v, dout})
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return "the tensor-core path needs 16-byte aligned q, k, v, dout";
   return nullptr;
@@ -333,10 +333,12 @@ void launch_bwd_tc(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bf
                    __nv_bfloat16* dq, __nv_bfloat16* dk, __nv_bfloat16* dv, cudaStream_t stream) {
   if (n.T == 0) return;
   const TcArgs a{q, k, v, dout, vis, scale, n.T, n.S, n.Hq, n.Hkv, lse, delta, dq, dk, dv};
-  if (n.D == 64)
-    launch_d<64>(a, stream);
-  else
-    launch_d<128>(a, stream);
+  switch (n.D) {
+    case 64: launch_d<64>(a, stream); break;
+    case 80: launch_d<80>(a, stream); break;
+    case 96: launch_d<96>(a, stream); break;
+    default: launch_d<128>(a, stream); break;
+  }
 }
 
 }  // namespace graft::cuda::attnk

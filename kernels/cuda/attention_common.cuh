@@ -111,11 +111,11 @@ struct FwdParams {
   float* delta;                // [T, Hq], statistics mode only
 };
 void launch_fwd(const FwdParams& p, cudaStream_t stream);  // no launch for T = 0
-// The tensor-core forward (attention_fwd_tc.cu): D == Dv in {64, 128}, q/k/v 16-byte aligned, not
+// The tensor-core forward (attention_fwd_tc.cu): D == Dv in {64, 80, 96, 128}, q/k/v 16-byte aligned, not
 // statistics mode; tc_ineligible returns why a call does not qualify (null: it does).
 const char* tc_ineligible(const FwdParams& p);
 void launch_fwd_tc(const FwdParams& p, cudaStream_t stream);
-// The tensor-core passes 2-3 of the backward (attention_bwd_tc.cu): D == Dv in {64, 128}, q, k, v,
+// The tensor-core passes 2-3 of the backward (attention_bwd_tc.cu): D == Dv in {64, 80, 96, 128}, q, k, v,
 // dout 16-byte aligned; bwd_tc_ineligible returns why a call does not qualify (null: it does).
 const char* bwd_tc_ineligible(int64_t D, int64_t Dv, const void* q, const void* k, const void* v, const void* dout);
 void launch_bwd_tc(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,

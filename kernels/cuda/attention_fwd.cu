@@ -7,7 +7,7 @@
 //      visible; then out = 0). Scores, P, the running (m, l) and O are fp32 (P is not rounded to
 //      bf16); out is rounded once. Any T, S >= 0, 1 <= D, Dv <= 256.
 //   Oracle: cpu::attention (tests/kernels/cuda_attention).
-// Paths: attention_fwd_tc.cu (tensor cores) for D == Dv in {64, 128} unless desc.path says
+// Paths: attention_fwd_tc.cu (tensor cores) for D == Dv in {64, 80, 96, 128} unless desc.path says
 //   otherwise; this kernel for every other call and for the backward's statistics pass.
 // Design (flash-style, CUDA cores): block = kBM = 16 query rows of one query head, 128 threads.
 //   Q tile fp32 in shared memory; per key tile of BN = 32 keys: the tile's visibility from the

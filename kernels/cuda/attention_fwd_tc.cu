@@ -1,5 +1,5 @@
-// attention_fwd_tc.cu — the tensor-core path of attention_fwd for D == Dv in {64, 128} (the head
-// dims of Llama / Qwen / Mistral-class models); attention_fwd picks it (AttentionPath::Auto)
+// attention_fwd_tc.cu — the tensor-core path of attention_fwd for D == Dv in {64, 80, 96, 128} (the
+// head dims of Llama / Qwen / Mistral / Phi-class models); attention_fwd picks it (AttentionPath::Auto)
 // when the call qualifies, the CUDA-core kernel (attention_fwd.cu) otherwise.
 // Contract: attention_fwd's (graft/cuda/attention.hpp): same visibility rule per (query, key) pair
 //   from the positions / segments, same GQA mapping, out (=, bf16), optional lse (fp32, -inf and
@@ -14,7 +14,7 @@
 //   shared memory; each lane pair owns one row (32 columns each): mask, (m, l) update, P (bf16),
 //   O row rescaled; then O += P·V (wmma, accumulators through shared memory). Fixed order
 //   throughout: deterministic. Shared memory 113 KB (D = 128) / 72 KB (D = 64), checked against the
-//   device's opt-in limit. Grid (ceil(T/64), Hq).
+//   device's opt-in limit. Pitches keep every wmma pointer 32-byte aligned for all four D. Grid (ceil(T/64), Hq).
 #include <mma.h>
 
 #include <cmath>
@@ -215,7 +215,7 @@ void launch_d(const FwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 const char* tc_ineligible(const FwdParams& p) {
-  if (p.D != p.Dv || (p.D != 64 && p.D != 128)) return "the tensor-core path needs D == Dv in {64, 128}";
+  if (p.D != p.Dv || (p.D != 64 && p.D != 80 && p.D != 96 && p.D != 128)) return "the tensor-core path needs D == Dv in {64, 80, 96, 128}";
   if (p.delta != nullptr) return "statistics mode runs on CUDA cores";
   const auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
   if (misaligned(p.q) || misaligned(p.k) || misaligned(p.v)) return "the tensor-core path needs 16-byte aligned q, k, v";
@@ -224,10 +224,12 @@ const char* tc_ineligible(const FwdParams& p) {
 
 void launch_fwd_tc(const FwdParams& p, cudaStream_t stream) {
   if (p.T == 0) return;
-  if (p.D == 64)
-    launch_d<64>(p, stream);
-  else
-    launch_d<128>(p, stream);
+  switch (p.D) {
+    case 64: launch_d<64>(p, stream); break;
+    case 80: launch_d<80>(p, stream); break;
+    case 96: launch_d<96>(p, stream); break;
+    default: launch_d<128>(p, stream); break;
+  }
 }
 
 }  // namespace graft::cuda::attnk

@@ -10,7 +10,7 @@
 // 1.95e-3). Outputs and gradients are held to 2^-8 = 3.9e-3 (the rounding plus margin). The
 // backward's fast path reads the bf16-rounded forward output inside delta = Σ dout·out, an extra
 // 2^-9 relative error in delta that dS = P·(dP − delta) can amplify where dP ≈ delta; it is held
-// to 2^-7. The tensor-core paths (D == Dv in {64, 128}) also round P (and in the backward dS) to
+// to 2^-7. The tensor-core paths (D == Dv in {64, 80, 96, 128}) also round P (and in the backward dS) to
 // bf16 as mma operands, one more 2^-9 relative error per term: held to 2^-7 as well. lse is fp32
 // end to end: |a − b| <= 1e-5·(1 + |b|).
 #include <gtest/gtest.h>
@@ -237,8 +237,8 @@ std::vector<Case> cases() {
 
 class CudaAttention : public ::testing::TestWithParam<Case> {};
 
-// Whether the tensor-core forward takes this shape (attention.hpp: D == Dv in {64, 128}).
-bool tc_shape(const Case& c) { return c.D == c.Dv && (c.D == 64 || c.D == 128); }
+// Whether the tensor-core forward takes this shape (attention.hpp: D == Dv in {64, 80, 96, 128}).
+bool tc_shape(const Case& c) { return c.D == c.Dv && (c.D == 64 || c.D == 80 || c.D == 96 || c.D == 128); }
 
 void check_fwd(const Problem& p, cuda::AttentionPath path) {
   const Case& c = p.c;
@@ -280,7 +280,7 @@ TEST_P(CudaAttention, ForwardMatchesCpu) {
 
 TEST_P(CudaAttention, ForwardTensorCoresMatchesCpu) {
   GRAFT_NEED_GPU();
-  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 128}";
+  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 80, 96, 128}";
   check_fwd(Problem(GetParam()), cuda::AttentionPath::TensorCores);
 }
 
@@ -336,7 +336,7 @@ TEST_P(CudaAttention, BackwardWithSavedLseMatchesCpu) {
 
 TEST_P(CudaAttention, BackwardTensorCoresMatchesCpu) {
   GRAFT_NEED_GPU();
-  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 128}";
+  if (!tc_shape(GetParam())) GTEST_SKIP() << "the tensor-core path takes D == Dv in {64, 80, 96, 128}";
   const Problem p(GetParam());
   check_bwd(p, /*fast=*/false, cuda::AttentionPath::TensorCores);
   check_bwd(p, /*fast=*/true, cuda::AttentionPath::TensorCores);
@@ -367,7 +367,7 @@ TEST(CudaAttentionDesc, RejectsBadDescriptors) {
   EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
   d.dims = {0, 0, 4, 2, 64, 64};  // nothing to do: valid with null pointers
   EXPECT_NO_THROW(cuda::attention_fwd(d, nullptr));
-  d.dims = {0, 0, 4, 2, 96, 96};  // the tensor-core path takes D in {64, 128} only
+  d.dims = {0, 0, 4, 2, 192, 128};  // the tensor-core path takes D == Dv only
   d.path = cuda::AttentionPath::TensorCores;
   EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
 
