@@ -69,9 +69,11 @@ Q=${QUICK:-1}; QF=(); [[ $Q == 1 ]] && QF=(--quick)
 step bench-nf4-matmul 60 "$KIT/bin/bench_cuda_nf4_matmul" "${QF[@]}"
 step bench-serve 90 "$KIT/bin/bench_serve_cuda" "${QF[@]}"
 step bench-moe 60 "$KIT/bin/bench_moe_cuda"
+step bench-attention 45 "$KIT/bin/bench_attention_cuda" "${QF[@]}"
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   step torch-serve 60 python3 bench/cuda/serve/torch_baseline.py "${QF[@]}"
   step torch-moe 60 python3 bench/cuda/moe/torch_moe_baseline.py
+  step torch-attention 30 python3 bench/cuda/attention/torch_baseline.py "${QF[@]}"
 fi
 
 # 4. The report: JSON (steps + per-test results) and Markdown (failures first).
