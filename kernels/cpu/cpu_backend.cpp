@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/moe_ref.hpp"
 #include "graft/cpu/reference_bwd.hpp"
+#include "graft/cpu/train_step_ops.hpp"
 #include "graft/parallel.hpp"
 
 namespace graft::cpu {
@@ -29,6 +31,8 @@ void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
     linear(x, w.dense, w.bias, y);
   }
 }
+
+void check_factors(const LoraFactors& f, int64_t in, int64_t out);
 
 class CpuBackend final : public Backend {
  public:
@@ -130,6 +134,36 @@ class CpuBackend final : public Backend {
     const float* sp = s.data<float>();
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) p[t * H + h] *= sp[t];
+  }
+  void fill(Tensor& y, float v) override { cpu::fill(y, v); }
+  void mul(const Tensor& x, const Tensor& m, Tensor& y) override { cpu::mul(x, m, y); }
+  void lora_acc(const Tensor& x, const LoraFactors& f, Tensor& y) override {
+    check_factors(f, x.size(1), y.size(1));
+    cpu::lora_acc(x, f.a, f.b, f.scale, y);
+  }
+  void dropout_mask(uint64_t key, std::span<const int32_t> rows, double p, Tensor& out) override {
+    cpu::dropout_mask(key, rows, p, out);
+  }
+  void gather_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
+    cpu::gather_rows(x, rows, s, out);
+  }
+  void scatter_add_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
+    cpu::scatter_add_rows(x, rows, s, out);
+  }
+  void rows_dot(const Tensor& x, std::span<const int32_t> rows, const Tensor& y, Tensor& out) override {
+    cpu::rows_dot(x, rows, y, out);
+  }
+  void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col) override {
+    cpu::copy_cols(src, src_col, width, dst, dst_col);
+  }
+  void sigmoid(const Tensor& x, Tensor& y) override { cpu::sigmoid(x, y); }
+  void sigmoid_bwd(const Tensor& y, const Tensor& dy, Tensor& dx) override { cpu::sigmoid_bwd(y, dy, dx); }
+  void moe_route_bwd(const Tensor& logits, const RouterParams& p, const Tensor& ids, const Tensor& dweights,
+                     Tensor& dlogits) override {
+    cpu::moe_route_bwd(logits, p, ids, dweights, dlogits);
+  }
+  MoePermutation moe_permute_plan(const Tensor& ids, int num_experts) override {
+    return cpu::moe_permute_plan(ids, num_experts);
   }
 };
 
