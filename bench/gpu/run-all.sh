@@ -61,6 +61,11 @@ if [[ -x "$SAN" ]]; then
     "$KIT/bin/test_cuda_nf4_matmul" --gtest_brief=1 --gtest_filter='CudaNf4Matmul.ForwardOddShapes:CudaNf4Matmul.BackwardOddShapes:CudaNf4Matmul.DequantIsBitExact'
   [[ -x "$KIT/bin/test_cuda_serve" ]] && step racecheck-serve 60 "$SAN" --tool racecheck --error-exitcode 3 \
     "$KIT/bin/test_cuda_serve" --gtest_brief=1 --gtest_filter='CudaServeLoraRanks.OddAndLargeRanks'
+  # Attention: every kernel (CUDA-core and tensor-core fwd/bwd, masked-tile skips, empty rows) on small
+  # shapes; racecheck sees the shared-memory hazards the SIMT target cannot (fibers run in order).
+  [[ -x "$KIT/bin/test_cuda_attention" ]] && step racecheck-attention 60 "$SAN" --tool racecheck --error-exitcode 3 \
+    "$KIT/bin/test_cuda_attention" --gtest_brief=1 \
+    --gtest_filter='Shapes/CudaAttention.*MatchesCpu/chunk8:Shapes/CudaAttention.*MatchesCpu/packed12_empty_rows:Shapes/CudaAttention.*MatchesCpu/mla_D192_Dv128'
 else
   echo '{"step":"sanitizer","rc":127,"seconds":0,"timed_out":false}' >> "$STEPS"
 fi
