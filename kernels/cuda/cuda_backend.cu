@@ -367,6 +367,23 @@ class CudaBackend final : public Backend {
                 src.describe(), dst.describe());
     cols(cb(src), Cs, src_col, 1, mb(dst), Cd, dst_col, R, width);
   }
+  void set_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override {
+    act("set_rows", "x", x);
+    act("set_rows", "out", out);
+    const int64_t C = x.size(-1), n = x.numel() / std::max<int64_t>(C, 1), R = out.numel() / std::max<int64_t>(C, 1);
+    GRAFT_CHECK(out.size(-1) == C && static_cast<int64_t>(rows.size()) == n,
+                "set_rows: x {} ({} row ids) and out {} must share the last dim", x.describe(), rows.size(),
+                out.describe());
+    std::vector<char> seen(static_cast<size_t>(R), 0);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      GRAFT_CHECK(rows[i] >= 0 && rows[i] < R && !seen[static_cast<size_t>(rows[i])],
+                  "set_rows: row id {} at {} is outside [0, {}) or repeated", rows[i], i, R);
+      seen[static_cast<size_t>(rows[i])] = 1;
+    }
+    if (n == 0) return;
+    const Tensor idx = ints(rows);
+    cuda::scatter_rows(cb(x), C, static_cast<const int32_t*>(idx.raw()), n, mb(out), stream_);
+  }
   void sigmoid(const Tensor& x, Tensor& y) override {
     act("sigmoid", "x", x);
     act("sigmoid", "y", y);
