@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "command.hpp"
+#include "graft/backend/make_backend.hpp"
 #ifdef GRAFT_HAVE_CUDA
 #include "graft/cuda/device_info.hpp"
 #endif
@@ -20,6 +21,7 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
     out["cpu_threads"] = std::thread::hardware_concurrency();
     out["cuda_built"] = false;
     out["cuda_devices"] = nlohmann::json::array();
+    out["default_device"] = graft::default_device();  // what --device auto (the default) picks
 #ifdef GRAFT_HAVE_CUDA
     out["cuda_built"] = true;
     int n = graft::cuda::device_count();
@@ -42,6 +44,7 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
       std::printf("cuda:%d %s (sm_%s, %d SMs, %.1f GiB)\n", d["index"].get<int>(), d["name"].get<std::string>().c_str(),
                   d["compute_capability"].get<std::string>().c_str(), d["sm_count"].get<int>(),
                   d["memory_bytes"].get<double>() / (1ull << 30));
+    std::printf("default (--device auto): %s\n", out["default_device"].get<std::string>().c_str());
   });
 }};
 }  // namespace

@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "command.hpp"
+#include "device_option.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
@@ -27,6 +28,7 @@ namespace fs = std::filesystem;
 using namespace graft;
 
 struct EvalArgs {
+  std::string device = "auto";  // --device
   std::string dir, data, type, chat_template;
   std::vector<std::string> adapters, prompts;
   int max_tokens = 32, seq_len = 2048;
@@ -74,7 +76,7 @@ void run(const EvalArgs& a) {
   GRAFT_CHECK_FIX(!samples.empty(), "pass a data file with at least one usable sample", "no samples in '{}'", a.data);
   std::vector<adapters::Adapter> ads;
   for (const auto& d : a.adapters) ads.push_back(adapters::load_peft(d, m.config()));
-  auto be = cpu::make_backend();
+  auto be = graft::cli::backend_for(a.device);
   // Prompts: explicit, else the first user turns of up to 3 records (rendered with the template).
   std::vector<std::vector<int32_t>> prompt_ids;
   std::vector<std::string> prompt_text = a.prompts;
@@ -147,6 +149,7 @@ graft::cli::Registration reg{"eval", 55, [](CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   auto* sub = app.add_subcommand("eval", "Held-out loss/perplexity and generations: base vs adapters, side by side");
   sub->add_option("model_dir", a->dir, "Base model directory")->required();
+  graft::cli::add_device_option(sub, a->device);
   sub->add_option("--adapter", a->adapters, "PEFT adapter directory (repeatable)");
   sub->add_option("--data", a->data, "Held-out data file (.json / .jsonl)")->required();
   sub->add_option("--type", a->type, "Data format: chat_template (messages), sharegpt, alpaca, completion, pretokenized "

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "command.hpp"
+#include "device_option.hpp"
 #include "graft/adapters/combine.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
@@ -22,6 +23,7 @@
 
 namespace {
 struct GenerateArgs {
+  std::string device = "auto";  // --device
   std::string dir, prompt, system;
   std::vector<std::string> adapters;
   std::vector<float> adapter_scales;
@@ -69,7 +71,7 @@ void run(const GenerateArgs& a) {
     std::vector<float> w = a.adapter_scales.empty() ? std::vector<float>(loaded.size(), 1.0f) : a.adapter_scales;
     combined = adapters::combine(ptrs, w);
   }
-  auto be = cpu::make_backend();
+  auto be = graft::cli::backend_for(a.device);
   model::GenerateOptions go;
   go.adapter = combined ? &*combined : nullptr;
   go.sampling = a.sampling;
@@ -98,6 +100,7 @@ graft::cli::Registration reg{"generate", 40, [](CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   auto* sub = app.add_subcommand("generate", "Generate text from a model on the CPU backend");
   sub->add_option("model_dir", a->dir, "Hugging Face model directory")->required();
+  graft::cli::add_device_option(sub, a->device);
   sub->add_option("--prompt", a->prompt, "Prompt text")->required();
   sub->add_flag("--chat", a->chat, "Wrap the prompt as a user turn with the model's chat template");
   sub->add_option("--system", a->system, "System message (with --chat)");

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "command.hpp"
+#include "device_option.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
@@ -41,6 +42,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ServeArgs {
+  std::string device = "auto";  // --device
   std::string dir, host = "127.0.0.1", served_name, api_keys_file, port_file;
   int port = 8000;
   std::vector<std::string> adapters, adapter_dirs, api_keys;
@@ -104,7 +106,7 @@ void run(const ServeArgs& a) {
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
   auto m = model::Model::load(a.dir, lo);
-  auto be = cpu::make_backend();
+  auto be = graft::cli::backend_for(a.device);
   if (a.fine_tuning) {  // fine-tuned adapters are loaded from the jobs' folders
     fs::create_directories(fs::path(a.ft_dir) / "jobs");
     roots.push_back(fs::absolute(fs::path(a.ft_dir) / "jobs").lexically_normal().string());
@@ -191,6 +193,7 @@ graft::cli::Registration reg{"serve", 45, [](CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   auto* sub = app.add_subcommand("serve", "Serve the model and its LoRA adapters over an OpenAI-compatible HTTP API");
   sub->add_option("model_dir", a->dir, "Hugging Face model directory (the frozen base)")->required();
+  graft::cli::add_device_option(sub, a->device);
   sub->add_option("--host", a->host, "Address to listen on (default 127.0.0.1: this machine only)");
   sub->add_option("--port", a->port, "TCP port (0: any free port, see --port-file)")->check(CLI::Range(0, 65535));
   sub->add_option("--port-file", a->port_file, "Write the bound port to this file once listening");

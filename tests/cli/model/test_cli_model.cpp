@@ -107,3 +107,29 @@ TEST_F(CliModel, BadInputsGiveClearErrors) {
   EXPECT_EQ(r.rc, 1) << r.err;
   EXPECT_NE(r.err.find("model.safetensors"), std::string::npos) << r.err;
 }
+
+// --device on the model-running commands: names are checked, cpu equals the default on a machine without a
+// GPU, and asking for CUDA where there is none says why; `graft devices --json` reports what auto picks.
+TEST_F(CliModel, DeviceFlag) {
+  ASSERT_EQ(run("init-model --arch qwen3 --preset tiny --seed 2 --out " + d("q")).rc, 0);
+  auto dev = run("devices --json");
+  ASSERT_EQ(dev.rc, 0) << dev.err;
+  const auto jd = nlohmann::json::parse(dev.out);
+  const std::string dflt = jd["default_device"].get<std::string>();
+  auto g = run("generate " + d("q") + " --prompt hi --max-tokens 4 --json --device cpu");
+  ASSERT_EQ(g.rc, 0) << g.err;
+  if (dflt == "cpu") {
+    auto ga = run("generate " + d("q") + " --prompt hi --max-tokens 4 --json");
+    EXPECT_EQ(ga.out, g.out) << "auto is cpu here";
+    auto gc = run("generate " + d("q") + " --prompt hi --max-tokens 4 --device cuda");
+    EXPECT_EQ(gc.rc, 1);
+    EXPECT_TRUE(gc.err.find("no CUDA device is usable") != std::string::npos ||
+                gc.err.find("no CUDA backend") != std::string::npos)
+        << gc.err;
+  }
+  auto bad = run("generate " + d("q") + " --prompt hi --device gpu0");
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_NE(bad.err.find("unknown device 'gpu0'"), std::string::npos) << bad.err;
+  bad = run("eval " + d("q") + " --data nowhere.jsonl --device cuda:x");
+  EXPECT_EQ(bad.rc, 1);
+}
