@@ -1,0 +1,26 @@
+# Fails when a source under DIR reaches the CPU kernels directly instead of the Backend interface:
+# an #include of graft/cpu/* or of graft/train/backward_ref.hpp (which includes graft/cpu/*), or a
+# use of the cpu:: namespace. Usage: cmake -DDIR=<dir> -P check_backend_neutral.cmake
+if(NOT DIR)
+  message(FATAL_ERROR "check_backend_neutral: pass -DDIR=<directory to scan>")
+endif()
+file(GLOB sources "${DIR}/*.cpp" "${DIR}/*.hpp")
+if(NOT sources)
+  message(FATAL_ERROR "check_backend_neutral: no .cpp/.hpp files in ${DIR}")
+endif()
+set(bad "")
+foreach(f ${sources})
+  file(STRINGS "${f}" lines)
+  set(n 0)
+  foreach(line IN LISTS lines)
+    math(EXPR n "${n} + 1")
+    if(line MATCHES "#[ \t]*include[ \t]*[<\"]graft/(cpu/|train/backward_ref\\.hpp)" OR line MATCHES "(^|[^A-Za-z0-9_])cpu::")
+      string(APPEND bad "\n  ${f}:${n}: ${line}")
+    endif()
+  endforeach()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "the training step must call the Backend (graft/backend/backend.hpp), not the CPU kernels; "
+                      "add a Backend op instead (docs/training.md, 'The training step on the Backend'):${bad}")
+endif()
+message(STATUS "check_backend_neutral: ${DIR} is backend-neutral")
