@@ -46,9 +46,21 @@ const LinearWeight& step_lm_head(const model::Model& m, const TrainableAdapter& 
   return h ? *h : m.lm_head();
 }
 
+namespace {
+// The copies and their gradients are host fp32 tensors; the step's activations must be host tensors too.
+void check_host(const Tensor& t, const char* what) {
+  GRAFT_CHECK_FIX(t.device().is_cpu() && t.dtype() == DType::F32,
+                  "train with lora_modules_to_save on the CPU backend, or remove lora_modules_to_save",
+                  "lora_modules_to_save: the embed_tokens / lm_head gradients are computed on the host, but the step's {} "
+                  "is {} on {}", what, dtype_name(t.dtype()), t.device().str());
+}
+}  // namespace
+
 void lm_head_grad(TrainableAdapter& ad, const Tensor& xf, const Tensor& dlogits) {
   FullParam* p = ad.lm_head_param();
   if (!p) return;
+  check_host(xf, "final-norm output");
+  check_host(dlogits, "logits gradient");
   const int64_t T = xf.size(0), H = xf.size(1), V = dlogits.size(1);
   Eigen::Map<const MatR> x(xf.data<float>(), T, H), dy(dlogits.data<float>(), T, V);
   Eigen::Map<MatR> g(p->grad.data<float>(), V, H);
@@ -58,6 +70,7 @@ void lm_head_grad(TrainableAdapter& ad, const Tensor& xf, const Tensor& dlogits)
 void embedding_grad(TrainableAdapter& ad, std::span<const int32_t> ids, const Tensor& dh) {
   FullParam* p = ad.embed_param();
   if (!p) return;
+  check_host(dh, "embedding-output gradient");
   const int64_t H = dh.size(1);
   for (size_t t = 0; t < ids.size(); ++t) {
     const float* src = dh.data<float>() + static_cast<int64_t>(t) * H;
