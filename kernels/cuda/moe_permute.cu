@@ -16,6 +16,7 @@
 
 #include "moe_gemm.cuh"
 #include "launch.cuh"
+#include "warp_reduce.cuh"
 
 namespace graft::cuda::moe {
 using detail::bf2f;
@@ -118,18 +119,6 @@ __global__ void permute_kernel(const bf16_t* __restrict__ x, int64_t H, int k, c
       w[i] = detail::pack_bf2(bf2f(static_cast<bf16_t>(w[i] & 0xffffu)) * c, bf2f(static_cast<bf16_t>(w[i] >> 16)) * c);
     dst[v] = q;
   }
-}
-
-__device__ float block_sum(float v, float* red) {  // blockDim.x == 256
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  __syncthreads();  // red may still be read from a previous call
-  if (lane == 0) red[w] = v;
-  __syncthreads();
-  float s = 0.f;
-  for (int i = 0; i < static_cast<int>(blockDim.x >> 5); ++i) s += red[i];
-  return s;
 }
 
 __global__ void __launch_bounds__(256) permute_bwd_kernel(const bf16_t* __restrict__ x, const bf16_t* __restrict__ dxp,

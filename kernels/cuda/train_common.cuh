@@ -11,17 +11,7 @@ namespace graft::cuda::traink {
 
 constexpr int kThreads = 256;  // a multiple of the 32-lane warp; 8 warps per block
 
-// Sum over the block, the same fixed order in every thread (deterministic). sh: __shared__ float[32].
-__device__ __forceinline__ float block_sum(float v, float* sh) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  __syncthreads();  // sh may still be read by a previous call
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  float r = 0.0f;
-  for (int i = 0; i < static_cast<int>(blockDim.x >> 5); ++i) r += sh[i];
-  return r;
-}
+using cuda::block_sum;  // warp_reduce.cuh
 
 // Grid for a grid-stride loop over `work` items of kThreads each: enough blocks to fill every SM
 // of the current device (read at run time) several times over, never more than the work needs.
