@@ -5,6 +5,7 @@
 // negative sizes) with graft::Error naming the argument. Any size >= 0; size 0 launches nothing.
 // Launch: grid-stride loops of 256 threads, grid sized from the device's SM count (traink::grid_for).
 // Oracles: the CPU backend (kernels/cpu/cpu_backend.cpp) through tests/kernels/cuda_backend.
+#include "graft/backend/dropout_hash.hpp"
 #include "graft/cuda/backend_ops.hpp"
 #include "graft/cuda/check.hpp"
 #include "launch.cuh"
@@ -130,20 +131,12 @@ __global__ void __launch_bounds__(kThreads) sigmoid_bwd_kernel(const bf16* __res
     dx[i] = __float2bfloat16(__bfloat162float(dy[i]) * s * (1.0f - s));
   }
 }
-// splitmix64's finaliser, the same integer steps as graft::mix64 (graft/backend/dropout_hash.hpp).
-__device__ __forceinline__ uint64_t mix64_dev(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 __global__ void __launch_bounds__(kThreads) dropout_kernel(uint64_t key, const int32_t* __restrict__ rows, int64_t n,
                                                            int64_t cols, double p, float keep, float* __restrict__ m) {
   for (int64_t i = gtid(); i < n * cols; i += gstride()) {
     const int64_t r = i / cols, c = i - r * cols;
     const uint64_t row = static_cast<uint64_t>(rows ? rows[r] : r);
-    const double u = static_cast<double>(mix64_dev(key ^ (row << 32 | static_cast<uint64_t>(c))) >> 11) * 0x1.0p-53;
-    m[i] = u >= p ? keep : 0.0f;
+    m[i] = dropout_keep(key, row, static_cast<uint64_t>(c), p) ? keep : 0.0f;
   }
 }
 __global__ void __launch_bounds__(kThreads) scatter_csr_kernel(const bf16* __restrict__ x, int64_t H,

@@ -11,9 +11,16 @@
 #include <cstdint>
 #include <span>
 
+// Callable from CUDA kernels too (kernels/cuda/backend_ops.cu draws the same masks on the device).
+#if defined(__CUDACC__)
+#define GRAFT_HOST_DEVICE __host__ __device__
+#else
+#define GRAFT_HOST_DEVICE
+#endif
+
 namespace graft {
 
-inline constexpr uint64_t mix64(uint64_t z) {
+GRAFT_HOST_DEVICE inline constexpr uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -21,7 +28,7 @@ inline constexpr uint64_t mix64(uint64_t z) {
 }
 
 // True when element (row, c) of the stream `key` is kept at drop probability p.
-inline constexpr bool dropout_keep(uint64_t key, uint64_t row, uint64_t c, double p) {
+GRAFT_HOST_DEVICE inline constexpr bool dropout_keep(uint64_t key, uint64_t row, uint64_t c, double p) {
   return static_cast<double>(mix64(key ^ (row << 32 | c)) >> 11) * 0x1.0p-53 >= p;
 }
 
