@@ -83,39 +83,45 @@ std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size) {
   return {begin, begin + base + (rank < extra ? 1 : 0)};
 }
 
-GradientReducer::GradientReducer(std::vector<Tensor*> grads, int64_t bucket_floats) : grads_(std::move(grads)) {
-  int64_t in_bucket = 0;
-  for (size_t i = 0; i < grads_.size(); ++i) {
-    const int64_t n = grads_[i]->numel();
-    if (in_bucket > 0 && in_bucket + n > bucket_floats) {
-      bucket_end_.push_back(i);
-      in_bucket = 0;
+GradientAccumulator::GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values) : grads_(std::move(grads)) {
+  int64_t total = 0, bucket_start = 0;
+  for (Tensor* g : grads_) {
+    if (total > bucket_start && total + g->numel() - bucket_start > bucket_values) {
+      bucket_end_.push_back(total);
+      bucket_start = total;
     }
-    in_bucket += n;
-    total_ += n;
+    total += g->numel();
   }
-  if (!grads_.empty()) bucket_end_.push_back(grads_.size());
+  if (total > bucket_start) bucket_end_.push_back(total);
+  sum_.assign(static_cast<size_t>(total), 0.0);
 }
 
-void GradientReducer::allreduce_sum(dist::Communicator& comm) {
+void GradientAccumulator::zero() { std::fill(sum_.begin(), sum_.end(), 0.0); }
+
+void GradientAccumulator::add() {
+  double* out = sum_.data();
+  for (Tensor* g : grads_) {
+    const float* in = g->data<float>();
+    for (int64_t i = 0; i < g->numel(); ++i) out[i] += static_cast<double>(in[i]);
+    out += g->numel();
+  }
+}
+
+void GradientAccumulator::allreduce_sum(dist::Communicator& comm) {
   if (comm.size() == 1) return;
-  size_t first = 0;
-  for (size_t end : bucket_end_) {
-    int64_t n = 0;
-    for (size_t i = first; i < end; ++i) n += grads_[i]->numel();
-    buf_.resize(static_cast<size_t>(n));
-    int64_t off = 0;
-    for (size_t i = first; i < end; ++i) {
-      std::memcpy(buf_.data() + off, grads_[i]->data<float>(), static_cast<size_t>(grads_[i]->numel()) * sizeof(float));
-      off += grads_[i]->numel();
-    }
-    comm.allreduce_sum(buf_.data(), n);
-    off = 0;
-    for (size_t i = first; i < end; ++i) {
-      std::memcpy(grads_[i]->data<float>(), buf_.data() + off, static_cast<size_t>(grads_[i]->numel()) * sizeof(float));
-      off += grads_[i]->numel();
-    }
+  int64_t first = 0;
+  for (int64_t end : bucket_end_) {
+    comm.allreduce_sum(sum_.data() + first, end - first);
     first = end;
+  }
+}
+
+void GradientAccumulator::store() {
+  const double* in = sum_.data();
+  for (Tensor* g : grads_) {
+    float* out = g->data<float>();
+    for (int64_t i = 0; i < g->numel(); ++i) out[i] = static_cast<float>(in[i]);
+    in += g->numel();
   }
 }
 

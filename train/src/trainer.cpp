@@ -317,10 +317,10 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (root) std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
   }
   shuffle_for(epoch);
-  // Gradients summed over the ranks, in buckets (optimizer order; the same on every rank).
+  // The step's gradient sum, over sequences and ranks, in double (optimizer order on every rank).
   std::vector<Tensor*> grads;
   for (auto& [n, p] : plist) grads.insert(grads.end(), {&p->da, &p->db});
-  GradientReducer reducer(grads);
+  GradientAccumulator grad_sum(grads);
   std::vector<const Tensor*> weights;
   for (const auto& pr : adam.params()) weights.push_back(pr.value);
   // Rank 0 writes the checkpoint; every rank first checks that the replicas agree, then waits for it.
@@ -366,7 +366,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       return sum;
     }
     if (opt.before_step) opt.before_step();
-    ad.zero_grad();
+    grad_sum.zero();
     double loss = 0;
     // A stop requested during the step abandons it (no update) and rewinds the data cursor, so the run
     // stops within one micro-batch and a resume still continues bit-exactly.
@@ -395,7 +395,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       so.lora_dropout = r.lora_dropout();
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.dropout_draw = static_cast<uint64_t>(step * per_step + mb);  // restored by --resume with the step
+      ad.zero_grad();  // this sequence's gradient alone, then added to the step's sum
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
+      grad_sum.add();
     }
     if (abandoned) {
       if (epoch != epoch0) shuffle_for(epoch0);
@@ -406,9 +408,10 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       return sum;
     }
     if (comm.size() > 1) {  // the step's sums over every rank's sequences
-      reducer.allreduce_sum(comm);
+      grad_sum.allreduce_sum(comm);
       comm.allreduce_sum(&loss, 1);
     }
+    grad_sum.store();
     loss /= static_cast<double>(per_step);
     for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients
       for (int64_t i = 0; i < g->da.numel(); ++i) g->da.data<float>()[i] += u->da.data<float>()[i];

@@ -1,6 +1,6 @@
 // Data-parallel training over a dist::Communicator (docs/distributed.md): the recipe's parallel
-// layout, the start-up handshake, each rank's share of a global batch, the bucketed gradient
-// all-reduce and the replica check. The trainer calls these; with one rank every one is a no-op or
+// layout, the start-up handshake, each rank's share of a global batch, the gradient accumulation
+// and bucketed all-reduce, and the replica check. The trainer calls these; with one rank every one is a no-op or
 // the identity, so a single-process run is bit-identical to one without them.
 #pragma once
 
@@ -35,20 +35,25 @@ void check_same_run(dist::Communicator& comm, const std::string& recipe_hash, co
 // `rank` of `size` computes: contiguous, sizes differ by at most one, rank order = global order.
 std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size);
 
-// Sums gradient tensors over the ranks in buckets of at most `bucket_floats` floats: each bucket is
-// packed into one buffer, all-reduced and unpacked, in the tensors' order (the same on every rank).
-class GradientReducer {
+// A step's gradient sum in double precision. Each sequence's gradient is computed alone (float, in
+// the LoRA tensors) and added here; the ranks' partial sums are then all-reduced in double, in buckets
+// of at most `bucket_values` values, and rounded to float once. Double accumulation makes the sum's
+// order (sequence order on one rank, the all-reduce's tree across ranks) vanish below float
+// precision, so N ranks train the single-process adapter (docs/distributed.md).
+class GradientAccumulator {
  public:
-  GradientReducer(std::vector<Tensor*> grads, int64_t bucket_floats = int64_t{1} << 22);  // 16 MiB buckets
+  GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values = int64_t{1} << 21);  // 16 MiB buckets
+  void zero();
+  void add();  // sum += the tensors (each [numel], f32)
   void allreduce_sum(dist::Communicator& comm);
+  void store();  // the tensors = float(sum)
   int64_t buckets() const { return static_cast<int64_t>(bucket_end_.size()); }
-  int64_t floats() const { return total_; }
+  int64_t values() const { return static_cast<int64_t>(sum_.size()); }
 
  private:
   std::vector<Tensor*> grads_;
-  std::vector<size_t> bucket_end_;  // one past the last tensor of each bucket
-  std::vector<float> buf_;
-  int64_t total_ = 0;
+  std::vector<int64_t> bucket_end_;  // one past the last value of each bucket (tensor boundaries)
+  std::vector<double> sum_;
 };
 
 // 64-bit FNV-1a of the tensors' bytes (f32 parameters), to check that replicas hold the same weights.
