@@ -407,9 +407,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       sum.stopped = true;
       return sum;
     }
-    if (comm.size() > 1) {  // the step's sums over every rank's sequences
+    double wait_s = 0, allreduce_s = 0;  // waiting for the slowest rank; the reduction itself
+    if (comm.size() > 1) {                // the step's sums over every rank's sequences
+      const auto c0 = std::chrono::steady_clock::now();
+      comm.barrier();
+      const auto c1 = std::chrono::steady_clock::now();
       grad_sum.allreduce_sum(comm);
       comm.allreduce_sum(&loss, 1);
+      wait_s = std::chrono::duration<double>(c1 - c0).count();
+      allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c1).count();
     }
     grad_sum.store();
     loss /= static_cast<double>(per_step);
@@ -434,6 +440,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
                         {"elapsed_s", el}};
     if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
+    if (comm.size() > 1) j["wait_s"] = wait_s, j["allreduce_s"] = allreduce_s;  // rank 0's
     if (root) metrics << j.dump() << "\n" << std::flush;
     if (root && opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {
       const int width = 24, filled = static_cast<int>(width * step / total);
