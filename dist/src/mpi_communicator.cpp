@@ -177,8 +177,10 @@ class MpiCommunicator final : public Communicator {
   void finalize() override {
     if (finalized_) return;
     // Ranks leave MPI_Finalize at different times: the watchdog must not take that for a lost rank.
+    // The second barrier: no rank exits before every rank has stopped its watchdog.
     barrier();
     stop_watchdog();
+    barrier();
     ::signal(SIGTERM, SIG_DFL);
     MPI_Comm_free(&comm_);
     MPI_Finalize();
