@@ -52,9 +52,17 @@ Adapter combine(std::span<const Adapter* const> adapters, std::span<const float>
               adapters.size(), weights.size());
   for (float w : weights)
     GRAFT_CHECK_FIX(std::isfinite(w), "give each adapter a finite scale", "adapter scale {} is not finite", w);
+  // modules_to_save copies replace the base's embedding / lm_head: they cannot be scaled or summed.
+  for (const Adapter* a : adapters)
+    GRAFT_CHECK_FIX(!(a->embed_tokens() || a->lm_head()) || (adapters.size() == 1 && weights[0] == 1.0f),
+                    "run an adapter with modules_to_save alone, at scale 1",
+                    "an adapter with trained copies of embed_tokens/lm_head (PEFT modules_to_save) cannot be {}",
+                    adapters.size() == 1 ? "scaled" : "combined with other adapters");
   Adapter out;
   out.config = adapters[0]->config;
   out.prefix = adapters[0]->prefix;
+  out.embed_tokens_weight = adapters[0]->embed_tokens_weight;
+  out.lm_head_weight = adapters[0]->lm_head_weight;
   if (adapters.size() == 1) {
     out.modules = adapters[0]->modules;
     out.experts = adapters[0]->experts;

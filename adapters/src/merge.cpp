@@ -64,6 +64,10 @@ void add_lora_delta(Tensor& w, const LoraFactors& f) {
 
 void merge_into(const std::string& base_dir, const Adapter& adapter, const std::string& out_dir) {
   GRAFT_CHECK_FIX(fs::is_directory(base_dir), "pass the base model directory", "base model directory '{}' not found", base_dir);
+  GRAFT_CHECK_FIX(!adapter.embed_tokens() && !adapter.lm_head(),
+                  "use the adapter unmerged (graft eval / generate / serve load it with its copies)",
+                  "the adapter carries trained copies of embed_tokens/lm_head (PEFT modules_to_save): graft merge does not "
+                  "write them into the base");
   const config::ModelConfig cfg = config::load_model_config(base_dir);
   GRAFT_CHECK_FIX(cfg.quantization.method.empty(),
                   "merge into the unquantized (bf16/fp16/fp32) base model and quantize the result afterwards",

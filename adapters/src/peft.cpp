@@ -93,6 +93,47 @@ std::string shape_str(int64_t a, int64_t b) { return fmt::format("[{}, {}]", a, 
 
 Tensor to_f32_owned(const Tensor& t) { return t.dtype() == DType::F32 ? t.clone() : t.to(DType::F32); }
 
+// A modules_to_save tensor ("base_model.model.[language_model.][model.]embed_tokens.weight",
+// "base_model.model.[language_model.]lm_head.weight", as PEFT saves them): read into `ad`. False for
+// any other key.
+bool load_saved_module(Adapter& ad, const io::SafetensorsFile& file, const std::string& k, const config::ModelConfig& cfg,
+                       const std::string& src) {
+  if (k.rfind("base_model.model.", 0) != 0 || k.find(".layers.") != std::string::npos) return false;
+  std::string name;
+  for (const char* m : {"embed_tokens", "lm_head"}) {
+    const std::string suffix = std::string(m) + ".weight";
+    if (k.size() >= suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        (k.size() == suffix.size() || k[k.size() - suffix.size() - 1] == '.'))
+      name = m;
+  }
+  if (name.empty()) return false;
+  GRAFT_CHECK_FIX(saves_module(ad.config, name), kFixAdapter,
+                  "{}: tensor '{}' is a trained copy of {}, but adapter_config.json's modules_to_save does not name {}",
+                  src, k, name, name);
+  Tensor t = to_f32_owned(file.tensor(k));
+  GRAFT_CHECK_FIX(t.ndim() == 2 && t.size(0) == cfg.vocab_size && t.size(1) == cfg.hidden_size, kFixAdapter,
+                  "{}: tensor '{}' has shape {}, expected {} (vocab, hidden) for this model", src, k, t.shape().str(),
+                  shape_str(cfg.vocab_size, cfg.hidden_size));
+  if (name == "embed_tokens") {
+    ad.embed_tokens_weight = t;
+  } else {
+    ad.lm_head_weight.out = t.size(0);
+    ad.lm_head_weight.in = t.size(1);
+    ad.lm_head_weight.dense = t;
+  }
+  return true;
+}
+
+// Where PEFT saves a modules_to_save copy, for an adapter whose layer keys start with `layer_prefix`
+// ("base_model.model.model.layers." -> "base_model.model.model.embed_tokens.weight",
+// "base_model.model.lm_head.weight").
+std::string saved_module_key(const std::string& layer_prefix, const std::string& name) {
+  const std::string model_part = layer_prefix.substr(0, layer_prefix.size() - std::string("layers.").size());
+  if (name == "embed_tokens") return model_part + "embed_tokens.weight";
+  if (layer_prefix == "base_model.model.language_model.model.layers.") return "base_model.model.language_model.lm_head.weight";
+  return "base_model.model.lm_head.weight";
+}
+
 const std::vector<std::string>& layer_prefixes() {
   static const std::vector<std::string> p = {"base_model.model.model.layers.",
                                              "base_model.model.language_model.model.layers.",
@@ -143,6 +184,7 @@ size_t Adapter::bytes() const {
   };
   for (auto& [k, f] : modules) add(f.a), add(f.b);
   for (auto& [k, f] : experts) add(f.a), add(f.b);
+  add(embed_tokens_weight), add(lm_head_weight.dense);
   return n;
 }
 int64_t Adapter::max_rank() const {
@@ -178,6 +220,7 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg) {
   std::string prefix;
   for (const auto& ti : file.tensors()) {
     const std::string& k = ti.name;
+    if (load_saved_module(ad, file, k, cfg, src)) continue;  // modules_to_save copies
     std::string rest;
     std::string used;
     for (auto& p : layer_prefixes())
@@ -223,6 +266,12 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg) {
     (a_half ? g.a : g.b) = k;
   }
   if (!prefix.empty()) ad.prefix = prefix;
+  for (const char* m : {"embed_tokens", "lm_head"}) {
+    const bool have = std::string(m) == "embed_tokens" ? ad.embed_tokens_weight.defined() : ad.lm_head_weight.defined();
+    GRAFT_CHECK_FIX(!saves_module(c, m) || have, kFixAdapter,
+                    "{}: adapter_config.json lists {} in modules_to_save, but the file has no '{}' tensor", src, m,
+                    saved_module_key(ad.prefix, m));
+  }
 
   // Lookup of dense module paths.
   std::map<std::string, Module> dense;
@@ -412,6 +461,18 @@ void save_peft(const std::string& dir, const Adapter& a, const config::ModelConf
                     "adapter rank {} of '{}' differs from adapter_config.json's rank {}", f.rank(), key, r);
   };
   const std::string P = a.prefix;
+  // modules_to_save copies, saved as PEFT does (without the ModulesToSaveWrapper's adapter name).
+  for (const char* m : {"embed_tokens", "lm_head"}) {
+    const Tensor* w = std::string(m) == "embed_tokens" ? a.embed_tokens() : (a.lm_head() ? &a.lm_head()->dense : nullptr);
+    GRAFT_CHECK_FIX(saves_module(c, m) == (w != nullptr), "list exactly the trained copies in modules_to_save",
+                    "adapter {} a trained copy of {} but its config's modules_to_save {} it", w ? "has" : "has no", m,
+                    w ? "does not name" : "names");
+    if (!w) continue;
+    GRAFT_CHECK_FIX(w->ndim() == 2 && w->dtype() == DType::F32 && w->size(0) == cfg.vocab_size && w->size(1) == cfg.hidden_size,
+                    "", "modules_to_save copy of {} must be f32 [{}, {}], got {}", m, cfg.vocab_size, cfg.hidden_size,
+                    w->describe());
+    out.emplace_back(saved_module_key(P, m), *w);
+  }
   for (auto& [k, f] : a.modules) {
     const std::string key = module_key(cfg, k.first, k.second);
     check_scale(key, f);

@@ -1,4 +1,5 @@
 // adapter_config.json: parsing, canonical writing, PEFT's module/pattern matching and scale rules.
+#include <algorithm>
 #include <cmath>
 #include <regex>
 #include <set>
@@ -132,9 +133,14 @@ PeftConfig parse_peft_config(const std::string& json_text, const std::string& so
                         "use bias: \"none\" (graft adapters have no bias terms)",
                         "{}: bias is {}: only \"none\" is supported", source, v.dump());
       } else if (k == "modules_to_save") {
-        GRAFT_CHECK_FIX(v.is_null() || (v.is_array() && v.empty()),
-                        "export the adapter without modules_to_save (fully trained copies of modules)",
-                        "{}: modules_to_save {} is not supported", source, v.dump());
+        // Full trained copies: graft reads embed_tokens and lm_head (PEFT matches names as suffixes).
+        if (!v.is_null()) {
+          c.modules_to_save = string_list(v, k, source);
+          for (const auto& n : c.modules_to_save)
+            GRAFT_CHECK_FIX(saved_module_name(n) != "", "export the adapter with modules_to_save [embed_tokens, lm_head] at most",
+                            "{}: modules_to_save entry '{}' is not supported: graft reads trained copies of embed_tokens "
+                            "and lm_head only", source, n);
+        }
       } else if (k == "fan_in_fan_out") {
         GRAFT_CHECK_FIX(is_false_or_null(v), kFixConfig, "{}: fan_in_fan_out is set (Conv1D-style weights): not supported",
                         source);
@@ -161,6 +167,20 @@ PeftConfig parse_peft_config(const std::string& json_text, const std::string& so
   return c;
 }
 
+std::string saved_module_name(const std::string& entry) {
+  for (const char* m : {"embed_tokens", "lm_head"}) {
+    const std::string n(m);
+    if (entry == n || (entry.size() > n.size() && entry.compare(entry.size() - n.size() - 1, n.size() + 1, "." + n) == 0))
+      return n;
+  }
+  return "";
+}
+
+bool saves_module(const PeftConfig& c, const std::string& name) {
+  return std::any_of(c.modules_to_save.begin(), c.modules_to_save.end(),
+                     [&](const std::string& e) { return saved_module_name(e) == name; });
+}
+
 std::string peft_config_json(const PeftConfig& c) {
   // PEFT writes json.dumps(config, indent=2, sort_keys=True): nlohmann::json objects are sorted too.
   nlohmann::json j = nlohmann::json::object();
@@ -184,6 +204,7 @@ std::string peft_config_json(const PeftConfig& c) {
   if (c.layers_to_transform.empty()) j["layers_to_transform"] = nullptr;
   else j["layers_to_transform"] = c.layers_to_transform;
   if (!j.contains("peft_type")) j["peft_type"] = "LORA";
+  if (!c.modules_to_save.empty()) j["modules_to_save"] = c.modules_to_save;
   return j.dump(2);
 }
 

@@ -16,7 +16,7 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGRAFT_CUDA=ON -DCMAKE_CUDA_A
   -DGRAFT_BUILD_BENCH=ON >/dev/null
 # Every CUDA test binary (label cuda), the CUDA benchmarks and graft.
 mapfile -t TESTS < <(grep -rhoE 'graft_add_gtest\(NAME [A-Za-z0-9_]+ LABELS[^)]*\bcuda\b' tests | awk '{print $2}' | sort -u)
-BENCHES=(bench_cuda_nf4_matmul bench_serve_cuda bench_moe_cuda)
+BENCHES=(bench_cuda_nf4_matmul bench_serve_cuda bench_moe_cuda bench_attention_cuda)
 cmake --build "$BUILD" -j"$JOBS" --target graft "${TESTS[@]}" "${BENCHES[@]}"
 rm -rf "$KIT"
 mkdir -p "$KIT/bin" "$KIT/lib"

@@ -61,6 +61,11 @@ if [[ -x "$SAN" ]]; then
     "$KIT/bin/test_cuda_nf4_matmul" --gtest_brief=1 --gtest_filter='CudaNf4Matmul.ForwardOddShapes:CudaNf4Matmul.BackwardOddShapes:CudaNf4Matmul.DequantIsBitExact'
   [[ -x "$KIT/bin/test_cuda_serve" ]] && step racecheck-serve 60 "$SAN" --tool racecheck --error-exitcode 3 \
     "$KIT/bin/test_cuda_serve" --gtest_brief=1 --gtest_filter='CudaServeLoraRanks.OddAndLargeRanks'
+  # Attention: every kernel (CUDA-core and tensor-core fwd/bwd, masked-tile skips, empty rows) on small
+  # shapes; racecheck sees the shared-memory hazards the SIMT target cannot (fibers run in order).
+  [[ -x "$KIT/bin/test_cuda_attention" ]] && step racecheck-attention 60 "$SAN" --tool racecheck --error-exitcode 3 \
+    "$KIT/bin/test_cuda_attention" --gtest_brief=1 \
+    --gtest_filter='Shapes/CudaAttention.*MatchesCpu/chunk8:Shapes/CudaAttention.*MatchesCpu/packed12_empty_rows:Shapes/CudaAttention.*MatchesCpu/mla_D192_Dv128'
 else
   echo '{"step":"sanitizer","rc":127,"seconds":0,"timed_out":false}' >> "$STEPS"
 fi
@@ -69,9 +74,11 @@ Q=${QUICK:-1}; QF=(); [[ $Q == 1 ]] && QF=(--quick)
 step bench-nf4-matmul 60 "$KIT/bin/bench_cuda_nf4_matmul" "${QF[@]}"
 step bench-serve 90 "$KIT/bin/bench_serve_cuda" "${QF[@]}"
 step bench-moe 60 "$KIT/bin/bench_moe_cuda"
+step bench-attention 45 "$KIT/bin/bench_attention_cuda" "${QF[@]}"
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   step torch-serve 60 python3 bench/cuda/serve/torch_baseline.py "${QF[@]}"
   step torch-moe 60 python3 bench/cuda/moe/torch_moe_baseline.py
+  step torch-attention 30 python3 bench/cuda/attention/torch_baseline.py "${QF[@]}"
 fi
 
 # 4. The report: JSON (steps + per-test results) and Markdown (failures first).

@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/moe_ref.hpp"
 #include "graft/cpu/reference_bwd.hpp"
+#include "graft/cpu/train_step_ops.hpp"
 #include "graft/parallel.hpp"
 
 namespace graft::cpu {
@@ -30,11 +32,28 @@ void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   }
 }
 
+void check_factors(const LoraFactors& f, int64_t in, int64_t out);
+
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   Device device() const override { return {}; }
   Tensor empty(const Dims& shape, DType dtype) override { return Tensor::empty(shape, dtype); }
+  DType activation_dtype() const override { return DType::F32; }
+  Tensor to_device(const Tensor& t, DType dtype) override {
+    GRAFT_CHECK(t.device().is_cpu(), "cpu backend: to_device({}) from another device; copy it to the host first",
+                t.describe());
+    if (t.dtype() == dtype && t.is_contiguous()) return t;
+    return t.dtype() == dtype ? t.contiguous() : t.to(dtype);
+  }
+  Tensor to_host(const Tensor& t) override {
+    GRAFT_CHECK(t.device().is_cpu(), "cpu backend: to_host({}) of another backend's tensor", t.describe());
+    const bool is_float = t.dtype() == DType::F64 || t.dtype() == DType::F32 || t.dtype() == DType::F16 ||
+                          t.dtype() == DType::BF16;
+    if (!is_float || t.dtype() == DType::F32) return t.is_contiguous() ? t : t.contiguous();
+    return t.to(DType::F32);
+  }
+  void synchronize() override {}
 
   void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) override {
     base_linear(x, w, y);
@@ -115,6 +134,36 @@ class CpuBackend final : public Backend {
     const float* sp = s.data<float>();
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) p[t * H + h] *= sp[t];
+  }
+  void fill(Tensor& y, float v) override { cpu::fill(y, v); }
+  void mul(const Tensor& x, const Tensor& m, Tensor& y) override { cpu::mul(x, m, y); }
+  void lora_acc(const Tensor& x, const LoraFactors& f, Tensor& y) override {
+    check_factors(f, x.size(1), y.size(1));
+    cpu::lora_acc(x, f.a, f.b, f.scale, y);
+  }
+  void dropout_mask(uint64_t key, std::span<const int32_t> rows, double p, Tensor& out) override {
+    cpu::dropout_mask(key, rows, p, out);
+  }
+  void gather_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
+    cpu::gather_rows(x, rows, s, out);
+  }
+  void scatter_add_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
+    cpu::scatter_add_rows(x, rows, s, out);
+  }
+  void rows_dot(const Tensor& x, std::span<const int32_t> rows, const Tensor& y, Tensor& out) override {
+    cpu::rows_dot(x, rows, y, out);
+  }
+  void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col) override {
+    cpu::copy_cols(src, src_col, width, dst, dst_col);
+  }
+  void sigmoid(const Tensor& x, Tensor& y) override { cpu::sigmoid(x, y); }
+  void sigmoid_bwd(const Tensor& y, const Tensor& dy, Tensor& dx) override { cpu::sigmoid_bwd(y, dy, dx); }
+  void moe_route_bwd(const Tensor& logits, const RouterParams& p, const Tensor& ids, const Tensor& dweights,
+                     Tensor& dlogits) override {
+    cpu::moe_route_bwd(logits, p, ids, dweights, dlogits);
+  }
+  MoePermutation moe_permute_plan(const Tensor& ids, int num_experts) override {
+    return cpu::moe_permute_plan(ids, num_experts);
   }
 };
 

@@ -1,6 +1,8 @@
 // CPU reference: dense, NF4 and LoRA linear layers (fp32, Eigen GEMM).
 #include <Eigen/Core>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -62,32 +64,28 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
   GRAFT_CHECK(w.shape[1] == K, "linear_nf4: x {} and NF4 weight {} disagree on K", x.describe(), w.shape.str());
   GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "linear_nf4: y {} must be [{}, {}]", y.describe(), T, N);
-  const std::vector<float> absmax = nf4::block_absmax(w);
+  if (T == 0 || N == 0) return;
   if (T <= 16) {
     // Decode: codes decoded in registers, the packed weight streamed once (nf4_gemv.cpp).
-    nf4_gemv(x.data<float>(), T, K, w, absmax, y.data<float>());
+    nf4_gemv(x.data<float>(), T, K, w, y.data<float>());
     return;
   }
-  const auto& code = nf4::code();
-  constexpr int64_t kPanel = 64;  // rows of W dequantized at a time
+  // Prefill: panels of W dequantized (vectorized, nf4_dequant_rows) into a per-thread buffer of about 512 KiB,
+  // which stays in L2 while the GEMM multiplies every row of x by it. At least one panel per thread.
+  const int64_t threads = graft::parallel_worth(N * K * (T + 2)) ? omp_get_max_threads() : 1;
+  int64_t rows = std::max<int64_t>(16, (int64_t{1} << 17) / std::max<int64_t>(K, 1));
+  rows = std::min(rows, (N + threads - 1) / threads);
+  rows = std::max<int64_t>(16, (rows + 15) / 16 * 16);
+  const int64_t panels = (N + rows - 1) / rows;
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
-  const int64_t panels = (N + kPanel - 1) / kPanel;
-#pragma omp parallel if (graft::parallel_worth(N * K * (T + 2)))
-  {
-    std::vector<float> buf(static_cast<size_t>(kPanel * K));
-#pragma omp for schedule(dynamic)
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t r0 = p * kPanel, rows = std::min(kPanel, N - r0);
-      for (int64_t i = 0; i < rows * K; ++i) {
-        const int64_t e = r0 * K + i;
-        const uint8_t byte = w.packed[static_cast<size_t>(e / 2)];
-        const uint8_t nib = (e & 1) ? (byte & 0x0f) : (byte >> 4);
-        buf[static_cast<size_t>(i)] = code[nib] * absmax[static_cast<size_t>(e / w.blocksize)];
-      }
-      MapC Wp(buf.data(), rows, K);
-      Y.middleCols(r0, rows).noalias() = X * Wp.transpose();
-    }
+#pragma omp parallel for schedule(dynamic) if (threads > 1 && panels > 1)
+  for (int64_t p = 0; p < panels; ++p) {
+    thread_local std::vector<float> buf;
+    const int64_t r0 = p * rows, n = std::min(rows, N - r0);
+    buf.resize(static_cast<size_t>(n * K));
+    nf4_dequant_rows(w, r0, r0 + n, buf.data());
+    Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
   }
 }
 

@@ -1,7 +1,9 @@
 // NF4 × f32 matmul with in-register decoding of the 4-bit codes (AVX-512, AVX2+FMA, portable).
 // Byte j of a row holds elements 2j (high nibble) and 2j+1 (low nibble), so x is split once per call
 // into its even and odd elements; each byte then multiplies one even and one odd x value. Each block
-// of `blocksize` weights is summed unscaled and scaled by its absmax once.
+// of `blocksize` weights is summed unscaled and scaled by its absmax once; the absmax of a block is decoded
+// from the (double-quantized) state when the block is reached, so a call allocates no absmax vector.
+// nf4_dequant_rows writes the same decode out as f32 rows: the panels of the prefill GEMM (linear_nf4, T > 16).
 // GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 headers (the _mm512_undefined_* operand of the
 // masked builtins) when they are inlined here: a false positive of the compiler's headers, fatal under CI's -Werror.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -25,8 +27,47 @@ namespace {
 
 constexpr int64_t kMaxT = 16;
 
+// Per-block absmax of one weight, decoded on demand; equal bit for bit to nf4::block_absmax(w)[b].
+class Absmax {
+ public:
+  explicit Absmax(const nf4::QuantizedWeight& w)
+      : plain_(w.double_quant ? nullptr : w.absmax.data()),
+        q_(w.absmax_q.data()),
+        nested_(w.nested_absmax.data()),
+        dmap_(nf4::dynamic_map_signed().data()),
+        nbs_(w.nested_blocksize),
+        offset_(w.nested_offset) {
+    const int64_t nb = w.num_blocks();
+    if (!w.double_quant) {
+      GRAFT_CHECK(static_cast<int64_t>(w.absmax.size()) == nb, "NF4 weight {}: {} absmax values for {} blocks",
+                  w.shape.str(), w.absmax.size(), nb);
+    } else {
+      GRAFT_CHECK(static_cast<int64_t>(w.absmax_q.size()) == nb &&
+                      static_cast<int64_t>(w.nested_absmax.size()) == (nb + nbs_ - 1) / nbs_,
+                  "NF4 weight {}: {} absmax codes / {} nested values for {} blocks of {} (re-quantize the weight)",
+                  w.shape.str(), w.absmax_q.size(), w.nested_absmax.size(), nb, nbs_);
+    }
+  }
+  float operator()(int64_t b) const {
+    if (plain_) return plain_[b];
+    float scaled = dmap_[q_[b]] * nested_[b / nbs_];
+    // bitsandbytes rounds the product before adding the offset (nf4::decode_absmax): keep the compiler from
+    // contracting the two into one FMA, which would change the last bit of every weight in the block.
+    asm("" : "+x"(scaled));
+    return scaled + offset_;
+  }
+
+ private:
+  const float* plain_;
+  const uint8_t* q_;
+  const float* nested_;
+  const float* dmap_;
+  int64_t nbs_;
+  float offset_;
+};
+
 // Generic layout (any K, any blocksize): element-wise decode, still no dequantized buffer.
-void rows_portable(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, const float* absmax,
+void rows_portable(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, const Absmax& absmax,
                    int64_t n0, int64_t n1, int64_t ldy, float* y) {
   const auto& code = nf4::code();
   const uint8_t* p = w.packed.data();
@@ -35,7 +76,7 @@ void rows_portable(const float* x, int64_t T, int64_t K, const nf4::QuantizedWei
     for (int64_t k = 0; k < K; ++k) {
       const int64_t e = n * K + k;
       const uint8_t byte = p[e / 2];
-      const float v = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * absmax[e / w.blocksize];
+      const float v = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * absmax(e / w.blocksize);
       for (int64_t t = 0; t < T; ++t) acc[t] += v * x[t * K + k];
     }
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
@@ -49,18 +90,24 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0.
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float* xo, int64_t T, int64_t K,
-                                                   const nf4::QuantizedWeight& w, const float* absmax, int64_t n0,
-                                                   int64_t n1, int64_t ldy, float* y) {
-  const auto& code = nf4::code();
-  const __m256 t0 = _mm256_loadu_ps(code.data()), t1 = _mm256_loadu_ps(code.data() + 8);
-  const __m256i m4 = _mm256_set1_epi32(0x0f);
-  const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
-  auto lut = [&](__m256i idx) {
+// The 16 NF4 values looked up by 8 codes (0..15 in each 32-bit lane).
+struct Lut256 {
+  __m256 t0, t1;
+  __attribute__((target("avx2,fma"))) Lut256()
+      : t0(_mm256_loadu_ps(nf4::code().data())), t1(_mm256_loadu_ps(nf4::code().data() + 8)) {}
+  __attribute__((target("avx2,fma"))) __m256 operator()(__m256i idx) const {
     const __m256 lo = _mm256_permutevar8x32_ps(t0, idx), hi = _mm256_permutevar8x32_ps(t1, idx);
     return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-  };
+  }
+};
+
+// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0.
+__attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float* xo, int64_t T, int64_t K,
+                                                   const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
+                                                   int64_t n1, int64_t ldy, float* y) {
+  const Lut256 lut;
+  const __m256i m4 = _mm256_set1_epi32(0x0f);
+  const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed.data() + n * half;
     __m256 acc[kMaxT];
@@ -76,7 +123,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float*
           bsum[t] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xo + t * half + j), bsum[t]);
         }
       }
-      const __m256 s = _mm256_set1_ps(absmax[(n * K) / bs + b]);
+      const __m256 s = _mm256_set1_ps(absmax(n * bpr + b));
       for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(bsum[t], s, acc[t]);
     }
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
@@ -84,7 +131,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float*
 }
 
 __attribute__((target("avx512f"))) void rows_avx512(const float* xe, const float* xo, int64_t T, int64_t K,
-                                                    const nf4::QuantizedWeight& w, const float* absmax, int64_t n0,
+                                                    const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
                                                     int64_t n1, int64_t ldy, float* y) {
   const __m512 table = _mm512_loadu_ps(nf4::code().data());
   const __m512i m4 = _mm512_set1_epi32(0x0f);
@@ -105,10 +152,62 @@ __attribute__((target("avx512f"))) void rows_avx512(const float* xe, const float
           bsum[t] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xo + t * half + j), bsum[t]);
         }
       }
-      const __m512 s = _mm512_set1_ps(absmax[(n * K) / bs + b]);
+      const __m512 s = _mm512_set1_ps(absmax(n * bpr + b));
       for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(bsum[t], s, acc[t]);
     }
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+// Dequantized rows [n0, n1) into out [(n1 - n0), K]: code * absmax, the product nf4::dequantize computes.
+void dequant_portable(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K, int64_t n0, int64_t n1,
+                      float* out) {
+  const auto& code = nf4::code();
+  const uint8_t* p = w.packed.data();
+  for (int64_t e = n0 * K; e < n1 * K; ++e) {
+    const uint8_t byte = p[e / 2];
+    out[e - n0 * K] = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * absmax(e / w.blocksize);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dequant_avx2(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K,
+                                                      int64_t n0, int64_t n1, float* out) {
+  const Lut256 lut;
+  const __m256i m4 = _mm256_set1_epi32(0x0f);
+  const int64_t bs = w.blocksize, bpr = K / bs;
+  const uint8_t* p = w.packed.data();
+  for (int64_t b = n0 * bpr; b < n1 * bpr; ++b) {
+    const __m256 s = _mm256_set1_ps(absmax(b));
+    float* o = out + (b - n0 * bpr) * bs;
+    for (int64_t j = 0; j < bs / 2; j += 8) {
+      const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j)));
+      const __m256 we = _mm256_mul_ps(lut(_mm256_srli_epi32(bytes, 4)), s);
+      const __m256 wo = _mm256_mul_ps(lut(_mm256_and_si256(bytes, m4)), s);
+      const __m256 lo = _mm256_unpacklo_ps(we, wo), hi = _mm256_unpackhi_ps(we, wo);
+      _mm256_storeu_ps(o + 2 * j, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_storeu_ps(o + 2 * j + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void dequant_avx512(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K,
+                                                       int64_t n0, int64_t n1, float* out) {
+  const __m512 table = _mm512_loadu_ps(nf4::code().data());
+  const __m512i m4 = _mm512_set1_epi32(0x0f);
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const int64_t bs = w.blocksize, bpr = K / bs;
+  const uint8_t* p = w.packed.data();
+  for (int64_t b = n0 * bpr; b < n1 * bpr; ++b) {
+    const __m512 s = _mm512_set1_ps(absmax(b));
+    float* o = out + (b - n0 * bpr) * bs;
+    for (int64_t j = 0; j < bs / 2; j += 16) {
+      const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j)));
+      const __m512 we = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table), s);
+      const __m512 wo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(bytes, m4), table), s);
+      _mm512_storeu_ps(o + 2 * j, _mm512_permutex2var_ps(we, ilo, wo));
+      _mm512_storeu_ps(o + 2 * j + 16, _mm512_permutex2var_ps(we, ihi, wo));
+    }
   }
 }
 
@@ -120,6 +219,14 @@ Nf4Isa parse_cap() {
   if (s == "avx2") return Nf4Isa::Avx2;
   if (s == "avx512") return Nf4Isa::Avx512;
   GRAFT_FAIL("", "GRAFT_NF4_ISA={} is not one of portable, avx2, avx512", s);
+}
+
+// The ISA a call runs: `isa` resolved, checked, and Portable when the layout does not fit the SIMD paths.
+Nf4Isa resolve(Nf4Isa isa, const nf4::QuantizedWeight& w, const char* what) {
+  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
+  GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
+  const int64_t K = w.shape[1], bs = w.blocksize;
+  return K % bs != 0 || bs % 32 != 0 ? Nf4Isa::Portable : isa;
 }
 
 }  // namespace
@@ -144,28 +251,32 @@ Nf4Isa nf4_isa_detect() {
   return best;
 }
 
-void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, std::span<const float> absmax,
-              float* y, Nf4Isa isa) {
+float nf4_absmax_at(const nf4::QuantizedWeight& w, int64_t block) {
+  GRAFT_CHECK(block >= 0 && block < w.num_blocks(), "nf4_absmax_at: block {} of {}", block, w.num_blocks());
+  return Absmax(w)(block);
+}
+
+void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, float* y, Nf4Isa isa) {
   GRAFT_CHECK(w.shape.size() == 2 && w.shape[1] == K, "nf4_gemv: NF4 weight {} must be [N, {}]", w.shape.str(), K);
   GRAFT_CHECK(T >= 0 && T <= kMaxT, "nf4_gemv: T = {} rows, at most {} (use linear_nf4 for more)", T, kMaxT);
-  GRAFT_CHECK(static_cast<int64_t>(absmax.size()) == w.num_blocks(), "nf4_gemv: {} absmax values for {} blocks",
-              absmax.size(), w.num_blocks());
-  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
-  GRAFT_CHECK(nf4_isa_supported(isa), "nf4_gemv: this CPU lacks the requested ISA; use Nf4Isa::Auto");
+  const Absmax absmax(w);
+  isa = resolve(isa, w, "nf4_gemv");
   const int64_t N = w.shape[0];
   if (T == 0 || N == 0) return;
-  const int64_t bs = w.blocksize;
-  if (K % bs != 0 || bs % 32 != 0) isa = Nf4Isa::Portable;
   constexpr int64_t kRows = 16;
   const int64_t chunks = (N + kRows - 1) / kRows;
   if (isa == Nf4Isa::Portable) {
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
     for (int64_t c = 0; c < chunks; ++c)
-      rows_portable(x, T, K, w, absmax.data(), c * kRows, std::min(N, (c + 1) * kRows), N, y);
+      rows_portable(x, T, K, w, absmax, c * kRows, std::min(N, (c + 1) * kRows), N, y);
     return;
   }
+  // x split into even / odd elements: [T, K/2] each, in a per-thread buffer reused across calls.
   const int64_t half = K / 2;
-  std::vector<float> xe(static_cast<size_t>(T * half)), xo(static_cast<size_t>(T * half));
+  thread_local std::vector<float> split;
+  split.resize(static_cast<size_t>(2 * T * half));
+  float* xe = split.data();
+  float* xo = xe + T * half;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < half; ++j) {
       xe[t * half + j] = x[t * K + 2 * j];
@@ -174,8 +285,26 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
-    if (isa == Nf4Isa::Avx512) rows_avx512(xe.data(), xo.data(), T, K, w, absmax.data(), n0, n1, N, y);
-    else rows_avx2(xe.data(), xo.data(), T, K, w, absmax.data(), n0, n1, N, y);
+    if (isa == Nf4Isa::Avx512) rows_avx512(xe, xo, T, K, w, absmax, n0, n1, N, y);
+    else rows_avx2(xe, xo, T, K, w, absmax, n0, n1, N, y);
+  }
+}
+
+void nf4_dequant_rows(const nf4::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa) {
+  GRAFT_CHECK(w.shape.size() == 2 && n0 >= 0 && n0 <= n1 && n1 <= w.shape[0],
+              "nf4_dequant_rows: rows [{}, {}) of NF4 weight {}", n0, n1, w.shape.str());
+  const Absmax absmax(w);
+  isa = resolve(isa, w, "nf4_dequant_rows");
+  const int64_t K = w.shape[1];
+  constexpr int64_t kRows = 16;
+  const int64_t chunks = (n1 - n0 + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (graft::parallel_worth((n1 - n0) * K * 4))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t r0 = n0 + c * kRows, r1 = std::min(n1, r0 + kRows);
+    float* o = out + (r0 - n0) * K;
+    if (isa == Nf4Isa::Avx512) dequant_avx512(w, absmax, K, r0, r1, o);
+    else if (isa == Nf4Isa::Avx2) dequant_avx2(w, absmax, K, r0, r1, o);
+    else dequant_portable(w, absmax, K, r0, r1, o);
   }
 }
 

@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "adapter_test_util.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/error.hpp"
@@ -294,7 +296,8 @@ TEST(PeftConfigJson, RoundTripAndRejections) {
   };
   bad(R"({"r": 8, "use_dora": true})", "DoRA");
   bad(R"({"r": 8, "bias": "all"})", "bias");
-  bad(R"({"r": 8, "modules_to_save": ["lm_head"]})", "modules_to_save");
+  bad(R"({"r": 8, "modules_to_save": ["score"]})", "modules_to_save entry 'score' is not supported");
+  bad(R"({"r": 8, "modules_to_save": "lm_head"})", "modules_to_save");
   bad(R"({"r": 8, "peft_type": "PREFIX_TUNING"})", "peft_type");
   bad(R"({"r": "8"})", "'r'");
   bad(R"({"r": 0})", "'r'");
@@ -305,6 +308,53 @@ TEST(PeftConfigJson, RoundTripAndRejections) {
   bad(R"({"r": 8, "fan_in_fan_out": true})", "fan_in_fan_out");
   bad(R"({"r": 8,)", "not valid JSON");
   bad(R"([1, 2])", "JSON object");
+}
+
+// modules_to_save copies (embed_tokens, lm_head): PEFT's saved keys, byte-stable round trip, and the
+// errors for a copy the config does not name, a named copy that is missing, and a wrong shape.
+TEST_F(Peft, ModulesToSaveCopiesRoundTripUnderPeftKeys) {
+  auto cfg = tiny_config();
+  const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+  Adapter ad = random_adapter(cfg, 4, 8, 1);
+  std::mt19937 g(7);
+  ad.config.modules_to_save = {"model.embed_tokens", "lm_head"};
+  ad.embed_tokens_weight = rnd({V, H}, g, 0.1f);
+  ad.lm_head_weight = LinearWeight{V, H, rnd({V, H}, g, 0.1f), nullptr, {}};
+  adapters::save_peft((dir_ / "a").string(), ad, cfg);
+  auto f = io::SafetensorsFile::open((dir_ / "a" / "adapter_model.safetensors").string());
+  EXPECT_EQ(f.info("base_model.model.model.embed_tokens.weight").shape, (Dims{V, H}));
+  EXPECT_EQ(f.info("base_model.model.lm_head.weight").shape, (Dims{V, H}));
+  auto j = nlohmann::json::parse(read_text_file((dir_ / "a" / "adapter_config.json").string()));
+  EXPECT_EQ(j["modules_to_save"], nlohmann::json({"model.embed_tokens", "lm_head"}));
+  Adapter back = adapters::load_peft((dir_ / "a").string(), cfg);
+  expect_same_adapter(ad, back);
+  ASSERT_NE(back.embed_tokens(), nullptr);
+  ASSERT_NE(back.lm_head(), nullptr);
+  EXPECT_TRUE(same_tensor(*back.embed_tokens(), ad.embed_tokens_weight));
+  EXPECT_TRUE(same_tensor(back.lm_head()->dense, ad.lm_head_weight.dense));
+  EXPECT_EQ(back.bytes(), ad.bytes());
+  EXPECT_GE(back.bytes(), static_cast<size_t>(2 * V * H * 4));
+  adapters::save_peft((dir_ / "b").string(), back, cfg);
+  expect_same_files(dir_ / "a", dir_ / "b");
+  // A copy the config does not name, and a named copy that the file lacks.
+  Adapter unnamed = ad;
+  unnamed.config.modules_to_save = {"lm_head"};
+  EXPECT_NE(error_of([&] { adapters::save_peft((dir_ / "c").string(), unnamed, cfg); }).find("embed_tokens"),
+            std::string::npos);
+  std::string cj = read_text_file((dir_ / "a" / "adapter_config.json").string());
+  write_text(dir_ / "a" / "adapter_config.json", nlohmann::json::parse(cj).dump());  // still both named
+  io::NamedTensors only_lora;
+  for (const auto& ti : f.tensors())
+    if (ti.name.find(".layers.") != std::string::npos) only_lora.emplace_back(ti.name, f.tensor(ti.name).clone());
+  io::save_safetensors((dir_ / "a" / "adapter_model.safetensors").string(), only_lora);
+  std::string err = error_of([&] { adapters::load_peft((dir_ / "a").string(), cfg); });
+  EXPECT_NE(err.find("modules_to_save"), std::string::npos) << err;
+  EXPECT_NE(err.find("base_model.model.model.embed_tokens.weight"), std::string::npos) << err;
+  only_lora.emplace_back("base_model.model.model.embed_tokens.weight", rnd({V, H - 1}, g, 0.1f));
+  only_lora.emplace_back("base_model.model.lm_head.weight", rnd({V, H}, g, 0.1f));
+  io::save_safetensors((dir_ / "a" / "adapter_model.safetensors").string(), only_lora);
+  err = error_of([&] { adapters::load_peft((dir_ / "a").string(), cfg); });
+  EXPECT_NE(err.find(fmt::format("expected [{}, {}]", V, H)), std::string::npos) << err;
 }
 
 TEST_F(Peft, BadKeysAndShapesNameTheKey) {

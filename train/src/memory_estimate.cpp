@@ -76,6 +76,10 @@ MemoryEstimate estimate_training_memory(const model::Model& m, const Recipe& r) 
     }
     per_layer_rank_sum = std::max(per_layer_rank_sum, rank_sum);
   }
+  // lora_modules_to_save: full copies of embed_tokens / lm_head [vocab, hidden], trained and checkpointed
+  // like the factors.
+  for (const auto& n : r.lora_modules_to_save())
+    if (!adapters::saved_module_name(n).empty()) lora = sat_add(lora, sat_mul(u(cfg.vocab_size), u(cfg.hidden_size)));
   e.lora_params = lora > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ? std::numeric_limits<int64_t>::max()
                                                                                       : static_cast<int64_t>(lora);
   e.adapter_bytes = sat_mul(lora, 4 * 12);

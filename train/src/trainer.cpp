@@ -51,6 +51,8 @@ adapters::PeftConfig peft_config_of(const Recipe& r) {
   for (auto& [k, v] : r.rank_pattern()) c.rank_pattern[k] = v;
   for (auto& [k, v] : r.alpha_pattern()) c.alpha_pattern[k] = v;
   c.base_model_name_or_path = r.base_model();
+  for (const auto& n : r.lora_modules_to_save()) c.modules_to_save.push_back(adapters::saved_module_name(n));
+  if (!c.modules_to_save.empty()) c.extra["modules_to_save"] = c.modules_to_save;
   return c;
 }
 
@@ -137,6 +139,10 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   model::LoadOptions lo;
   lo.load_in_4bit = r.load_in_4bit();
   lo.double_quant = r.bnb_4bit_use_double_quant();
+  lo.config_overrides_json = r.overrides_of_model_config();
+  GRAFT_CHECK_FIX(!opt.base || lo.config_overrides_json.empty(), "remove overrides_of_model_config from this recipe",
+                  "overrides_of_model_config ({}) needs graft to load base_model itself, but this run was given a loaded "
+                  "base model", lo.config_overrides_json);
   std::optional<model::Model> owned;
   if (!opt.base) owned.emplace(model::Model::load(r.base_model(), lo));
   const model::Model& m = opt.base ? *opt.base : *owned;
@@ -230,6 +236,13 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   }
   GRAFT_CHECK_FIX(!names.empty(), "set lora_target_modules (e.g. [q_proj, v_proj]) or lora_target_linear: true",
                   "the recipe's LoRA targets match no module of this {} model", cfg.model_type);
+  // modules_to_save: fp32 copies of the embedding table / lm_head, trained fully (after the LoRA
+  // parameters in the optimizer and checkpoint order).
+  if (adapters::saves_module(pc, "embed_tokens")) ad.add_embed_tokens(m.embedding());
+  if (adapters::saves_module(pc, "lm_head")) ad.add_lm_head(m.lm_head());
+  std::vector<std::pair<std::string, FullParam*>> flist;
+  if (FullParam* f = ad.embed_param()) flist.emplace_back("embed_tokens", f);
+  if (FullParam* f = ad.lm_head_param()) flist.emplace_back("lm_head", f);
   AdamW adam({r.learning_rate(), r.adam_beta1(), r.adam_beta2(), r.adam_epsilon(), r.weight_decay()});
   // Parameters in a fixed order (map order): dense by (layer, module), then experts by (layer, proj, expert).
   std::vector<std::pair<std::string, LoraParam*>> plist;
@@ -253,6 +266,11 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     adam.add({&p->f.b, &p->db});
     sum.trainable_params += p->f.b.numel();
   }
+  for (auto& [n, f] : flist) {
+    adam.add({&f->w.dense, &f->grad});
+    sum.trainable_params += f->w.dense.numel();
+  }
+  const size_t full0 = 2 * plist.size();  // optimizer index of the first modules_to_save weight
   // ---- schedule
   const int64_t per_step = static_cast<int64_t>(r.micro_batch_size()) * r.gradient_accumulation_steps();
   const int64_t total =
@@ -309,6 +327,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       get("adam_m/" + n + "/B", adam.m()[2 * i + 1]);
       get("adam_v/" + n + "/B", adam.v()[2 * i + 1]);
     }
+    for (size_t j = 0; j < flist.size(); ++j)
+      for (auto [k, dst] : {std::pair<std::string, Tensor*>{"full/", &flist[j].second->w.dense},
+                            {"adam_m/full/", &adam.m()[full0 + j]}, {"adam_v/full/", &adam.v()[full0 + j]}}) {
+        auto it = ck.tensors.find(k + flist[j].first);
+        GRAFT_CHECK_FIX(it != ck.tensors.end() && it->second.shape() == dst->shape(),
+                        "resume with the same recipe and base model", "checkpoint '{}' lacks tensor '{}' of shape {}",
+                        resume_path, k + flist[j].first, dst->shape().str());
+        std::copy_n(it->second.data<float>(), dst->numel(), dst->data<float>());
+      }
     step = ck.step;
     adam.set_steps(step);
     epoch = ck.ints["epoch"];
@@ -320,6 +347,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   // The step's gradient sum, over sequences and ranks, in double (optimizer order on every rank).
   std::vector<Tensor*> grads;
   for (auto& [n, p] : plist) grads.insert(grads.end(), {&p->da, &p->db});
+  for (auto& [n, f] : flist) grads.push_back(&f->grad);  // modules_to_save: full embed / lm_head gradients
   GradientAccumulator grad_sum(grads);
   std::vector<const Tensor*> weights;
   for (const auto& pr : adam.params()) weights.push_back(pr.value);
@@ -340,6 +368,11 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       ck.tensors["adam_v/" + n + "/A"] = adam.v()[2 * i].clone();
       ck.tensors["adam_m/" + n + "/B"] = adam.m()[2 * i + 1].clone();
       ck.tensors["adam_v/" + n + "/B"] = adam.v()[2 * i + 1].clone();
+    }
+    for (size_t j = 0; j < flist.size(); ++j) {
+      ck.tensors["full/" + flist[j].first] = flist[j].second->w.dense.clone();
+      ck.tensors["adam_m/full/" + flist[j].first] = adam.m()[full0 + j].clone();
+      ck.tensors["adam_v/full/" + flist[j].first] = adam.v()[full0 + j].clone();
     }
     ck.ints["epoch"] = epoch;
     ck.ints["cursor"] = cursor;
@@ -427,6 +460,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       for (Tensor* g : {&p->da, &p->db})
         for (int64_t i = 0; i < g->numel(); ++i) g->data<float>()[i] /= static_cast<float>(per_step);
     }
+    for (auto& [n, f] : flist)
+      for (int64_t i = 0; i < f->grad.numel(); ++i) f->grad.data<float>()[i] /= static_cast<float>(per_step);
     const double gnorm = clip_grad_norm(adam.params(), r.max_grad_norm());
     const double lrate = lr_at(sched, r.learning_rate(), step, warmup, total);
     adam.step(lrate);
@@ -472,6 +507,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   exported.config = pc;
   for (auto& [k, p] : ad.params()) exported.modules[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
   for (auto& [k, p] : ad.expert_params()) exported.experts[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
+  if (const Tensor* e = ad.embed_tokens()) exported.embed_tokens_weight = e->clone();
+  if (const LinearWeight* h = ad.lm_head()) exported.lm_head_weight = LinearWeight{h->out, h->in, h->dense.clone(), nullptr, {}};
   adapters::make_targets_explicit(exported, cfg);  // PEFT rewrites all-linear on MoE families (peft.hpp)
   adapters::save_peft(out.string(), exported, cfg);
   if (!curve.empty()) write_loss_plot((out / "loss.svg").string(), curve, fmt::format("graft train: {}", lr.source));

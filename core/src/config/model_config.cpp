@@ -656,4 +656,24 @@ ModelConfig load_model_config(const std::string& path) {
   return parse_model_config_text(read_text_file(file), file);
 }
 
+json apply_config_overrides(json config, const json& overrides) {
+  GRAFT_CHECK_FIX(config.is_object() && overrides.is_object(), "give overrides_of_model_config as a mapping of config keys",
+                  "config overrides must be a JSON object applied to a JSON object");
+  json& target = config.contains("text_config") && config["text_config"].is_object() ? config["text_config"] : config;
+  for (const auto& [k, v] : overrides.items()) target[k] = v;
+  return config;
+}
+
+ModelConfig load_model_config(const std::string& path, const std::string& overrides_json) {
+  if (overrides_json.empty()) return load_model_config(path);
+  namespace fs = std::filesystem;
+  const std::string file = fs::is_directory(path) ? (fs::path(path) / "config.json").string() : path;
+  load_model_config(path);  // the file exists and parses without the overrides
+  json base = json::parse(read_text_file(file), nullptr, false);
+  json ov = json::parse(overrides_json, nullptr, false);
+  GRAFT_CHECK_FIX(!ov.is_discarded(), "give overrides_of_model_config as a mapping of config keys",
+                  "overrides_of_model_config is not valid JSON: {}", overrides_json);
+  return parse_model_config(apply_config_overrides(std::move(base), ov), file + " with overrides_of_model_config");
+}
+
 }  // namespace graft::config

@@ -437,6 +437,7 @@ struct Forward {
     const int64_t H = cfg.hidden_size;
     Tensor h = t2(T, H);
     be.embedding(b.ids, m.embed_, h);
+    embed_copies(be, b, h);
     Tensor x = t2(T, H);
     const float eps = static_cast<float>(cfg.rms_norm_eps);
     for (int l = 0; l < static_cast<int>(m.layers_.size()); ++l) {
@@ -455,6 +456,7 @@ struct Forward {
       be.rmsnorm(hl, m.final_norm_, eps, xl);
       Tensor logits = t2(n, m.lm_head_.out);
       if (n > 0) be.linear(xl, m.lm_head_, {}, logits);
+      head_copies(be, b, xl, logits, [&](int64_t i) { return int64_t{logit_rows[static_cast<size_t>(i)]}; });
       return logits;
     }
     Tensor hl = b.last_logits_only && T > 0 ? h.slice(0, T - 1, T).contiguous() : h;
@@ -462,8 +464,47 @@ struct Forward {
     be.rmsnorm(hl, m.final_norm_, eps, xl);
     Tensor logits = t2(xl.size(0), m.lm_head_.out);
     be.linear(xl, m.lm_head_, {}, logits);
+    const bool last = b.last_logits_only && T > 0;
+    head_copies(be, b, xl, logits, [&](int64_t i) { return last ? T - 1 : i; });
     return logits;
   }
+
+  // PEFT modules_to_save: rows whose adapter carries its own embedding table take their input rows
+  // from it.   h [T, H]
+  void embed_copies(Backend& be, const Batch& b, Tensor& h) {
+    const int64_t T = h.size(0), H = h.size(1);
+    for (size_t s = 0; s < b.adapters.size(); ++s) {
+      const Tensor* table = b.adapters[s] ? b.adapters[s]->embed_tokens() : nullptr;
+      if (!table) continue;
+      Tensor mine = t2(T, H);
+      be.embedding(b.ids, *table, mine);
+      for (int64_t t = 0; t < T; ++t)
+        if (slot_of(t) == static_cast<int32_t>(s))
+          std::copy_n(mine.data<float>() + t * H, H, h.data<float>() + t * H);
+    }
+  }
+  // Logit rows (batch row row_of(i) of logits row i) whose adapter carries its own lm_head are
+  // recomputed with it.   xl [n, H], logits [n, V]
+  template <class RowOf>
+  void head_copies(Backend& be, const Batch& b, const Tensor& xl, Tensor& logits, RowOf row_of) {
+    const int64_t n = xl.size(0), H = xl.size(1), V = logits.size(1);
+    for (size_t s = 0; s < b.adapters.size(); ++s) {
+      const LinearWeight* head = b.adapters[s] ? b.adapters[s]->lm_head() : nullptr;
+      if (!head) continue;
+      std::vector<int64_t> rows;
+      for (int64_t i = 0; i < n; ++i)
+        if (slot_of(row_of(i)) == static_cast<int32_t>(s)) rows.push_back(i);
+      if (rows.empty()) continue;
+      Tensor xs = t2(static_cast<int64_t>(rows.size()), H), ls = t2(static_cast<int64_t>(rows.size()), V);
+      for (size_t j = 0; j < rows.size(); ++j)
+        std::copy_n(xl.data<float>() + rows[j] * H, H, xs.data<float>() + static_cast<int64_t>(j) * H);
+      be.linear(xs, *head, {}, ls);
+      for (size_t j = 0; j < rows.size(); ++j)
+        std::copy_n(ls.data<float>() + static_cast<int64_t>(j) * V, V, logits.data<float>() + rows[j] * V);
+    }
+  }
+  // The adapter slot of batch row t (-1 = base).
+  int32_t slot_of(int64_t t) const { return row_slot.empty() ? -1 : row_slot[static_cast<size_t>(t)]; }
 };
 
 PagedKvCache Model::new_paged_cache(int64_t num_blocks, int64_t block_size) const {

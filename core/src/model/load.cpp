@@ -456,7 +456,7 @@ struct Loader {
 
 Model Model::load(const std::string& dir, const LoadOptions& opts) {
   Model m;
-  m.cfg_ = config::load_model_config(dir);
+  m.cfg_ = config::load_model_config(dir, opts.config_overrides_json);
   LoadOptions o = opts;
   SafetensorsSource src(io::SafetensorsModel::open(dir));
   Loader ld{m.cfg_, src, o, family_spec(m.cfg_), "", {}};

@@ -4,6 +4,7 @@
 //    N = 4 (oversubscribed) write the same adapter up to the reduction order of the gradient sums:
 //    ||theta_N - theta_1|| / ||theta_1|| <= 1e-6 over the whole adapter (docs/distributed.md explains
 //    the tolerance); the metrics (written by rank 0 alone) agree likewise;
+//  * with lora_modules_to_save (a fully trained lm_head) too;
 //  * a checkpoint resumes on another rank count (2 -> 4, 1 -> 2) to the same adapter;
 //  * ranks started with different recipes refuse to start, naming the rank and the difference;
 //  * SIGKILL of one rank mid-run: every rank exits, mpirun non-zero, within 30 s, naming the lost rank.
@@ -162,6 +163,20 @@ TEST_F(TrainMpi, AnyRankCountTrainsTheSingleProcessAdapter) {
     // Every rank reported the same held-out loss; rank 0 printed it once.
     EXPECT_EQ(r.out.find("held-out loss"), r.out.rfind("held-out loss")) << r.out;
   }
+}
+
+TEST_F(TrainMpi, ModulesToSaveGradientsAreReducedToo) {
+  // lm_head trained fully (PEFT modules_to_save): its gradient goes through the same reduction.
+  const std::string saved = "--set lora_modules_to_save=[lm_head]";
+  auto one = shell(kGraft + " train " + d("r.yaml") + " --set output_dir=" + d("saved1") + " " + saved);
+  ASSERT_EQ(one.rc, 0) << one.err;
+  auto two = train(2, "saved2", saved);
+  ASSERT_EQ(two.rc, 0) << two.err;
+  EXPECT_LE(relative_difference(adapter("saved1"), adapter("saved2")), 1e-6);
+  const auto f = graft::io::SafetensorsFile::open(adapter("saved2"));
+  EXPECT_TRUE(std::any_of(f.tensors().begin(), f.tensors().end(),
+                          [](const auto& t) { return t.name.find("lm_head") != std::string::npos; }))
+      << "no lm_head in the adapter";
 }
 
 TEST_F(TrainMpi, ResumesOnAnotherRankCount) {

@@ -224,7 +224,8 @@ TEST(Recipe, OutOfRangeAndChoices) {
                {"t.yaml:7:15", "lora_dropout must be 0"});
   expect_error("base_model: m\noutput_dir: o\nlora_target_linear: true\ntest_datasets:\n  - path: d\n    train_on_eos: first\n",
                {"t.yaml:6:19", "'test_datasets.0.train_on_eos' = 'first'", "turn, last, all, none"});
-  expect_error(m + "lora_modules_to_save: [lm_head]\n", {"t.yaml:6:23", "lora_modules_to_save [lm_head] is not supported"});
+  expect_error(m + "lora_modules_to_save: [lm_head, wte]\n",
+               {"t.yaml:6:33", "lora_modules_to_save entry 'wte' is not supported", "embed_tokens and lm_head only"});
   // Optimizer aliases are accepted and normalised.
   EXPECT_EQ(parse_recipe_text(m + "optimizer: adamw_torch\n").proto.optimizer(), "adamw");
   // Inline Jinja is a valid chat_template.

@@ -128,9 +128,6 @@ TEST(RecipeAxolotl, ResultChangingKeysStayErrorsWithAFix) {
   expect_all(error_of(kBase + "tokens: ['<|im_start|>']\n"), {"t.yaml:6:1", "embedding matrix", "fix:"});
   expect_all(error_of(kBase + "cosine_min_lr_ratio: 0.1\n"), {"t.yaml:6:1", "decays to 0"});
   expect_all(error_of(kBase + "group_by_length: true\n"), {"t.yaml:6:18", "data order"});
-  expect_all(error_of(kBase + "lora_modules_to_save: [embed_tokens, lm_head]\n"),
-             {"t.yaml:6:23", "lora_modules_to_save [embed_tokens, lm_head] is not supported", "does not produce gradients",
-              "fix: remove lora_modules_to_save"});
   expect_all(error_of(kBase + "optimizer: adafactor\n"), {"t.yaml:6:12", "'optimizer' = 'adafactor'", "adamw"});
   expect_all(error_of(kBase + "lr_scheduler: cosine_with_min_lr\n"), {"t.yaml:6:15", "constant, linear, cosine"});
   expect_all(error_of("base_model: m\noutput_dir: o\nlora_target_linear: true\ndatasets:\n  - path: d\n"
@@ -140,20 +137,26 @@ TEST(RecipeAxolotl, ResultChangingKeysStayErrorsWithAFix) {
   EXPECT_EQ(parse_recipe_text(kBase + "group_by_length: false\n").warnings.size(), 1u);
 }
 
-// PEFT modules_to_save (full trained copies of embed_tokens / lm_head) is not implemented: a non-empty
-// list is an error with the fix, collected with the recipe's other problems; blank or [] is absent.
-TEST(RecipeAxolotl, ModulesToSaveIsAnErrorCollectedWithTheOthers) {
-  const std::string e = error_of(kBase + "lora_modules_to_save:\n  - embed_tokens\n  - lm_head\noptimizer: adafactor\n"
-                                         "learning_rate: -1\n");
-  expect_all(e, {"t.yaml: 3 problems in the recipe", "t.yaml:7:3: lora_modules_to_save [embed_tokens, lm_head] is not supported",
-                 "graft trains low-rank LoRA factors only", "no per-adapter full copy", "fix: remove lora_modules_to_save",
-                 "t.yaml:9:12: key 'optimizer' = 'adafactor'", "t.yaml:10:16: key 'learning_rate' = -1"});
-  expect_all(error_of(kBase + "lora_modules_to_save: [lm_head]\n"), {"lora_modules_to_save [lm_head] is not supported"});
+// PEFT modules_to_save: embed_tokens and lm_head (a name or a dotted suffix, as PEFT matches) are
+// trained copies; any other entry is an error collected with the recipe's other problems; blank or []
+// is absent.
+TEST(RecipeAxolotl, ModulesToSaveTakesEmbeddingsAndLmHead) {
+  const auto r = parse(kBase + "lora_modules_to_save:\n  - embed_tokens\n  - lm_head\n");
+  ASSERT_EQ(r.proto.lora_modules_to_save_size(), 2);
+  EXPECT_TRUE(r.warnings.empty()) << joined(r.warnings);
+  EXPECT_NE(r.hash, parse(kBase).hash);
+  EXPECT_EQ(parse(r.text).hash, r.hash);
+  EXPECT_NO_THROW(parse(kBase + "lora_modules_to_save: [model.embed_tokens]\n"));
+  const std::string e = error_of(kBase + "lora_modules_to_save:\n  - embed_tokens\n  - score\n  - lm_head\n  - lm_head\n"
+                                         "optimizer: adafactor\n");
+  expect_all(e, {"t.yaml: 3 problems in the recipe", "t.yaml:8:5: lora_modules_to_save entry 'score' is not supported",
+                 "fix: remove 'score'", "t.yaml:10:5: lora_modules_to_save names lm_head twice",
+                 "t.yaml:11:12: key 'optimizer' = 'adafactor'"});
   for (const char* absent : {"lora_modules_to_save:\n", "lora_modules_to_save: []\n", "lora_modules_to_save: null\n"}) {
-    const auto r = parse(kBase + absent);
-    EXPECT_EQ(r.proto.lora_modules_to_save_size(), 0) << absent;
-    EXPECT_TRUE(r.warnings.empty()) << absent << joined(r.warnings);
-    EXPECT_EQ(r.hash, parse(kBase).hash) << absent;
+    const auto a = parse(kBase + absent);
+    EXPECT_EQ(a.proto.lora_modules_to_save_size(), 0) << absent;
+    EXPECT_TRUE(a.warnings.empty()) << absent << joined(a.warnings);
+    EXPECT_EQ(a.hash, parse(kBase).hash) << absent;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "backward_internal.hpp"
+#include "modules_to_save.hpp"
 #include "graft/backend/make_backend.hpp"
 
 namespace graft::train {
@@ -62,7 +63,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   std::vector<LayerActs> acts(static_cast<size_t>(L));
   size_t held = 0, peak = 0;  // bytes of saved activations
   Tensor h = f32(T, H);
-  c.be.embedding(ids, m.embedding(), h);
+  c.be.embedding(ids, step_embedding(m, ad), h);  // modules_to_save: the adapter's copy
   for (int l = 0; l < L; ++l) {
     LayerActs& A = acts[static_cast<size_t>(l)];
     Tensor out = layer_fwd(c, l, h, A);
@@ -79,12 +80,14 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   }
   Tensor xf = f32(T, H);
   c.be.rmsnorm(h, m.final_norm(), c.eps, xf);
-  Tensor logits = lin_fwd(xf, Lin{&m.lm_head()});
+  const Lin head{&step_lm_head(m, ad)};  // modules_to_save: the adapter's copy
+  Tensor logits = lin_fwd(xf, head);
   Tensor dlogits = f32(T, V);
   const double loss = c.be.cross_entropy(logits, labels, &dlogits);
 
   // ---------------- backward
-  Tensor dxf = lin_bwd(c.be, xf, dlogits, Lin{&m.lm_head()});
+  Tensor dxf = lin_bwd(c.be, xf, dlogits, head);
+  lm_head_grad(ad, xf, dlogits);
   Tensor dh = f32(T, H);
   c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {
@@ -98,6 +101,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
     held -= bytes_of(A.h_in) + (ckpt ? 0 : A.bytes());
     A = LayerActs{};
   }
+  embedding_grad(ad, ids, dh);  // dh = d(embedding output)
   if (stats) stats->peak_saved_activation_bytes = peak;
   return loss;
 }

@@ -55,6 +55,8 @@ void TrainableAdapter::zero_grad() {
   };
   for (auto& [k, p] : params_) zero(p);
   for (auto& [k, p] : experts_) zero(p);
+  for (FullParam* f : {&embed_, &lm_head_})
+    if (f->grad.defined()) std::fill_n(f->grad.data<float>(), f->grad.numel(), 0.0f);
 }
 
 }  // namespace graft::train

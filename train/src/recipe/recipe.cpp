@@ -21,9 +21,11 @@
 #include <string>
 #include <vector>
 
+#include "graft/adapters/peft.hpp"
 #include "graft/error.hpp"
 #include "graft/train/recipe.hpp"
 #include "axolotl_keys.hpp"
+#include "model_config_overrides.hpp"
 #include "graft/train/chat_templates.hpp"
 #include "recipe_json.hpp"
 
@@ -259,6 +261,24 @@ class Walker {
         }
         legacy_mappings[key == "message_field_role" ? "role" : "content"] = v.Scalar();
         legacy_where = vwhere;
+        continue;
+      }
+      if (d == Recipe::descriptor() && (key == "overrides_of_model_config" || key == "model_config")) {
+        // Axolotl's overrides of config.json values (model_config is its older name): JSON object text.
+        if (blank) continue;
+        if (!seen_fields.insert("overrides_of_model_config").second) {
+          ctx_.error(kwhere, "model_config and overrides_of_model_config are both given (model_config is Axolotl's older "
+                             "name of overrides_of_model_config)", "give overrides_of_model_config only");
+          continue;
+        }
+        ctx_.loc[kpath] = vwhere;
+        ctx_.loc[join_path(path, "overrides_of_model_config")] = vwhere;
+        recipe_detail::OverrideSink sink{
+            [&](const std::string& p, const YAML::Mark& m) { return ctx_.where(p, m); },
+            [&](const std::string& w, const std::string& what, const std::string& fix) { ctx_.error(w, what, fix); },
+            [&](const std::string& w, const std::string& what) { ctx_.warn(w, what); }};
+        const std::string json = recipe_detail::model_config_overrides_json(v, key, kpath, sink);
+        if (!json.empty()) emit("overrides_of_model_config", json_escape(json));
         continue;
       }
       if (!f) {
@@ -740,16 +760,22 @@ void validate(Ctx& ctx, Recipe& r) {
               ">= 0 (0 = all cores)");
 
   // Cross-key rules.
-  if (r.lora_modules_to_save_size() > 0)
-    ctx.error(ctx.at("lora_modules_to_save"),
-              fmt::format("lora_modules_to_save [{}] is not supported: graft trains low-rank LoRA factors only. Its "
-                          "backward pass does not produce gradients for embed_tokens or lm_head (the gradient stops at "
-                          "the first decoder layer's input and the final norm's output), and its exported and served "
-                          "adapters are low-rank deltas on a shared base, with no per-adapter full copy of a "
-                          "vocabulary-sized matrix",
-                          choices_text(std::vector<std::string>(r.lora_modules_to_save().begin(), r.lora_modules_to_save().end()))),
-              "remove lora_modules_to_save. Axolotl recipes list it to train rows of newly added tokens: with graft, "
-              "use tokens already in the tokenizer's vocabulary (e.g. chat_template: tokenizer_default)");
+  // modules_to_save (PEFT): full trained copies of embed_tokens / lm_head (a name or a dotted suffix, as PEFT matches).
+  {
+    std::set<std::string> seen;
+    for (int i = 0; i < r.lora_modules_to_save_size(); ++i) {
+      const std::string& e = r.lora_modules_to_save(i);
+      const std::string name = adapters::saved_module_name(e);
+      const std::string where = ctx.at(fmt::format("lora_modules_to_save.{}", i));
+      if (name.empty())
+        ctx.error(where,
+                  fmt::format("lora_modules_to_save entry '{}' is not supported: graft trains full copies of "
+                              "embed_tokens and lm_head only (other modules are adapted with LoRA)", e),
+                  fmt::format("remove '{}' (adapt it through lora_target_modules instead)", e));
+      else if (!seen.insert(name).second)
+        ctx.error(where, fmt::format("lora_modules_to_save names {} twice", name), "give each module once");
+    }
+  }
   if (r.has_adapter() && r.has_load_in_4bit()) {
     if (r.adapter() == "qlora" && !r.load_in_4bit())
       ctx.error(ctx.at("load_in_4bit"), "adapter: qlora needs load_in_4bit: true (got false)",

@@ -20,9 +20,10 @@ RecipeCheck check_recipe_files(const LoadedRecipe& lr) {
   const fs::path base = r.base_model();
   if (fs::is_directory(base)) {
     try {
-      const auto cfg = config::load_model_config(base.string());
-      out.notes.push_back(fmt::format("base_model {}: config.json is a supported {} ({} layers, hidden {}, vocab {})",
-                                      base.string(), cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size));
+      const auto cfg = config::load_model_config(base.string(), r.overrides_of_model_config());
+      out.notes.push_back(fmt::format("base_model {}: config.json{} is a supported {} ({} layers, hidden {}, vocab {})",
+                                      base.string(), r.has_overrides_of_model_config() ? " with overrides_of_model_config" : "",
+                                      cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size));
       const auto targets = lora_target_problems(r, cfg);
       out.problems.insert(out.problems.end(), targets.begin(), targets.end());
       if (targets.empty())

@@ -82,7 +82,7 @@ std::vector<std::string> special_token_problems(const Recipe& r, const tokenizer
     if (!tok.token_to_id(v)) {
       out.push_back(fmt::format(
           "special_tokens.{} '{}' is not a token of the tokenizer: graft cannot add tokens (the embedding matrix and "
-          "lm_head stay frozen under LoRA, so a new token would have an untrained embedding)\n  fix: use a token of the "
+          "lm_head keep the base's vocabulary, so a new token would have no row)\n  fix: use a token of the "
           "vocabulary{}",
           k, v, k == "eos_token" && !c.eos_token.empty() ? fmt::format(" (the tokenizer's eos_token is '{}')", c.eos_token) : ""));
       continue;

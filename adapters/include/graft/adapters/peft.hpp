@@ -41,13 +41,19 @@ struct PeftConfig {
   std::map<std::string, double> alpha_pattern;
   std::string base_model_name_or_path;
   std::vector<int64_t> layers_to_transform;  // empty = all layers
+  std::vector<std::string> modules_to_save;  // "embed_tokens" and/or "lm_head": full trained copies in the adapter
   nlohmann::ordered_json extra;  // every other key (task_type, exclude_modules, peft_version, ...), kept for round trip
 };
 
 // Parses adapter_config.json. `source` names the file in errors. Rejects use_dora, bias != "none",
-// non-empty modules_to_save, peft_type != "LORA", fan_in_fan_out, lora_bias, layer_replication,
+// modules_to_save other than embed_tokens / lm_head, peft_type != "LORA", fan_in_fan_out, lora_bias, layer_replication,
 // r <= 0, and wrong JSON types, each with an error naming the key.
 PeftConfig parse_peft_config(const std::string& json_text, const std::string& source);
+// modules_to_save entries: "embed_tokens" / "lm_head" for an entry naming one (the name or a dotted
+// suffix, as PEFT matches: "model.embed_tokens"), "" for anything else.
+std::string saved_module_name(const std::string& entry);
+// Whether the config's modules_to_save names `name` ("embed_tokens" or "lm_head").
+bool saves_module(const PeftConfig& c, const std::string& name);
 // Canonical adapter_config.json text: known keys in a fixed order, then `extra` in its order;
 // parse_peft_config(peft_config_json(c)) gives c back and the text is stable under that round trip.
 std::string peft_config_json(const PeftConfig& c);
@@ -76,6 +82,12 @@ class Adapter final : public model::LoraSource {
   // Layer-key prefix used when saving ("base_model.model.model.layers."; Llama 4 multimodal checkpoints
   // use "base_model.model.language_model.model.layers."). load_peft keeps the file's prefix.
   std::string prefix = "base_model.model.model.layers.";
+  // modules_to_save copies ([vocab, hidden] f32) or undefined; saved as PEFT does, without the wrapper:
+  // "base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight".
+  Tensor embed_tokens_weight;
+  LinearWeight lm_head_weight;
+  const Tensor* embed_tokens() const override { return embed_tokens_weight.defined() ? &embed_tokens_weight : nullptr; }
+  const LinearWeight* lm_head() const override { return lm_head_weight.defined() ? &lm_head_weight : nullptr; }
 
   const LoraFactors* find(int layer, model::Module m) const override;
   const LoraFactors* find_expert(int layer, model::ExpertProj p, int expert) const override;

@@ -6,6 +6,7 @@
 // Outputs are overwritten (`=`) unless the op name ends in `_acc` (`+=`).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -60,6 +61,19 @@ class Backend {
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
   virtual Tensor empty(const Dims& shape, DType dtype) = 0;
+
+  // ---------------------------------------------------------------- memory and transfers
+  // The dtype activations are computed in: F32 on the CPU, BF16 on CUDA. Model code allocates its
+  // activations with it; weights stay in their file/quant formats and the backend caches device copies.
+  virtual DType activation_dtype() const = 0;
+  // A contiguous copy of `t` (host or this backend's device, any float dtype or I32) on this
+  // backend's device, converted to `dtype`. May share storage when `t` is already contiguous there in `dtype`.
+  virtual Tensor to_device(const Tensor& t, DType dtype) = 0;
+  // A contiguous host copy: float dtypes become F32, integer dtypes keep theirs. Waits for the
+  // work that produces `t`.
+  virtual Tensor to_host(const Tensor& t) = 0;
+  // Waits until every op queued on this backend has finished (no-op on the CPU).
+  virtual void synchronize() = 0;
 
   // y = x·Wᵀ (+b) + Σ LoRA per row.  x [T, in] -> y [T, out] (=)
   virtual void linear(const Tensor& x, const LinearWeight& w, const LoraBatch& lora, Tensor& y) = 0;
@@ -117,6 +131,50 @@ class Backend {
   virtual void add_acc(const Tensor& x, Tensor& y) = 0;
   // y *= s (scalar) or, with a [T] or [T,1] tensor, row-wise
   virtual void scale_rows(Tensor& y, const Tensor& row_scale) = 0;
+
+  // ---------------------------------------------------------------- training step (fp32)
+  // What the training step (train/src/backward) needs beyond the ops above, so that it never reads
+  // activation data itself. Row lists (`rows`) are host metadata, like embedding's ids: a device
+  // backend uploads them. Empty `rows` means the identity 0..n−1. An undefined `row_scale` means 1.
+  // Defaults throw "backend '<name>' has no <op>" (core/src/backend/train_step_defaults.cpp), so a
+  // backend can gain them one at a time; the CPU backend implements all of them.
+  // y[:] = v.   y any shape, f32
+  virtual void fill(Tensor& y, float v);
+  // y = x ⊙ m elementwise (same numel); y may alias x.
+  virtual void mul(const Tensor& x, const Tensor& m, Tensor& y);
+  // y += f.scale · (x·Aᵀ)·Bᵀ: one LoRA on every row (the training step's trainable adapter).
+  // x [T, in], A [r, in], B [out, r] -> y [T, out] (+=)
+  virtual void lora_acc(const Tensor& x, const LoraFactors& f, Tensor& y);
+  // Dropout scales out[i, c] = keep(key, rows[i], c) ? 1/(1−p) : 0 from the counter-based generator of
+  // graft/backend/dropout_hash.hpp (bit-identical on every device).   rows [n] -> out [n, cols] f32 (=)
+  virtual void dropout_mask(uint64_t key, std::span<const int32_t> rows, double p, Tensor& out);
+  // out[i] = x[rows[i]] · row_scale[i].   x [R, H], rows [n], row_scale [n] (or [n, 1]) -> out [n, H] (=)
+  virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& row_scale, Tensor& out);
+  // out[rows[i]] += x[i] · row_scale[i], for i = 0, 1, .. in order (rows may repeat; per output row
+  // the sum is taken in increasing i).   x [n, H], rows [n], row_scale [n] (or [n, 1]) -> out [R, H] (+=)
+  virtual void scatter_add_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& row_scale,
+                                Tensor& out);
+  // out[i] = Σ_h x[rows[i], h] · y[i, h] (accumulated in double on the CPU).   x [R, H], y [n, H] -> out [n] (=)
+  virtual void rows_dot(const Tensor& x, std::span<const int32_t> rows, const Tensor& y, Tensor& out);
+  // dst[r, dst_col + j] = src[r, src_col + j] for j < width, every row r (rows = numel / last dim;
+  // both tensors viewed as 2-d [R, C] over their last dim).   src [R, Cs], dst [R, Cd]
+  virtual void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col);
+  // y = 1 / (1 + exp(−x)) elementwise; y may alias x.
+  virtual void sigmoid(const Tensor& x, Tensor& y);
+  // dx = dy · y · (1 − y), y the sigmoid's output (same numel).
+  virtual void sigmoid_bwd(const Tensor& y, const Tensor& dy, Tensor& dx);
+  // The router's backward for a fixed selection: dlogits from the combine weights' gradient, for every
+  // RouterKind (the selection-only correction bias gets no gradient).
+  // logits [T, E], ids [T, k] i32, dweights [T, k] -> dlogits [T, E] (=)
+  virtual void moe_route_bwd(const Tensor& logits, const ops::RouterParams& p, const Tensor& ids,
+                             const Tensor& dweights, Tensor& dlogits);
+  // Expert-major plan of a routing: rows sorted by (expert, token, slot). Host metadata (the step sizes
+  // its per-expert tensors from the counts): a device backend copies ids [T, k] i32 back to build it.
+  virtual ops::MoePermutation moe_permute_plan(const Tensor& ids, int num_experts);
+
+ protected:
+  // Throws graft::Error: this backend does not implement `op` (a training-step op) yet.
+  [[noreturn]] void missing(const char* op) const;
 };
 
 }  // namespace graft

@@ -161,5 +161,12 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& sourc
 ModelConfig parse_model_config_text(const std::string& text, const std::string& source = "config.json");
 // `path` = a model directory (reads DIR/config.json) or a config.json file.
 ModelConfig load_model_config(const std::string& path);
+// config.json with `overrides` (a JSON object, Axolotl's overrides_of_model_config) applied: each
+// top-level key replaces the config's value, as transformers' setattr on the loaded config does; in a
+// config with a `text_config` (Llama 4) the overrides go into text_config, the decoder's own config.
+nlohmann::json apply_config_overrides(nlohmann::json config, const nlohmann::json& overrides);
+// load_model_config with `overrides_json` (a JSON object text; empty = none) applied. Errors name
+// "<config.json> with overrides_of_model_config".
+ModelConfig load_model_config(const std::string& path, const std::string& overrides_json);
 
 }  // namespace graft::config

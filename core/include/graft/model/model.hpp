@@ -19,6 +19,9 @@ namespace graft::model {
 struct LoadOptions {
   bool load_in_4bit = false;  // quantize projection weights to NF4 (bitsandbytes layout)
   bool double_quant = true;   // NF4 double quantization of absmax
+  // JSON object whose keys replace config.json's before the model is built (Axolotl's
+  // overrides_of_model_config; config::apply_config_overrides). Empty = config.json as it is.
+  std::string config_overrides_json;
 };
 
 // The projections a LoRA adapter can target, per layer.
@@ -38,6 +41,10 @@ class LoraSource {
   virtual ~LoraSource() = default;
   virtual const LoraFactors* find(int layer, Module m) const = 0;
   virtual const LoraFactors* find_expert(int layer, ExpertProj p, int expert) const = 0;
+  // PEFT modules_to_save: the adapter's own trained copies of the embedding table / lm_head, used
+  // instead of the base's for the rows that run this adapter. nullptr (the default) = the base's.
+  virtual const Tensor* embed_tokens() const { return nullptr; }     // [vocab, hidden] f32
+  virtual const LinearWeight* lm_head() const { return nullptr; }    // [vocab, hidden] dense f32
 };
 
 // Tokens to run. All rows belong to one sequence unless `segments` is set (packed training

@@ -15,10 +15,17 @@ enum class Nf4Isa { Auto, Portable, Avx2, Avx512 };
 Nf4Isa nf4_isa_detect();
 bool nf4_isa_supported(Nf4Isa isa);
 
-// y[T, N] (=) x[T, K] · dequant(w)ᵀ for w NF4 [N, K]; absmax = nf4::block_absmax(w) [num_blocks].
-// SIMD paths need K % blocksize == 0 and blocksize % 32 == 0, else the portable path runs (any layout).
-// Throws when `isa` is not supported by this CPU. Parallel over output rows (OpenMP).
-void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, std::span<const float> absmax,
-              float* y, Nf4Isa isa = Nf4Isa::Auto);
+// y[T, N] (=) x[T, K] · dequant(w)ᵀ for w NF4 [N, K], T <= 16. Each block's absmax is decoded from w's
+// (double-quantized) state inside the loop. SIMD paths need K % blocksize == 0 and blocksize % 32 == 0, else the
+// portable path runs (any layout). Throws when `isa` is not supported by this CPU. Parallel over output rows.
+void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, float* y,
+              Nf4Isa isa = Nf4Isa::Auto);
+
+// out[(n1 - n0), K] (=) rows [n0, n1) of dequant(w), the same values as nf4::dequantize (the panels of
+// linear_nf4's prefill GEMM). Parallel over rows.
+void nf4_dequant_rows(const nf4::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa = Nf4Isa::Auto);
+
+// nf4::block_absmax(w)[block], decoded alone (what the kernels above use).
+float nf4_absmax_at(const nf4::QuantizedWeight& w, int64_t block);
 
 }  // namespace graft::cpu

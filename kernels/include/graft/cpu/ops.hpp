@@ -19,7 +19,7 @@ using namespace graft::ops;  // descriptor types shared with every backend
 // y = x · wᵀ (+ bias).  x [T, K] f32, w [N, K] f32, bias [N] f32 or undefined  ->  y [T, N] (=)
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
 // y = x · dequant(w)ᵀ with w NF4 [N, K]; T <= 16 decodes codes in registers (nf4_gemv), larger T
-// dequantizes 64-row panels for the GEMM, never the whole matrix.  y [T, N] (=)
+// dequantizes L2-sized row panels (nf4_dequant_rows) for the GEMM, never the whole matrix.  y [T, N] (=)
 void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y);
 // LoRA delta for rows using one adapter: y += scale · (x · aᵀ) · bᵀ.
 // x [T, K], a [r, K], b [N, r], y [T, N] (+=)

@@ -15,16 +15,12 @@
 #include <cstdint>
 #include <span>
 
+#include "graft/backend/dropout_hash.hpp"
 #include "graft/model/model.hpp"
 
 namespace graft::train {
 
-inline uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+using graft::mix64;
 
 inline uint64_t dropout_key(uint64_t seed, uint64_t draw, int layer, int site) {
   return mix64(mix64(mix64(mix64(seed) ^ draw) ^ static_cast<uint64_t>(layer)) ^ static_cast<uint64_t>(site));
@@ -32,17 +28,7 @@ inline uint64_t dropout_key(uint64_t seed, uint64_t draw, int layer, int site) {
 inline int dropout_site(model::Module m) { return static_cast<int>(m); }
 inline int dropout_site(model::ExpertProj p, int expert) { return 64 + 3 * expert + static_cast<int>(p); }
 
-// m[i, c] (=) 0 or 1/(1−p).   rows [n] token index of each row (empty: 0..n−1)  ->  m [n, cols]
-template <class S>
-void dropout_scales(uint64_t key, std::span<const int32_t> rows, int64_t n, int64_t cols, double p, S* m) {
-  const S keep = S(1) / (S(1) - S(p));
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t row = static_cast<uint64_t>(rows.empty() ? i : rows[static_cast<size_t>(i)]);
-    for (int64_t c = 0; c < cols; ++c) {
-      const double u = static_cast<double>(mix64(key ^ (row << 32 | static_cast<uint64_t>(c))) >> 11) * 0x1.0p-53;
-      m[i * cols + c] = u >= p ? keep : S(0);
-    }
-  }
-}
+// m[i, c] (=) 0 or 1/(1−p) (graft/backend/dropout_hash.hpp; Backend::dropout_mask runs the same on a device).
+using graft::dropout_scales;
 
 }  // namespace graft::train

@@ -34,8 +34,24 @@ struct LoraParam {
   Tensor da, db;   // gradients, same shapes (+=)
 };
 
+// A fully trained weight (PEFT modules_to_save: embed_tokens, lm_head): an fp32 master copy of the
+// base's weight and its gradient (modules_to_save.cpp).
+struct FullParam {
+  LinearWeight w;  // w.dense [vocab, hidden] f32 (the embedding table, or lm_head's weight)
+  Tensor grad;     // [vocab, hidden] (+=)
+};
+
 class TrainableAdapter final : public model::LoraSource {
  public:
+  // modules_to_save: trainable fp32 copies of the base's embedding table [vocab, hidden] / lm_head
+  // (dequantized when NF4). With tied embeddings the two copies start equal and train separately,
+  // as PEFT's ModulesToSaveWrapper does.
+  FullParam& add_embed_tokens(const Tensor& base_embedding);
+  FullParam& add_lm_head(const LinearWeight& base_lm_head);
+  FullParam* embed_param() { return embed_.w.defined() ? &embed_ : nullptr; }
+  FullParam* lm_head_param() { return lm_head_.w.defined() ? &lm_head_ : nullptr; }
+  const Tensor* embed_tokens() const override { return embed_.w.defined() ? &embed_.w.dense : nullptr; }
+  const LinearWeight* lm_head() const override { return lm_head_.w.defined() ? &lm_head_.w : nullptr; }
   // Adds a module with PEFT's init: A kaiming-uniform(a=√5) (bound 1/sqrt(in)), B = 0, scale alpha/r.
   LoraParam& add(int layer, model::Module m, int64_t in, int64_t out, int64_t rank, float alpha, std::mt19937_64& rng);
   const LoraFactors* find(int layer, model::Module m) const override;
@@ -51,6 +67,7 @@ class TrainableAdapter final : public model::LoraSource {
  private:
   std::map<std::pair<int, model::Module>, LoraParam> params_;
   std::map<std::tuple<int, model::ExpertProj, int>, LoraParam> experts_;
+  FullParam embed_, lm_head_;
 };
 
 struct StepOptions {

@@ -2,7 +2,8 @@
 // is allocated (the fine-tuning API refuses jobs that would not fit the server's budget; docs/serving.md,
 // "Fine-tuning jobs inside the server"). The weights are not counted: the run shares them.
 //
-//   adapter     LoRA parameters (exactly as run_training builds them: same targets, ranks, experts)
+//   adapter     LoRA parameters (exactly as run_training builds them: same targets, ranks, experts) and
+//               the lora_modules_to_save copies (vocab × hidden each)
 //               × 4 bytes × 12: the factors, their gradients, AdamW's m and v, and the transient copies a
 //               checkpoint save makes (tensor clones + the in-memory HDF5 image)
 //   activations one sequence of sequence_len tokens at a time (micro-batches are accumulated sequence by
