@@ -115,7 +115,11 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_size(comm_, &size_);
     char host[HOST_NAME_MAX + 1] = {};
     ::gethostname(host, sizeof host - 1);
-    const auto all = allgather(fmt::format("{}\t{}", host, static_cast<long>(::getpid())));
+    // Peers whose pids this process can check: same host name and same pid namespace.
+    char pidns[128] = {};
+    const ssize_t ns_len = ::readlink("/proc/self/ns/pid", pidns, sizeof pidns - 1);
+    const std::string here = fmt::format("{}\t{}", host, ns_len > 0 ? std::string(pidns, static_cast<size_t>(ns_len)) : "");
+    const auto all = allgather(fmt::format("{}\t{}", here, static_cast<long>(::getpid())));
     for (int r = 0; r < size_; ++r) {
       if (r == rank_) continue;
       const auto& s = all[static_cast<size_t>(r)];
@@ -123,9 +127,9 @@ class MpiCommunicator final : public Communicator {
       Peer p;
       p.rank = r;
       p.pid = static_cast<pid_t>(std::stol(s.substr(tab + 1)));
-      p.same_host = s.substr(0, tab) == host;
+      p.same_host = s.substr(0, tab) == here;
       p.lost_message = fmt::format("graft: rank {} of {}: lost rank {} (pid {} on {}): it exited or was killed; stopping this rank too\n",
-                                   rank_, size_, r, static_cast<long>(p.pid), s.substr(0, tab));
+                                   rank_, size_, r, static_cast<long>(p.pid), s.substr(0, s.find('\t')));
       peers_.push_back(std::move(p));
     }
     stopped_ = fmt::format("graft: rank {} of {}: stopped by the MPI launcher: another rank failed (the launcher's message names it)\n",
