@@ -231,7 +231,8 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg) {
       }
     GRAFT_CHECK_FIX(!used.empty(), kFixAdapter,
                     "{}: unexpected tensor '{}': graft reads LoRA keys 'base_model.model.model.layers.<l>.<module>."
-                    "lora_A.weight' / 'lora_B.weight' (embeddings, lm_head, biases and modules_to_save are not supported)",
+                    "lora_A.weight' / 'lora_B.weight', and modules_to_save copies 'base_model.model.model.embed_tokens.weight' / "
+                    "'base_model.model.lm_head.weight' (biases and other modules are not supported)",
                     src, k);
     if (prefix.empty()) prefix = used;
     GRAFT_CHECK_FIX(used == prefix, kFixAdapter, "{}: tensor '{}' mixes key prefixes ('{}' and '{}')", src, k, prefix, used);

@@ -88,6 +88,6 @@ void BM_Decode(benchmark::State& st) {
 }  // namespace
 
 // args: {model (0 stories260K, 1 small qwen3_moe), nf4, tokens / context}
-BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({0, 1, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({0, 1, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -156,6 +156,7 @@ class CpuBackend final : public Backend {
   void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col) override {
     cpu::copy_cols(src, src_col, width, dst, dst_col);
   }
+  void set_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override { cpu::set_rows(x, rows, out); }
   void sigmoid(const Tensor& x, Tensor& y) override { cpu::sigmoid(x, y); }
   void sigmoid_bwd(const Tensor& y, const Tensor& dy, Tensor& dx) override { cpu::sigmoid_bwd(y, dy, dx); }
   void moe_route_bwd(const Tensor& logits, const RouterParams& p, const Tensor& ids, const Tensor& dweights,

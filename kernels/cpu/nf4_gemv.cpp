@@ -11,6 +11,7 @@
 #endif
 #include "graft/cpu/nf4_gemv.hpp"
 
+#include <Eigen/Core>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -26,6 +27,7 @@ namespace graft::cpu {
 namespace {
 
 constexpr int64_t kMaxT = 16;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Per-block absmax of one weight, decoded on demand; equal bit for bit to nf4::block_absmax(w)[b].
 class Absmax {
@@ -66,17 +68,24 @@ class Absmax {
   float offset_;
 };
 
-// Generic layout (any K, any blocksize): element-wise decode, still no dequantized buffer.
+// Generic layout (any K, any blocksize; blocks may straddle rows): element-wise decode, still no dequantized
+// buffer. The block index advances with the element index (no division per element).
 void rows_portable(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, const Absmax& absmax,
                    int64_t n0, int64_t n1, int64_t ldy, float* y) {
   const auto& code = nf4::code();
   const uint8_t* p = w.packed.data();
+  const int64_t bs = w.blocksize;
   for (int64_t n = n0; n < n1; ++n) {
     float acc[kMaxT] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t e = n * K + k;
-      const uint8_t byte = p[e / 2];
-      const float v = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * absmax(e / w.blocksize);
+    int64_t e = n * K, b = e / bs, next = (b + 1) * bs;
+    float s = absmax(b);
+    for (int64_t k = 0; k < K; ++k, ++e) {
+      if (e == next) {
+        s = absmax(++b);
+        next += bs;
+      }
+      const uint8_t byte = p[e >> 1];
+      const float v = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * s;
       for (int64_t t = 0; t < T; ++t) acc[t] += v * x[t * K + k];
     }
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
@@ -159,26 +168,35 @@ __attribute__((target("avx512f"))) void rows_avx512(const float* xe, const float
   }
 }
 
-// Dequantized rows [n0, n1) into out [(n1 - n0), K]: code * absmax, the product nf4::dequantize computes.
-void dequant_portable(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K, int64_t n0, int64_t n1,
-                      float* out) {
+// Elements [e0, e1) of dequant(w) (flat, row-major) into out[e1 - e0]: code * absmax, the product
+// nf4::dequantize computes. Any alignment; the block index advances with the element index.
+void dequant_portable(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t e0, int64_t e1, float* out) {
+  if (e1 <= e0) return;
   const auto& code = nf4::code();
   const uint8_t* p = w.packed.data();
-  for (int64_t e = n0 * K; e < n1 * K; ++e) {
-    const uint8_t byte = p[e / 2];
-    out[e - n0 * K] = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * absmax(e / w.blocksize);
+  const int64_t bs = w.blocksize;
+  int64_t b = e0 / bs, next = (b + 1) * bs;
+  float s = absmax(b);
+  for (int64_t e = e0; e < e1; ++e) {
+    if (e == next) {
+      s = absmax(++b);
+      next += bs;
+    }
+    const uint8_t byte = p[e >> 1];
+    out[e - e0] = code[(e & 1) ? (byte & 0x0f) : (byte >> 4)] * s;
   }
 }
 
-__attribute__((target("avx2,fma"))) void dequant_avx2(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K,
-                                                      int64_t n0, int64_t n1, float* out) {
+// Whole blocks [b0, b1) into out[(b1 - b0) * bs]; bs % 32 == 0.
+__attribute__((target("avx2,fma"))) void dequant_avx2(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t b0,
+                                                      int64_t b1, float* out) {
   const Lut256 lut;
   const __m256i m4 = _mm256_set1_epi32(0x0f);
-  const int64_t bs = w.blocksize, bpr = K / bs;
+  const int64_t bs = w.blocksize;
   const uint8_t* p = w.packed.data();
-  for (int64_t b = n0 * bpr; b < n1 * bpr; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     const __m256 s = _mm256_set1_ps(absmax(b));
-    float* o = out + (b - n0 * bpr) * bs;
+    float* o = out + (b - b0) * bs;
     for (int64_t j = 0; j < bs / 2; j += 8) {
       const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j)));
       const __m256 we = _mm256_mul_ps(lut(_mm256_srli_epi32(bytes, 4)), s);
@@ -190,17 +208,17 @@ __attribute__((target("avx2,fma"))) void dequant_avx2(const nf4::QuantizedWeight
   }
 }
 
-__attribute__((target("avx512f"))) void dequant_avx512(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t K,
-                                                       int64_t n0, int64_t n1, float* out) {
+__attribute__((target("avx512f"))) void dequant_avx512(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t b0,
+                                                       int64_t b1, float* out) {
   const __m512 table = _mm512_loadu_ps(nf4::code().data());
   const __m512i m4 = _mm512_set1_epi32(0x0f);
   const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  const int64_t bs = w.blocksize, bpr = K / bs;
+  const int64_t bs = w.blocksize;
   const uint8_t* p = w.packed.data();
-  for (int64_t b = n0 * bpr; b < n1 * bpr; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     const __m512 s = _mm512_set1_ps(absmax(b));
-    float* o = out + (b - n0 * bpr) * bs;
+    float* o = out + (b - b0) * bs;
     for (int64_t j = 0; j < bs / 2; j += 16) {
       const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j)));
       const __m512 we = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table), s);
@@ -209,6 +227,20 @@ __attribute__((target("avx512f"))) void dequant_avx512(const nf4::QuantizedWeigh
       _mm512_storeu_ps(o + 2 * j + 16, _mm512_permutex2var_ps(we, ihi, wo));
     }
   }
+}
+
+// Elements [e0, e1) of dequant(w) into out[e1 - e0]: the partial blocks at either end element-wise, the whole blocks
+// between them with SIMD (needs bs % 32 == 0, else all portable).
+void dequant_range(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t e0, int64_t e1, float* out,
+                   Nf4Isa isa) {
+  const int64_t bs = w.blocksize;
+  if (isa == Nf4Isa::Portable || bs % 32 != 0 || e1 <= e0) return dequant_portable(w, absmax, e0, e1, out);
+  const int64_t head = std::min(e1, (e0 + bs - 1) / bs * bs), b0 = head / bs, b1 = e1 / bs;
+  dequant_portable(w, absmax, e0, head, out);
+  if (b1 <= b0) return dequant_portable(w, absmax, head, e1, out + (head - e0));
+  if (isa == Nf4Isa::Avx512) dequant_avx512(w, absmax, b0, b1, out + (head - e0));
+  else dequant_avx2(w, absmax, b0, b1, out + (head - e0));
+  dequant_portable(w, absmax, b1 * bs, e1, out + (b1 * bs - e0));
 }
 
 Nf4Isa parse_cap() {
@@ -221,12 +253,11 @@ Nf4Isa parse_cap() {
   GRAFT_FAIL("", "GRAFT_NF4_ISA={} is not one of portable, avx2, avx512", s);
 }
 
-// The ISA a call runs: `isa` resolved, checked, and Portable when the layout does not fit the SIMD paths.
+// The ISA a call runs: `isa` resolved and checked; Portable when the blocks are not a multiple of 32 elements.
 Nf4Isa resolve(Nf4Isa isa, const nf4::QuantizedWeight& w, const char* what) {
   if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
   GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
-  const int64_t K = w.shape[1], bs = w.blocksize;
-  return K % bs != 0 || bs % 32 != 0 ? Nf4Isa::Portable : isa;
+  return w.blocksize % 32 != 0 ? Nf4Isa::Portable : isa;
 }
 
 }  // namespace
@@ -263,6 +294,26 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
   isa = resolve(isa, w, "nf4_gemv");
   const int64_t N = w.shape[0];
   if (T == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(y, y + T * N, 0.0f);
+    return;
+  }
+  if (isa != Nf4Isa::Portable && K % w.blocksize != 0) {
+    // Blocks straddle rows (e.g. K = 172): SIMD-dequantized panels of 64 rows, then an f32 GEMV per panel.
+    constexpr int64_t kPanel = 64;
+    const int64_t panels = (N + kPanel - 1) / kPanel;
+    const Eigen::Map<const RowMat> X(x, T, K);
+    Eigen::Map<RowMat> Y(y, T, N);
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
+    for (int64_t p = 0; p < panels; ++p) {
+      thread_local std::vector<float> buf;
+      const int64_t n0 = p * kPanel, rows = std::min(kPanel, N - n0);
+      buf.resize(static_cast<size_t>(rows * K));
+      dequant_range(w, absmax, n0 * K, (n0 + rows) * K, buf.data(), isa);
+      Y.middleCols(n0, rows).noalias() = X * Eigen::Map<const RowMat>(buf.data(), rows, K).transpose();
+    }
+    return;
+  }
   constexpr int64_t kRows = 16;
   const int64_t chunks = (N + kRows - 1) / kRows;
   if (isa == Nf4Isa::Portable) {
@@ -301,10 +352,7 @@ void nf4_dequant_rows(const nf4::QuantizedWeight& w, int64_t n0, int64_t n1, flo
 #pragma omp parallel for schedule(static) if (graft::parallel_worth((n1 - n0) * K * 4))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t r0 = n0 + c * kRows, r1 = std::min(n1, r0 + kRows);
-    float* o = out + (r0 - n0) * K;
-    if (isa == Nf4Isa::Avx512) dequant_avx512(w, absmax, K, r0, r1, o);
-    else if (isa == Nf4Isa::Avx2) dequant_avx2(w, absmax, K, r0, r1, o);
-    else dequant_portable(w, absmax, K, r0, r1, o);
+    dequant_range(w, absmax, r0 * K, r1 * K, out + (r0 - n0) * K, isa);
   }
 }
 

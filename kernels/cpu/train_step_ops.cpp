@@ -131,6 +131,17 @@ void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, i
   for (int64_t r = 0; r < R; ++r) std::copy_n(s + r * Cs + src_col, width, d + r * Cd + dst_col);
 }
 
+void set_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  check_f32(x, "set_rows: x");
+  check_f32(out, "set_rows: out");
+  const int64_t C = x.size(-1), n = rows_of(x), R = rows_of(out);
+  GRAFT_CHECK(out.size(-1) == C && static_cast<int64_t>(rows.size()) == n,
+              "set_rows: x {} ({} row ids) and out {} must share the last dim", x.describe(), rows.size(), out.describe());
+  const float* xp = x.data<float>();
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < n; ++i) std::copy_n(xp + i * C, C, o + row_at(rows, i, R, "set_rows") * C);
+}
+
 void sigmoid(const Tensor& x, Tensor& y) {
   check_f32(x, "sigmoid: x");
   check_f32(y, "sigmoid: y");

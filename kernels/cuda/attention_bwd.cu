@@ -225,7 +225,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(BwdParams p)
 // Fast path of pass 1: delta[row] = Σ_c dout[row, c]·out[row, c], one warp per (t, h) row.
 __global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const __nv_bfloat16* __restrict__ dout,
                                                                         const __nv_bfloat16* __restrict__ out,
-                                                                        int64_t rows, int Dv, float* __restrict__ delta) {
+                                                                        int64_t rows, int Dv,
+                                                                        float* __restrict__ delta) {
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); row < rows; row += stride) {

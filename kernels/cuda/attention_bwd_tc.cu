@@ -85,7 +85,8 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
 }
 
 // Positions / segments of 64 queries (t0..) or keys (j0..) into shared memory (0 past the end).
-__device__ __forceinline__ void load_pos(int* pos, int* seg, const int32_t* p, const int32_t* s, int64_t r0, int64_t n) {
+__device__ __forceinline__ void load_pos(int* pos, int* seg, const int32_t* p, const int32_t* s, int64_t r0,
+                                         int64_t n) {
   if (threadIdx.x < BT) {
     const int64_t r = r0 + threadIdx.x;
     pos[threadIdx.x] = r < n ? p[r] : 0;
@@ -322,7 +323,7 @@ void launch_d(const TcArgs& a, cudaStream_t stream) {
 }  // namespace
 
 const char* bwd_tc_ineligible(int64_t D, int64_t Dv, const void* q, const void* k, const void* v, const void* dout) {
-  if (D != Dv || (D != 64 && D != 80 && D != 96 && D != 128)) return "the tensor-core path needs D == Dv in {64, 80, 96, 128}";
+  if (!tc_head_dims(D, Dv)) return kTcHeadDimsWhy;
   for (const void* ptr : {q, k, v, dout})
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return "the tensor-core path needs 16-byte aligned q, k, v, dout";
   return nullptr;

@@ -88,11 +88,13 @@ __device__ __forceinline__ void load_rows(float* dst, int pitch, int rows, const
 template <class Kernel>
 void prepare_smem(Kernel* kernel, size_t bytes, const char* who, const AttentionDims& d) {
   const auto& dev = nf4k::current_device_info();
-  GRAFT_CHECK_FIX(bytes <= dev.smem_per_block_optin, "use head dims of at most 128, or a device with more shared memory",
-                  "{}: D = {}, Dv = {} need {} bytes of shared memory per block, device '{}' allows {}", who, d.D, d.Dv,
-                  bytes, dev.name, dev.smem_per_block_optin);
+  GRAFT_CHECK_FIX(bytes <= dev.smem_per_block_optin,
+                  "use head dims of at most 128, or a device with more shared memory",
+                  "{}: D = {}, Dv = {} need {} bytes of shared memory per block, device '{}' allows {}", who, d.D,
+                  d.Dv, bytes, dev.name, dev.smem_per_block_optin);
   if (bytes > 48 * 1024)
-    GRAFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    GRAFT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // Forward kernel parameters (attention_fwd.cu). Statistics mode (attention_bwd without a saved
@@ -111,6 +113,9 @@ struct FwdParams {
   float* delta;                // [T, Hq], statistics mode only
 };
 void launch_fwd(const FwdParams& p, cudaStream_t stream);  // no launch for T = 0
+// Head dims of the tensor-core kernels (multiples of 16 whose tiles fit shared memory and registers).
+inline bool tc_head_dims(int64_t D, int64_t Dv) { return D == Dv && (D == 64 || D == 80 || D == 96 || D == 128); }
+inline constexpr const char* kTcHeadDimsWhy = "the tensor-core path needs D == Dv in {64, 80, 96, 128}";
 // The tensor-core forward (attention_fwd_tc.cu): D == Dv in {64, 80, 96, 128}, q/k/v 16-byte aligned, not
 // statistics mode; tc_ineligible returns why a call does not qualify (null: it does).
 const char* tc_ineligible(const FwdParams& p);

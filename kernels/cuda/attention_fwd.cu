@@ -163,7 +163,8 @@ void validate_common(const char* who, const AttentionDims& d, const __nv_bfloat1
                      const __nv_bfloat16* v, const int32_t* q_pos, const int32_t* k_pos, const AttentionMaskDev& m) {
   GRAFT_CHECK(d.T >= 0 && d.S >= 0, "{}: dims.T = {} and dims.S = {} must be >= 0", who, d.T, d.S);
   GRAFT_CHECK_FIX(d.Hkv >= 1 && d.Hq >= 1 && d.Hq % d.Hkv == 0, "set dims.Hq to a multiple of dims.Hkv (GQA)",
-                  "{}: dims.Hq = {} query heads must be a positive multiple of dims.Hkv = {} kv heads", who, d.Hq, d.Hkv);
+                  "{}: dims.Hq = {} query heads must be a positive multiple of dims.Hkv = {} kv heads", who, d.Hq,
+                  d.Hkv);
   GRAFT_CHECK_FIX(d.Hq <= 65535 && d.T / kBM < (int64_t{1} << 31) && d.S / kBM < (int64_t{1} << 31),
                   "split the call over heads or tokens",
                   "{}: dims.Hq = {} must be <= 65535 and dims.T = {}, dims.S = {} < 2^35 (grid limits)", who, d.Hq,

@@ -215,10 +215,11 @@ void launch_d(const FwdParams& p, cudaStream_t stream) {
 }  // namespace
 
 const char* tc_ineligible(const FwdParams& p) {
-  if (p.D != p.Dv || (p.D != 64 && p.D != 80 && p.D != 96 && p.D != 128)) return "the tensor-core path needs D == Dv in {64, 80, 96, 128}";
+  if (!tc_head_dims(p.D, p.Dv)) return kTcHeadDimsWhy;
   if (p.delta != nullptr) return "statistics mode runs on CUDA cores";
   const auto misaligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 != 0; };
-  if (misaligned(p.q) || misaligned(p.k) || misaligned(p.v)) return "the tensor-core path needs 16-byte aligned q, k, v";
+  if (misaligned(p.q) || misaligned(p.k) || misaligned(p.v))
+    return "the tensor-core path needs 16-byte aligned q, k, v";
   return nullptr;
 }
 

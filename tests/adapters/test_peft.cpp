@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include "adapter_test_util.hpp"
+#include "graft/adapters/combine.hpp"
+#include "graft/adapters/merge.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/error.hpp"
 #include "graft/io/safetensors.hpp"
@@ -336,6 +338,21 @@ TEST_F(Peft, ModulesToSaveCopiesRoundTripUnderPeftKeys) {
   EXPECT_GE(back.bytes(), static_cast<size_t>(2 * V * H * 4));
   adapters::save_peft((dir_ / "b").string(), back, cfg);
   expect_same_files(dir_ / "a", dir_ / "b");
+  // graft generate's combine keeps the copies of one adapter at scale 1 and refuses to scale or sum them;
+  // graft merge refuses them.
+  const Adapter* one[] = {&back};
+  const float w1[] = {1.0f}, wh[] = {0.5f};
+  Adapter c1 = adapters::combine(one, w1);
+  ASSERT_NE(c1.embed_tokens(), nullptr);
+  EXPECT_TRUE(same_tensor(*c1.embed_tokens(), *back.embed_tokens()));
+  ASSERT_NE(c1.lm_head(), nullptr);
+  EXPECT_NE(error_of([&] { adapters::combine(one, wh); }).find("cannot be scaled"), std::string::npos);
+  Adapter plain = random_adapter(cfg, 4, 8, 2);
+  const Adapter* two[] = {&back, &plain};
+  const float w2[] = {1.0f, 1.0f};
+  EXPECT_NE(error_of([&] { adapters::combine(two, w2); }).find("cannot be combined"), std::string::npos);
+  EXPECT_NE(error_of([&] { adapters::merge_into(dir_.string(), back, (dir_ / "m").string()); }).find("modules_to_save"),
+            std::string::npos);
   // A copy the config does not name, and a named copy that the file lacks.
   Adapter unnamed = ad;
   unnamed.config.modules_to_save = {"lm_head"};

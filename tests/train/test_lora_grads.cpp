@@ -306,12 +306,27 @@ TEST(LoraGrads, DeepseekV3WithLoraDropoutMatchesTorchAutograd) {
 TEST(LoraGrads, Llama4WithLoraDropoutMatchesTorchAutograd) { check("llama4_dropout", {"llama4", nullptr, 0.2, 8.0f}); }
 
 // The trainer's backend factory: "cpu" is the CPU reference backend, any other device is a clear error.
-TEST(MakeBackend, CpuAndUnavailableDevice) {
+TEST(MakeBackend, DeviceNamesAndUnavailableCuda) {
   EXPECT_EQ(graft::make_backend("cpu")->name(), "cpu");
-  try {
-    graft::make_backend("cuda");
-    FAIL() << "make_backend(\"cuda\") did not throw";
-  } catch (const graft::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("device 'cuda' is not available in this build"), std::string::npos) << e.what();
+  auto message = [](const std::string& device) {
+    try {
+      graft::make_backend(device);
+    } catch (const graft::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(message("gpu").find("unknown device 'gpu'"), std::string::npos) << message("gpu");
+  EXPECT_NE(message("cuda:x").find("no valid device index"), std::string::npos) << message("cuda:x");
+  const std::string dflt = graft::default_device();
+  EXPECT_EQ(graft::make_backend("auto")->name(), dflt == "cpu" ? "cpu" : "cuda");
+  EXPECT_NE(graft::devices_report().find("default (--device auto): " + dflt), std::string::npos);
+  if (!graft::build_has_cuda()) {
+    EXPECT_NE(message("cuda").find("this graft build has no CUDA backend"), std::string::npos) << message("cuda");
+  } else if (dflt == "cpu") {  // CUDA built in, no GPU here (CI)
+    EXPECT_NE(message("cuda").find("no CUDA device is usable"), std::string::npos) << message("cuda");
+  } else {
+    EXPECT_EQ(graft::make_backend("cuda")->name(), "cuda");
+    EXPECT_NE(message("cuda:99").find("does not exist"), std::string::npos) << message("cuda:99");
   }
 }

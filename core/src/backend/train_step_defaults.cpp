@@ -20,6 +20,7 @@ void Backend::scatter_add_rows(const Tensor&, std::span<const int32_t>, const Te
 }
 void Backend::rows_dot(const Tensor&, std::span<const int32_t>, const Tensor&, Tensor&) { missing("rows_dot"); }
 void Backend::copy_cols(const Tensor&, int64_t, int64_t, Tensor&, int64_t) { missing("copy_cols"); }
+void Backend::set_rows(const Tensor&, std::span<const int32_t>, Tensor&) { missing("set_rows"); }
 void Backend::sigmoid(const Tensor&, Tensor&) { missing("sigmoid"); }
 void Backend::sigmoid_bwd(const Tensor&, const Tensor&, Tensor&) { missing("sigmoid_bwd"); }
 void Backend::moe_route_bwd(const Tensor&, const ops::RouterParams&, const Tensor&, const Tensor&, Tensor&) {

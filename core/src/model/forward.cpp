@@ -82,7 +82,15 @@ struct Forward {
   std::vector<int32_t> pos;
   std::vector<int32_t> row_slot;
 
-  Tensor t2(int64_t rows, int64_t cols) { return be.empty({rows, cols}, DType::F32); }
+  // Activations live on the backend's device in its compute dtype (f32 on the CPU, bf16 on CUDA).
+  Tensor t2(int64_t rows, int64_t cols) { return be.empty({rows, cols}, be.activation_dtype()); }
+  Tensor act(const Dims& shape) { return be.empty(shape, be.activation_dtype()); }
+  // A cache tensor made by Model::new_cache / new_paged_cache on the host moves to the backend's device
+  // (in its compute dtype) on first use; later forwards find it there.
+  Tensor& on_device(Tensor& t) {
+    if (t.device() != be.device() || t.dtype() != be.activation_dtype()) t = be.to_device(t, be.activation_dtype());
+    return t;
+  }
 
   // Builds the per-row LoRA batch of one module (empty when no adapter has it).
   struct LoraView {
@@ -135,11 +143,14 @@ struct Forward {
       kpos = pos;
       return {k, v};
     }
-    Tensor& ck = cache->k[static_cast<size_t>(layer)];
-    Tensor& cv = cache->v[static_cast<size_t>(layer)];
-    const int64_t at = cache->len;
-    std::copy_n(k.data<float>(), k.numel(), ck.data<float>() + at * ck.size(1) * ck.size(2));
-    std::copy_n(v.data<float>(), v.numel(), cv.data<float>() + at * cv.size(1) * cv.size(2));
+    Tensor& ck = on_device(cache->k[static_cast<size_t>(layer)]);
+    Tensor& cv = on_device(cache->v[static_cast<size_t>(layer)]);
+    const int64_t at = cache->len, kw = ck.size(1) * ck.size(2), vw = cv.size(1) * cv.size(2);
+    if (T > 0) {
+      Tensor kd = ck.slice(0, at, at + T).reshape({T, kw}), vd = cv.slice(0, at, at + T).reshape({T, vw});
+      be.copy_cols(k.reshape({T, kw}), 0, kw, kd, 0);
+      be.copy_cols(v.reshape({T, vw}), 0, vw, vd, 0);
+    }
     kpos = std::span<const int32_t>(cache->positions.data(), static_cast<size_t>(at + T));
     return {ck.slice(0, 0, at + T), cv.slice(0, 0, at + T)};
   }
@@ -162,7 +173,7 @@ struct Forward {
       be.rope(q, pos, *rope_, static_cast<int>(D), spec.rope_interleaved);
       be.rope(k, pos, *rope_, static_cast<int>(D), spec.rope_interleaved);
       if (spec.qk_l2_norm) {
-        Tensor ones = Tensor::empty({D}, DType::F32);
+        Tensor ones = Tensor::empty({D}, DType::F32);  // a frozen host weight, like the norms
         std::fill_n(ones.data<float>(), D, 1.0f);
         be.rmsnorm(q, ones, eps, q);
         be.rmsnorm(k, ones, eps, k);
@@ -175,7 +186,7 @@ struct Forward {
       Tensor q2 = q.reshape({T, nh * D});
       be.scale_rows(q2, s);
     }
-    Tensor out = be.empty({T, nh, D}, DType::F32);
+    Tensor out = act({T, nh, D});
     const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
     if (paged) {
       for (const SeqChunk& sq : seqs) {
@@ -203,25 +214,26 @@ struct Forward {
   // Writes a chunk's new key/value rows (k [T, heads, kd], v [T, heads, vd], the whole batch) into its
   // blocks, and returns the sequence's keys/values [context_len + rows, heads, d] gathered contiguously.
   std::pair<Tensor, Tensor> paged_kv(int layer, const SeqChunk& sq, const Tensor& k, const Tensor& v) {
-    Tensor& pk = paged->k[static_cast<size_t>(layer)];
-    Tensor& pv = paged->v[static_cast<size_t>(layer)];
+    Tensor& pk = on_device(paged->k[static_cast<size_t>(layer)]);
+    Tensor& pv = on_device(paged->v[static_cast<size_t>(layer)]);
     const int64_t bs = paged->block_size, kw = pk.size(2) * pk.size(3), vw = pv.size(2) * pv.size(3);
-    const int64_t S = sq.context_len + sq.rows;
+    const int64_t S = sq.context_len + sq.rows, pool_rows = pk.size(0) * bs;
     auto row_of = [&](int64_t i) {
       const int32_t blk = sq.block_table[static_cast<size_t>(i / bs)];
-      return static_cast<int64_t>(blk) * bs + i % bs;
+      return static_cast<int32_t>(static_cast<int64_t>(blk) * bs + i % bs);
     };
-    for (int64_t i = 0; i < sq.rows; ++i) {
-      const int64_t dst = row_of(sq.context_len + i);
-      std::copy_n(k.data<float>() + (sq.row_begin + i) * kw, kw, pk.data<float>() + dst * kw);
-      std::copy_n(v.data<float>() + (sq.row_begin + i) * vw, vw, pv.data<float>() + dst * vw);
+    std::vector<int32_t> dst(static_cast<size_t>(sq.rows)), src(static_cast<size_t>(S));
+    for (int64_t i = 0; i < sq.rows; ++i) dst[static_cast<size_t>(i)] = row_of(sq.context_len + i);
+    for (int64_t i = 0; i < S; ++i) src[static_cast<size_t>(i)] = row_of(i);
+    Tensor pk2 = pk.reshape({pool_rows, kw}), pv2 = pv.reshape({pool_rows, vw});
+    if (sq.rows > 0) {
+      be.set_rows(k.reshape({T, kw}).slice(0, sq.row_begin, sq.row_begin + sq.rows), dst, pk2);
+      be.set_rows(v.reshape({T, vw}).slice(0, sq.row_begin, sq.row_begin + sq.rows), dst, pv2);
     }
-    Tensor kk = be.empty({S, pk.size(2), pk.size(3)}, DType::F32), vv = be.empty({S, pv.size(2), pv.size(3)}, DType::F32);
-    for (int64_t i = 0; i < S; ++i) {
-      const int64_t src = row_of(i);
-      std::copy_n(pk.data<float>() + src * kw, kw, kk.data<float>() + i * kw);
-      std::copy_n(pv.data<float>() + src * vw, vw, vv.data<float>() + i * vw);
-    }
+    Tensor kk = act({S, pk.size(2), pk.size(3)}), vv = act({S, pv.size(2), pv.size(3)});
+    Tensor kk2 = kk.reshape({S, kw}), vv2 = vv.reshape({S, vw});
+    be.gather_rows(pk2, src, Tensor(), kk2);
+    be.gather_rows(pv2, src, Tensor(), vv2);
     return {kk, vv};
   }
 
@@ -244,13 +256,21 @@ struct Forward {
     }
     q = q.reshape({T, nh, dq});
     Tensor ckv = proj(x, L.attn.kv_a, l, Module::KVA);  // [T, kvr + dr]
-    Tensor c = ckv.slice(1, 0, kvr).contiguous();
+    Tensor c = t2(T, kvr), kpe2 = t2(T, dr);
+    be.copy_cols(ckv, 0, kvr, c, 0);
+    be.copy_cols(ckv, kvr, dr, kpe2, 0);
     be.rmsnorm(c, L.attn.kv_a_norm, eps, c);
-    Tensor kpe = ckv.slice(1, kvr, kvr + dr).contiguous().reshape({T, 1, dr});
-    Tensor qn = q.slice(2, 0, dn).contiguous(), qpe = q.slice(2, dn, dq).contiguous();
+    Tensor kpe = kpe2.reshape({T, 1, dr});
+    Tensor qn = act({T, nh, dn}), qpe = act({T, nh, dr});
+    {
+      const Tensor q2 = q.reshape({T * nh, dq});
+      Tensor qn2 = qn.reshape({T * nh, dn}), qpe2 = qpe.reshape({T * nh, dr});
+      be.copy_cols(q2, 0, dn, qn2, 0);
+      be.copy_cols(q2, dn, dr, qpe2, 0);
+    }
     be.rope(qpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
     be.rope(kpe, pos, *rope_, static_cast<int>(dr), spec.rope_interleaved);
-    Tensor out = be.empty({T, nh, dv}, DType::F32);
+    Tensor out = act({T, nh, dv});
     const float scale = spec.attn_scale != 0.0f ? spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(dq));
     LoraView kvb_lora = lora(l, Module::KVB);
     if (paged) {
@@ -275,8 +295,8 @@ struct Forward {
     std::span<const int32_t> kpos;
     auto [cc, kk] = kv_for(l, c.reshape({T, 1, kvr}), kpe, kpos);
     const int64_t S = cc.size(0);
-    Tensor call = (cc.is_contiguous() ? cc : cc.contiguous()).reshape({S, kvr});
-    Tensor kall = (kk.is_contiguous() ? kk : kk.contiguous()).reshape({S, dr});
+    Tensor call = cc.reshape({S, kvr});  // leading-dim slices of the cache: contiguous
+    Tensor kall = kk.reshape({S, dr});
     if (kvb_lora.slots.empty()) {
       be.mla_attention(qn, qpe, call, kall, L.attn.kv_b, dv, pos, kpos, mask_for(L.kind, kseg_), scale, out);
       return proj(out.reshape({T, nh * dv}), L.attn.o, l, Module::O);
@@ -300,21 +320,18 @@ struct Forward {
     kvb_lora.rows = krows;
     Tensor kv = t2(S, nh * (dn + dv));
     be.linear(call, L.attn.kv_b, kvb_lora.batch(), kv);
-    Tensor qf = be.empty({Tq, nh, dq}, DType::F32), kf = be.empty({S, nh, dq}, DType::F32), vf = be.empty({S, nh, dv}, DType::F32);
-    for (int64_t t = 0; t < Tq; ++t)
-      for (int64_t h = 0; h < nh; ++h) {
-        float* qd = qf.data<float>() + (t * nh + h) * dq;
-        std::copy_n(qn.data<float>() + (t * nh + h) * dn, dn, qd);
-        std::copy_n(qpe.data<float>() + (t * nh + h) * dr, dr, qd + dn);
-      }
-    for (int64_t j = 0; j < S; ++j)
-      for (int64_t h = 0; h < nh; ++h) {
-        const float* kvs = kv.data<float>() + (j * nh + h) * (dn + dv);
-        float* kd = kf.data<float>() + (j * nh + h) * dq;
-        std::copy_n(kvs, dn, kd);
-        std::copy_n(kall.data<float>() + j * dr, dr, kd + dn);
-        std::copy_n(kvs + dn, dv, vf.data<float>() + (j * nh + h) * dv);
-      }
+    Tensor qf = act({Tq, nh, dq}), kf = act({S, nh, dq}), vf = act({S, nh, dv});
+    Tensor qf2 = qf.reshape({Tq * nh, dq}), kf2 = kf.reshape({S * nh, dq}), vf2 = vf.reshape({S * nh, dv});
+    const Tensor kv2 = kv.reshape({S * nh, dn + dv});
+    be.copy_cols(qn.reshape({Tq * nh, dn}), 0, dn, qf2, 0);
+    be.copy_cols(qpe.reshape({Tq * nh, dr}), 0, dr, qf2, dn);
+    be.copy_cols(kv2, 0, dn, kf2, 0);
+    be.copy_cols(kv2, dn, dv, vf2, 0);
+    std::vector<int32_t> per_head(static_cast<size_t>(S * nh));  // k_pe row j shared by every head
+    for (int64_t i = 0; i < S * nh; ++i) per_head[static_cast<size_t>(i)] = static_cast<int32_t>(i / nh);
+    Tensor kpe_heads = t2(S * nh, dr);
+    be.gather_rows(kall, per_head, Tensor(), kpe_heads);
+    be.copy_cols(kpe_heads, 0, dr, kf2, dn);
     be.attention(qf, kf, vf, qpos, kpos, mask, scale, out);
   }
 
@@ -354,7 +371,7 @@ struct Forward {
       Tensor s = mlp(l, mw.shared, x, Module::SharedGate, Module::SharedUp, Module::SharedDown);
       if (mw.shared_gate.defined()) {
         Tensor gl = dense_proj(x, mw.shared_gate);  // [T, 1]
-        for (int64_t t = 0; t < T; ++t) gl.data<float>()[t] = 1.0f / (1.0f + std::exp(-gl.data<float>()[t]));
+        be.sigmoid(gl, gl);
         be.scale_rows(s, gl);
       }
       be.add_acc(s, out);
@@ -451,22 +468,21 @@ struct Forward {
     if (paged) {
       const int64_t n = static_cast<int64_t>(logit_rows.size());
       Tensor hl = t2(n, H), xl = t2(n, H);
-      for (int64_t i = 0; i < n; ++i)
-        std::copy_n(h.data<float>() + int64_t{logit_rows[static_cast<size_t>(i)]} * H, H, hl.data<float>() + i * H);
+      be.gather_rows(h, logit_rows, Tensor(), hl);
       be.rmsnorm(hl, m.final_norm_, eps, xl);
       Tensor logits = t2(n, m.lm_head_.out);
       if (n > 0) be.linear(xl, m.lm_head_, {}, logits);
       head_copies(be, b, xl, logits, [&](int64_t i) { return int64_t{logit_rows[static_cast<size_t>(i)]}; });
-      return logits;
+      return be.to_host(logits);
     }
-    Tensor hl = b.last_logits_only && T > 0 ? h.slice(0, T - 1, T).contiguous() : h;
+    Tensor hl = b.last_logits_only && T > 0 ? h.slice(0, T - 1, T) : h;  // a leading-dim slice: contiguous
     Tensor xl = b.last_logits_only && T > 0 ? t2(1, cfg.hidden_size) : x;
     be.rmsnorm(hl, m.final_norm_, eps, xl);
     Tensor logits = t2(xl.size(0), m.lm_head_.out);
     be.linear(xl, m.lm_head_, {}, logits);
     const bool last = b.last_logits_only && T > 0;
     head_copies(be, b, xl, logits, [&](int64_t i) { return last ? T - 1 : i; });
-    return logits;
+    return be.to_host(logits);  // callers sample and score on the host: f32, contiguous
   }
 
   // PEFT modules_to_save: rows whose adapter carries its own embedding table take their input rows
@@ -476,11 +492,16 @@ struct Forward {
     for (size_t s = 0; s < b.adapters.size(); ++s) {
       const Tensor* table = b.adapters[s] ? b.adapters[s]->embed_tokens() : nullptr;
       if (!table) continue;
-      Tensor mine = t2(T, H);
-      be.embedding(b.ids, *table, mine);
+      std::vector<int32_t> rows, ids;
       for (int64_t t = 0; t < T; ++t)
-        if (slot_of(t) == static_cast<int32_t>(s))
-          std::copy_n(mine.data<float>() + t * H, H, h.data<float>() + t * H);
+        if (slot_of(t) == static_cast<int32_t>(s)) {
+          rows.push_back(static_cast<int32_t>(t));
+          ids.push_back(b.ids[static_cast<size_t>(t)]);
+        }
+      if (rows.empty()) continue;
+      Tensor mine = t2(static_cast<int64_t>(rows.size()), H);
+      be.embedding(ids, *table, mine);
+      be.set_rows(mine, rows, h);
     }
   }
   // Logit rows (batch row row_of(i) of logits row i) whose adapter carries its own lm_head are
@@ -491,16 +512,14 @@ struct Forward {
     for (size_t s = 0; s < b.adapters.size(); ++s) {
       const LinearWeight* head = b.adapters[s] ? b.adapters[s]->lm_head() : nullptr;
       if (!head) continue;
-      std::vector<int64_t> rows;
+      std::vector<int32_t> rows;
       for (int64_t i = 0; i < n; ++i)
-        if (slot_of(row_of(i)) == static_cast<int32_t>(s)) rows.push_back(i);
+        if (slot_of(row_of(i)) == static_cast<int32_t>(s)) rows.push_back(static_cast<int32_t>(i));
       if (rows.empty()) continue;
       Tensor xs = t2(static_cast<int64_t>(rows.size()), H), ls = t2(static_cast<int64_t>(rows.size()), V);
-      for (size_t j = 0; j < rows.size(); ++j)
-        std::copy_n(xl.data<float>() + rows[j] * H, H, xs.data<float>() + static_cast<int64_t>(j) * H);
+      be.gather_rows(xl, rows, Tensor(), xs);
       be.linear(xs, *head, {}, ls);
-      for (size_t j = 0; j < rows.size(); ++j)
-        std::copy_n(ls.data<float>() + static_cast<int64_t>(j) * V, V, logits.data<float>() + rows[j] * V);
+      be.set_rows(ls, rows, logits);
     }
   }
   // The adapter slot of batch row t (-1 = base).

@@ -5,6 +5,7 @@
 // H100 SXM: 1024 threads per block, 48 KiB dynamic shared memory by default, 227 KiB opt-in).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include "graft/dtype.hpp"
 #include "include/cublas_v2.h"
 #include "internal.hpp"
 #include "launch.hpp"
@@ -315,4 +317,64 @@ const char* cublasGetStatusName(cublasStatus_t s) {
     case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
   }
   return "CUBLAS_STATUS_UNKNOWN";
+}
+
+// ---------------------------------------------------------------- cuBLAS (host GEMM)
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+};
+cublasStatus_t cublasCreate(cublasHandle_t* handle) {
+  if (!handle) return CUBLAS_STATUS_INVALID_VALUE;
+  *handle = new cublasContext{};
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->stream = stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t) {
+  return handle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+namespace {
+float load_elem(const void* p, cudaDataType t, size_t i) {
+  return t == CUDA_R_32F ? static_cast<const float*>(p)[i] : ::graft::bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+void store_elem(void* p, cudaDataType t, size_t i, float v) {
+  if (t == CUDA_R_32F) static_cast<float*>(p)[i] = v;
+  else static_cast<uint16_t*>(p)[i] = ::graft::f32_to_bf16(v);
+}
+}  // namespace
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void* alpha, const void* A, cudaDataType Atype, int lda, const void* B,
+                            cudaDataType Btype, int ldb, const void* beta, void* C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  auto ok_type = [](cudaDataType t) { return t == CUDA_R_32F || t == CUDA_R_16BF; };
+  if (m < 0 || n < 0 || k < 0 || !ok_type(Atype) || !ok_type(Btype) || !ok_type(Ctype) ||
+      (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32) || !alpha || !beta)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  // Leading dimensions as cuBLAS checks them: rows of the stored (column-major) matrix.
+  const int a_rows = transa == CUBLAS_OP_N ? m : k, b_rows = transb == CUBLAS_OP_N ? k : n;
+  if (lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) || ldc < std::max(1, m)) return CUBLAS_STATUS_INVALID_VALUE;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  enqueue(handle->stream, [=] {
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        float acc = 0.0f;
+        for (int p = 0; p < k; ++p) {
+          const size_t ia = transa == CUBLAS_OP_N ? size_t(p) * lda + i : size_t(i) * lda + p;
+          const size_t ib = transb == CUBLAS_OP_N ? size_t(j) * ldb + p : size_t(p) * ldb + j;
+          acc += load_elem(A, Atype, ia) * load_elem(B, Btype, ib);
+        }
+        const size_t ic = size_t(j) * ldc + i;
+        const float prev = be == 0.0f ? 0.0f : load_elem(C, Ctype, ic);  // beta 0: C is not read (may be NaN)
+        store_elem(C, Ctype, ic, al * acc + be * prev);
+      }
+  });
+  return CUBLAS_STATUS_SUCCESS;
 }

@@ -33,7 +33,8 @@ struct Shape {
 TEST(CpuNf4Gemv, EqualsDequantizeThenMatmulOnEveryIsa) {
   const Shape shapes[] = {{1, 37, 128, 64, true},   {16, 65, 256, 64, true},  {3, 300, 512, 64, false},
                           {1, 19, 100, 64, true},   {5, 7, 33, 64, true},      {2, 40, 192, 32, true},
-                          {16, 9, 128, 128, true},  {4, 513, 64, 64, true}};
+                          {16, 9, 128, 128, true},  {4, 513, 64, 64, true},
+                          {1, 64, 172, 64, true},   {3, 21, 172, 64, false}};
   int paths = 0;
   for (Nf4Isa isa : {Nf4Isa::Portable, Nf4Isa::Avx2, Nf4Isa::Avx512}) {
     if (!nf4_isa_supported(isa)) continue;
@@ -83,7 +84,8 @@ TEST(CpuNf4Gemv, AbsmaxDecodedInTheKernelIsBitExact) {
 
 TEST(CpuNf4Gemv, DequantRowsEqualsDequantizeOnEveryIsa) {
   const Shape shapes[] = {{0, 37, 128, 64, true}, {0, 65, 256, 64, false}, {0, 19, 100, 64, true},
-                          {0, 40, 192, 32, true}, {0, 9, 128, 128, true},  {0, 33, 64, 64, true}};
+                          {0, 40, 192, 32, true}, {0, 9, 128, 128, true},  {0, 33, 64, 64, true},
+                          {0, 20, 172, 64, true}, {0, 11, 33, 64, false},  {0, 7, 300, 96, true}};
   for (Nf4Isa isa : {Nf4Isa::Portable, Nf4Isa::Avx2, Nf4Isa::Avx512}) {
     if (!nf4_isa_supported(isa)) continue;
     for (const Shape& s : shapes) {

@@ -370,6 +370,21 @@ TEST(CudaAttentionDesc, RejectsBadDescriptors) {
   d.dims = {0, 0, 4, 2, 192, 128};  // the tensor-core path takes D == Dv only
   d.path = cuda::AttentionPath::TensorCores;
   EXPECT_THROW(cuda::attention_fwd(d, nullptr), Error);
+  // ... and 16-byte aligned tensors (checked before any launch: host stand-ins are never read).
+  alignas(16) static const uint16_t host[16] = {};
+  alignas(16) static const int32_t pos[4] = {};
+  alignas(16) static uint16_t sink[16];
+  d.dims = {1, 1, 1, 1, 64, 64};
+  d.q = reinterpret_cast<const bf16*>(host + 1);
+  d.k = d.v = reinterpret_cast<const bf16*>(host);
+  d.q_pos = d.k_pos = pos;
+  d.out = reinterpret_cast<bf16*>(sink);
+  try {
+    cuda::attention_fwd(d, nullptr);
+    ADD_FAILURE() << "a misaligned q must be refused on the tensor-core path";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
+  }
 
   cuda::AttentionBwdDesc b;
   b.dims = {0, 0, 4, 2, 64, 64};

@@ -77,11 +77,15 @@ TEST(RecipeModelConfig, HonouredKeysAreStoredAsCanonicalJsonAndRoundTrip) {
 }
 
 TEST(RecipeModelConfig, NoEffectKeysWarnOthersAreErrorsWithTheRecipesOtherProblems) {
-  const auto w = parse_recipe_text(kBase + "model_config:\n  output_router_logits: false\n  use_cache: false\n", "t.yaml");
+  const auto w = parse_recipe_text(
+      kBase + "model_config:\n  output_router_logits: false\n  use_cache: false\n  attention_dropout: 0.0\n", "t.yaml");
   EXPECT_FALSE(w.proto.has_overrides_of_model_config());
-  ASSERT_EQ(w.warnings.size(), 2u) << joined(w.warnings);
+  ASSERT_EQ(w.warnings.size(), 3u) << joined(w.warnings);
   expect_all(joined(w.warnings), {"t.yaml:7:3: key 'model_config.output_router_logits' = false is ignored",
-                                  "t.yaml:8:3: key 'model_config.use_cache' is ignored"});
+                                  "t.yaml:8:3: key 'model_config.use_cache' is ignored",
+                                  "t.yaml:9:3: key 'model_config.attention_dropout' = 0 is ignored"});
+  expect_all(error_of(kBase + "model_config: {attention_dropout: 0.1}\n"),
+             {"t.yaml:6:16: key 'model_config.attention_dropout' = 0.1 is not supported", "fix: set attention_dropout to 0"});
   const std::string e = error_of(kBase +
                                  "overrides_of_model_config:\n"
                                  "  num_hidden_layers: 4\n"         // 7

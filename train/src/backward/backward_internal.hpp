@@ -15,8 +15,11 @@
 
 namespace graft::train::detail {
 
-Tensor f32(int64_t rows, int64_t cols);
-void add(Tensor& y, const Tensor& x);  // y += x (same numel)
+// Activations are fp32 tensors the step's backend allocates (be.empty); the step never reads their
+// data on the host. Host-side values are metadata only: token ids, labels, positions, segment ids,
+// the MoE plan (row lists per expert) and small constants uploaded with be.to_device.
+Tensor f32(Backend& be, int64_t rows, int64_t cols);    // [rows, cols], uninitialised
+Tensor zeros(Backend& be, int64_t rows, int64_t cols);  // [rows, cols] = 0
 inline size_t bytes_of(const Tensor& t) { return t.defined() ? static_cast<size_t>(t.numel()) * 4 : 0; }
 
 // One projection as the trainer sees it: the frozen base weight, the trainable LoRA (or none), and
@@ -28,8 +31,9 @@ struct Lin {
   uint64_t key = 0;                     // dropout stream (lora_dropout.hpp)
   std::span<const int32_t> rows;        // [n] or empty (= 0..n-1)
 };
-// y = x·Wᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ.   x [n, in]  ->  y [n, out]
-Tensor lin_fwd(const Tensor& x, const Lin& l);
+// y = x·Wᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ on Backend::linear + lora_acc (mask: Backend::dropout_mask).
+//   x [n, in]  ->  y [n, out]
+Tensor lin_fwd(Backend& be, const Tensor& x, const Lin& l);
 // dx [n, in] (=); with LoRA, dA / dB (+=), on Backend::linear_bwd. The dropout mask is redrawn from its key.
 //   x [n, in], dy [n, out]
 Tensor lin_bwd(Backend& be, const Tensor& x, const Tensor& dy, const Lin& l);
@@ -75,8 +79,9 @@ struct MlaActs {   // DeepSeek MLA
   size_t bytes() const;
 };
 struct ExpertActs {  // one routed expert; rows = the (token, slot) pairs routed to it
-  std::vector<int64_t> flat;  // token·k + slot of each row
-  std::vector<int32_t> tok;   // token of each row
+  std::vector<int32_t> flat;  // token·k + slot of each row (host metadata from the MoE plan)
+  std::vector<int32_t> tok;   // token of each row (host metadata)
+  Tensor w;                   // the combine weight of each row [n]
   Tensor x, g, u, a, y;       // input (scaled for Llama 4) [n, H], gate/up/act [n, I], output [n, H]
 };
 struct MoeActs {
@@ -103,13 +108,14 @@ Tensor mla_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tens
 // MoE block output [T, H] from x2 [T, H]; backward returns dx2 (=).
 Tensor moe_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
 Tensor moe_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, const Tensor& dout, MoeActs& A);
-// Router: selection and combine weights exactly as Model::forward (cpu::moe_route: logits, ids, w);
+// Router: selection and combine weights exactly as Model::forward (Backend::moe_route: logits, ids, w);
 // backward: dx2 [T, H] (=) through the frozen router from dw [T, k], for that fixed selection.
 ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L);
 void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
 Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, const MoeActs& A, const Tensor& dw);
 // One decoder layer: h_out = h_in + attn(norm(h_in)) + mlp(norm(·)); backward maps dh_out to dh_in.
 Tensor layer_fwd(const Ctx& c, int layer, const Tensor& h_in, LayerActs& A);
-Tensor layer_bwd(const Ctx& c, int layer, const Tensor& dh, LayerActs& A);
+// dh is updated in place and returned (the caller replaces its dh with the result).
+Tensor layer_bwd(const Ctx& c, int layer, Tensor dh, LayerActs& A);
 
 }  // namespace graft::train::detail

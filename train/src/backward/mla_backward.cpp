@@ -6,13 +6,10 @@
 //   out  = o_proj(softmax(scale · [q_nope, rope(q_pe)] · kᵀ + mask) · v)
 // with RoPE on the rope dims in the family's (interleaved) layout and the yarn-aware softmax scale
 // of FamilySpec::attn_scale. Every projection may carry a LoRA (Q, QA, QB, KVA, KVB, O).
-#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "backward_internal.hpp"
-#include "graft/cpu/ops.hpp"
-#include "graft/cpu/reference_bwd.hpp"
-#include "graft/train/backward_ref.hpp"
 
 namespace graft::train::detail {
 namespace {
@@ -29,13 +26,37 @@ float softmax_scale(const Ctx& c) {
   return c.spec.attn_scale != 0.0f ? c.spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.cfg.mla.qk_head_dim()));
 }
 // Copies the last `w` dims of each head of src [T, nh, D] into / out of dst [T, nh, w].
-void take_tail(const Tensor& src, int64_t w, Tensor& dst) {
-  const int64_t rows = src.size(0) * src.size(1), D = src.size(2);
-  for (int64_t i = 0; i < rows; ++i) std::copy_n(src.data<float>() + i * D + D - w, w, dst.data<float>() + i * w);
+void take_tail(Backend& be, const Tensor& src, int64_t w, Tensor& dst) { be.copy_cols(src, src.size(2) - w, w, dst, 0); }
+void put_tail(Backend& be, const Tensor& src, int64_t w, Tensor& dst) { be.copy_cols(src, 0, w, dst, dst.size(2) - w); }
+// Row t·nh + h -> t: the per-head broadcast of the one shared RoPE key (host metadata).   -> [T·nh]
+std::vector<int32_t> head_rows(int64_t T, int64_t nh) {
+  std::vector<int32_t> r(static_cast<size_t>(T * nh));
+  for (int64_t i = 0; i < T * nh; ++i) r[static_cast<size_t>(i)] = static_cast<int32_t>(i / nh);
+  return r;
 }
-void put_tail(const Tensor& src, int64_t w, Tensor& dst) {
-  const int64_t rows = dst.size(0) * dst.size(1), D = dst.size(2);
-  for (int64_t i = 0; i < rows; ++i) std::copy_n(src.data<float>() + i * w, w, dst.data<float>() + i * D + D - w);
+// k[t, h] = [kv[t, h, 0:dn], kpe[t]], v[t, h] = kv[t, h, dn:dn+dv] (train::ref::mla_kv_fwd).
+//   kv [T, nh·(dn+dv)], kpe [T, dr] -> k [T, nh, dn+dr], v [T, nh, dv] (=)
+void mla_kv_fwd(Backend& be, const MlaDims& d, const Tensor& kv, const Tensor& kpe, Tensor& k, Tensor& v) {
+  const int64_t T = kv.size(0);
+  const Tensor kvh = kv.reshape({T * d.nh, d.dn + d.dv});
+  be.copy_cols(kvh, 0, d.dn, k, 0);
+  be.copy_cols(kvh, d.dn, d.dv, v, 0);
+  Tensor kpe_h = be.empty({T * d.nh, d.dr}, DType::F32);
+  be.gather_rows(kpe.reshape({T, d.dr}), head_rows(T, d.nh), Tensor(), kpe_h);
+  be.copy_cols(kpe_h, 0, d.dr, k, d.dn);
+}
+// Its transpose: dkv (=) takes dk's nope part and dv per head; dkpe (=) sums dk's rope part over the
+// heads in head order (train::ref::mla_kv_bwd).   dk [T, nh, dn+dr], dv [T, nh, dv] -> dkv [T, nh·(dn+dv)], dkpe [T, dr]
+void mla_kv_bwd(Backend& be, const MlaDims& d, const Tensor& dk, const Tensor& dv, Tensor& dkv, Tensor& dkpe) {
+  const int64_t T = dk.size(0);
+  Tensor dkvh = dkv.reshape({T * d.nh, d.dn + d.dv});
+  be.copy_cols(dk, 0, d.dn, dkvh, 0);
+  be.copy_cols(dv, 0, d.dv, dkvh, d.dn);
+  Tensor dpe_h = be.empty({T * d.nh, d.dr}, DType::F32);
+  be.copy_cols(dk, d.dn, d.dr, dpe_h, 0);
+  Tensor dkpe2 = dkpe.reshape({T, d.dr});
+  be.fill(dkpe2, 0.0f);
+  be.scatter_add_rows(dpe_h, head_rows(T, d.nh), Tensor(), dkpe2);
 }
 }  // namespace
 
@@ -44,65 +65,65 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   const int64_t T = c.T;
   Tensor q;
   if (L.attn.q_a.defined()) {
-    A.qa = lin_fwd(x1, c.lin(l, L.attn.q_a, Module::QA));
-    A.qa_n = f32(T, A.qa.size(1));
+    A.qa = lin_fwd(c.be, x1, c.lin(l, L.attn.q_a, Module::QA));
+    A.qa_n = f32(c.be, T, A.qa.size(1));
     c.be.rmsnorm(A.qa, L.attn.q_a_norm, c.eps, A.qa_n);
-    q = lin_fwd(A.qa_n, c.lin(l, L.attn.q_b, Module::QB));
+    q = lin_fwd(c.be, A.qa_n, c.lin(l, L.attn.q_b, Module::QB));
   } else {
-    q = lin_fwd(x1, c.lin(l, L.attn.q, Module::Q));
+    q = lin_fwd(c.be, x1, c.lin(l, L.attn.q, Module::Q));
   }
   A.q = q.reshape({T, d.nh, d.dq});
-  Tensor qpe = Tensor::empty({T, d.nh, d.dr}, DType::F32);
-  take_tail(A.q, d.dr, qpe);
+  Tensor qpe = c.be.empty({T, d.nh, d.dr}, DType::F32);
+  take_tail(c.be, A.q, d.dr, qpe);
   c.rope(qpe, static_cast<int>(d.dr));
-  put_tail(qpe, d.dr, A.q);
-  Tensor ckv = lin_fwd(x1, c.lin(l, L.attn.kv_a, Module::KVA));  // [T, kvr + dr]
-  A.c = ckv.slice(1, 0, d.kvr).contiguous();
-  A.c_n = f32(T, d.kvr);
+  put_tail(c.be, qpe, d.dr, A.q);
+  Tensor ckv = lin_fwd(c.be, x1, c.lin(l, L.attn.kv_a, Module::KVA));  // [T, kvr + dr]
+  A.c = f32(c.be, T, d.kvr);
+  c.be.copy_cols(ckv, 0, d.kvr, A.c, 0);
+  A.c_n = f32(c.be, T, d.kvr);
   c.be.rmsnorm(A.c, L.attn.kv_a_norm, c.eps, A.c_n);
-  Tensor kpe = ckv.slice(1, d.kvr, d.kvr + d.dr).contiguous().reshape({T, 1, d.dr});
+  Tensor kpe = c.be.empty({T, 1, d.dr}, DType::F32);
+  c.be.copy_cols(ckv, d.kvr, d.dr, kpe, 0);
   c.rope(kpe, static_cast<int>(d.dr));
-  Tensor kv = lin_fwd(A.c_n, c.lin(l, L.attn.kv_b, Module::KVB));  // [T, nh·(dn + dv)]
-  A.k = Tensor::empty({T, d.nh, d.dq}, DType::F32);
-  A.v = Tensor::empty({T, d.nh, d.dv}, DType::F32);
-  ref::mla_kv_fwd<float>(kv.data<float>(), kpe.data<float>(), T, d.nh, d.dn, d.dr, d.dv, A.k.data<float>(), A.v.data<float>());
-  A.out = Tensor::empty({T, d.nh, d.dv}, DType::F32);
+  Tensor kv = lin_fwd(c.be, A.c_n, c.lin(l, L.attn.kv_b, Module::KVB));  // [T, nh·(dn + dv)]
+  A.k = c.be.empty({T, d.nh, d.dq}, DType::F32);
+  A.v = c.be.empty({T, d.nh, d.dv}, DType::F32);
+  mla_kv_fwd(c.be, d, kv, kpe, A.k, A.v);
+  A.out = c.be.empty({T, d.nh, d.dv}, DType::F32);
   c.be.attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
-  return lin_fwd(A.out.reshape({T, d.nh * d.dv}), c.lin(l, L.attn.o, Module::O));
+  return lin_fwd(c.be, A.out.reshape({T, d.nh * d.dv}), c.lin(l, L.attn.o, Module::O));
 }
 
 Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& x1, const Tensor& dout, MlaActs& A) {
   const MlaDims d = dims(c);
   const int64_t T = c.T;
   Tensor dattn = lin_bwd(c.be, A.out.reshape({T, d.nh * d.dv}), dout, c.lin(l, L.attn.o, Module::O));
-  Tensor dq = Tensor::empty({T, d.nh, d.dq}, DType::F32), dk = Tensor::empty({T, d.nh, d.dq}, DType::F32),
-         dv = Tensor::empty({T, d.nh, d.dv}, DType::F32);
+  Tensor dq = c.be.empty({T, d.nh, d.dq}, DType::F32), dk = c.be.empty({T, d.nh, d.dq}, DType::F32),
+         dv = c.be.empty({T, d.nh, d.dv}, DType::F32);
   c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, d.nh, d.dv}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
   // keys / values -> kv_b output and the shared RoPE key
-  Tensor dkv = f32(T, d.nh * (d.dn + d.dv)), dkpe = Tensor::empty({T, 1, d.dr}, DType::F32);
-  ref::mla_kv_bwd<float>(dk.data<float>(), dv.data<float>(), T, d.nh, d.dn, d.dr, d.dv, dkv.data<float>(), dkpe.data<float>());
+  Tensor dkv = f32(c.be, T, d.nh * (d.dn + d.dv)), dkpe = c.be.empty({T, 1, d.dr}, DType::F32);
+  mla_kv_bwd(c.be, d, dk, dv, dkv, dkpe);
   c.rope_bwd(dkpe, static_cast<int>(d.dr));
   Tensor dcn = lin_bwd(c.be, A.c_n, dkv, c.lin(l, L.attn.kv_b, Module::KVB));
-  Tensor dc = f32(T, d.kvr), dckv = f32(T, d.kvr + d.dr);
+  Tensor dc = f32(c.be, T, d.kvr), dckv = f32(c.be, T, d.kvr + d.dr);
   c.be.rmsnorm_bwd(A.c, L.attn.kv_a_norm, dcn, c.eps, dc);
-  for (int64_t t = 0; t < T; ++t) {
-    std::copy_n(dc.data<float>() + t * d.kvr, d.kvr, dckv.data<float>() + t * (d.kvr + d.dr));
-    std::copy_n(dkpe.data<float>() + t * d.dr, d.dr, dckv.data<float>() + t * (d.kvr + d.dr) + d.kvr);
-  }
+  c.be.copy_cols(dc, 0, d.kvr, dckv, 0);
+  c.be.copy_cols(dkpe, 0, d.dr, dckv, d.kvr);
   Tensor dx1 = lin_bwd(c.be, x1, dckv, c.lin(l, L.attn.kv_a, Module::KVA));
   // queries: undo RoPE on the rope dims
-  Tensor dqpe = Tensor::empty({T, d.nh, d.dr}, DType::F32);
-  take_tail(dq, d.dr, dqpe);
+  Tensor dqpe = c.be.empty({T, d.nh, d.dr}, DType::F32);
+  take_tail(c.be, dq, d.dr, dqpe);
   c.rope_bwd(dqpe, static_cast<int>(d.dr));
-  put_tail(dqpe, d.dr, dq);
+  put_tail(c.be, dqpe, d.dr, dq);
   const Tensor dq2 = dq.reshape({T, d.nh * d.dq});
   if (L.attn.q_a.defined()) {
     Tensor dqan = lin_bwd(c.be, A.qa_n, dq2, c.lin(l, L.attn.q_b, Module::QB));
-    Tensor dqa = f32(T, A.qa.size(1));
+    Tensor dqa = f32(c.be, T, A.qa.size(1));
     c.be.rmsnorm_bwd(A.qa, L.attn.q_a_norm, dqan, c.eps, dqa);
-    add(dx1, lin_bwd(c.be, x1, dqa, c.lin(l, L.attn.q_a, Module::QA)));
+    c.be.add_acc(lin_bwd(c.be, x1, dqa, c.lin(l, L.attn.q_a, Module::QA)), dx1);
   } else {
-    add(dx1, lin_bwd(c.be, x1, dq2, c.lin(l, L.attn.q, Module::Q)));
+    c.be.add_acc(lin_bwd(c.be, x1, dq2, c.lin(l, L.attn.q, Module::Q)), dx1);
   }
   return dx1;
 }

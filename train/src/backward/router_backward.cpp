@@ -1,10 +1,9 @@
 // MoE router of the training forward and its backward, for every RouterKind: the selection is made
 // by Backend::moe_route with the family's RouterParams (what Model::forward runs, DeepSeek-V3's
 // correction bias included); the gradient flows through the selected combine weights only
-// (train::ref::router_weights_bwd, research/training-anchors.md §6.6) and on through the frozen
-// router weight into the hidden states.
+// (Backend::moe_route_bwd, the same formulas as train::ref::router_weights_bwd,
+// research/training-anchors.md §6.6) and on through the frozen router weight into the hidden states.
 #include "backward_internal.hpp"
-#include "graft/train/backward_ref.hpp"
 
 namespace graft::train::detail {
 
@@ -25,19 +24,17 @@ ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L) {
 void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, MoeActs& A) {
   const ops::RouterParams rp = router_params(c, L);
   const int64_t E = L.moe.experts.num_experts();
-  A.logits = f32(c.T, E);
+  A.logits = f32(c.be, c.T, E);
   c.be.linear(x2, dense_weight(L.moe.router), LoraBatch{}, A.logits);
-  A.ids = Tensor::empty({c.T, rp.top_k}, DType::I32);
-  A.w = f32(c.T, rp.top_k);
+  A.ids = c.be.empty({c.T, rp.top_k}, DType::I32);
+  A.w = f32(c.be, c.T, rp.top_k);
   c.be.moe_route(A.logits, rp, A.ids, A.w);
 }
 
 Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, const MoeActs& A, const Tensor& dw) {
   const ops::RouterParams rp = router_params(c, L);
-  const int64_t E = L.moe.experts.num_experts();
-  Tensor dlogits = f32(c.T, E);
-  ref::router_weights_bwd<float>(A.logits.data<float>(), A.ids.data<int32_t>(), dw.data<float>(), c.T, static_cast<int>(E),
-                                 rp, dlogits.data<float>());
+  Tensor dlogits = f32(c.be, c.T, L.moe.experts.num_experts());
+  c.be.moe_route_bwd(A.logits, rp, A.ids, dw, dlogits);
   const LinearWeight router = dense_weight(L.moe.router);
   return lin_bwd(c.be, x2, dlogits, Lin{&router});
 }

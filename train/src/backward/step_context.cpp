@@ -56,8 +56,8 @@ size_t MlaActs::bytes() const {
 size_t MoeActs::bytes() const {
   size_t b = bytes_of(logits) + bytes_of(ids) + bytes_of(w);
   for (const auto& e : experts) {
-    b += e.flat.size() * sizeof(int64_t) + e.tok.size() * sizeof(int32_t);
-    for (const Tensor* t : {&e.x, &e.g, &e.u, &e.a, &e.y}) b += bytes_of(*t);
+    b += (e.flat.size() + e.tok.size()) * sizeof(int32_t);
+    for (const Tensor* t : {&e.w, &e.x, &e.g, &e.u, &e.a, &e.y}) b += bytes_of(*t);
   }
   for (const Tensor* t : {&sg, &su, &sa, &sy, &sgate}) b += bytes_of(*t);
   return b;

@@ -111,6 +111,17 @@ std::string model_config_overrides_json(const YAML::Node& v, const std::string& 
       }
       continue;
     }
+    if (k == "attention_dropout") {
+      if (val.is_null() || (val.is_number() && val.get<double>() == 0.0)) {
+        sink.warn(kwhere, fmt::format("key '{}.attention_dropout' = 0 is ignored: graft's attention has no dropout", key));
+      } else {
+        sink.error(kwhere,
+                   fmt::format("key '{}.attention_dropout' = {} is not supported: graft's attention has no dropout", key,
+                               val.dump()),
+                   fmt::format("set attention_dropout to 0 or remove it from {} (lora_dropout is graft's dropout)", key));
+      }
+      continue;
+    }
     const auto* ne = std::find_if(std::begin(kNoEffect), std::end(kNoEffect), [&](const NoEffect& e) { return k == e.key; });
     if (ne != std::end(kNoEffect)) {
       sink.warn(kwhere, fmt::format("key '{}.{}' is ignored: {}", key, k, ne->note));

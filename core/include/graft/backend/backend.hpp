@@ -159,9 +159,11 @@ class Backend {
   // dst[r, dst_col + j] = src[r, src_col + j] for j < width, every row r (rows = numel / last dim;
   // both tensors viewed as 2-d [R, C] over their last dim).   src [R, Cs], dst [R, Cd]
   virtual void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col);
+  // out[rows[i]] = x[i] (=), rows distinct (KV-cache writes, per-row overrides).   x [n, C], rows [n] -> out [R, C]
+  virtual void set_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out);
   // y = 1 / (1 + exp(−x)) elementwise; y may alias x.
   virtual void sigmoid(const Tensor& x, Tensor& y);
-  // dx = dy · y · (1 − y), y the sigmoid's output (same numel).
+  // dx = dy · y · (1 − y), y the sigmoid's output (same numel); dx may alias dy.
   virtual void sigmoid_bwd(const Tensor& y, const Tensor& dy, Tensor& dx);
   // The router's backward for a fixed selection: dlogits from the combine weights' gradient, for every
   // RouterKind (the selection-only correction bias gets no gradient).

@@ -16,8 +16,9 @@ Nf4Isa nf4_isa_detect();
 bool nf4_isa_supported(Nf4Isa isa);
 
 // y[T, N] (=) x[T, K] · dequant(w)ᵀ for w NF4 [N, K], T <= 16. Each block's absmax is decoded from w's
-// (double-quantized) state inside the loop. SIMD paths need K % blocksize == 0 and blocksize % 32 == 0, else the
-// portable path runs (any layout). Throws when `isa` is not supported by this CPU. Parallel over output rows.
+// (double-quantized) state inside the loop. SIMD paths need blocksize % 32 == 0, else the portable path runs (any
+// layout); when K % blocksize != 0 (blocks straddle rows, e.g. K = 172) 64-row panels are dequantized with SIMD and
+// multiplied in f32. Throws when `isa` is not supported by this CPU. Parallel over output rows.
 void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& w, float* y,
               Nf4Isa isa = Nf4Isa::Auto);
 

@@ -24,6 +24,8 @@ void scatter_add_rows(const Tensor& x, std::span<const int32_t> rows, const Tens
 void rows_dot(const Tensor& x, std::span<const int32_t> rows, const Tensor& y, Tensor& out);
 // dst[r, dst_col + j] = src[r, src_col + j], j < width.   src [R, Cs], dst [R, Cd] over the last dim
 void copy_cols(const Tensor& src, int64_t src_col, int64_t width, Tensor& dst, int64_t dst_col);
+// out[rows[i]] = x[i] (=), rows distinct.   x [n, C], rows [n] -> out [R, C]
+void set_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out);
 // y = 1/(1 + exp(−x)); y may alias x
 void sigmoid(const Tensor& x, Tensor& y);
 // dx = dy·y·(1 − y)

@@ -36,8 +36,8 @@ struct AttentionDims {
   int64_t T = 0, S = 0, Hq = 0, Hkv = 0, D = 0, Dv = 0;
 };
 
-// Which kernels run. Auto: tensor cores when D == Dv in {64, 80, 96, 128} and the bf16 tensors are 16-byte
-// aligned (P, and in the backward dS, rounded to bf16 as the tensor-core operands, as in
+// Which kernels run. Auto: tensor cores when D == Dv in {64, 80, 96, 128} and the bf16 tensors are
+// 16-byte aligned (P, and in the backward dS, rounded to bf16 as the tensor-core operands, as in
 // flash-attention 2), else CUDA cores (fp32 P and dS, any D, Dv <= 256). TensorCores throws when
 // the call does not qualify.
 enum class AttentionPath { Auto, CudaCores, TensorCores };
