@@ -1,4 +1,5 @@
-// `graft train RECIPE.yaml [--set key=value]... [--resume] [--print-recipe] [--check]`
+// `graft train RECIPE.yaml [--set key=value]... [--resume] [--print-recipe] [--check]`, also as
+// `mpirun -np N graft train ...` (data parallel, docs/distributed.md).
 // Fine-tunes LoRA adapters on the recipe's base model (CPU backend) and exports a PEFT adapter
 // (adapter_config.json + adapter_model.safetensors) to output_dir, with metrics.jsonl, loss.svg and
 // HDF5 checkpoints under output_dir/checkpoints. `--check` validates the recipe without loading the
@@ -6,6 +7,7 @@
 #include <cstdio>
 
 #include "command.hpp"
+#include "graft/dist/communicator.hpp"
 #include "graft/error.hpp"
 #include "graft/train/chat_templates.hpp"
 #include "graft/train/trainer.hpp"
@@ -28,7 +30,10 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
                 "reads config.json / tokenizer files when local. Exit 0 = the recipe is valid");
   sub->callback([a] {
     auto r = graft::train::load_recipe(a->recipe, a->set);
-    for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    // Under mpirun every rank runs this (docs/distributed.md); rank 0 alone prints.
+    graft::dist::Communicator* comm = a->print || a->check ? nullptr : &graft::dist::world();
+    if (!comm || comm->is_root())
+      for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (a->print) {
       std::printf("%s", r.text.c_str());
       return;
@@ -47,7 +52,11 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
     }
     graft::train::TrainOptions o;
     o.resume = a->resume;
+    o.comm = comm;
     auto s = graft::train::run_training(r, o);
+    comm->finalize();
+    if (!comm->is_root()) return;
+    if (comm->size() > 1) std::printf("data parallel over %d ranks (%s)\n", comm->size(), comm->transport().c_str());
     std::printf("trained %lld steps on %lld sequences (%lld trainable parameters); final loss %.4f\n",
                 static_cast<long long>(s.steps), static_cast<long long>(s.train_sequences),
                 static_cast<long long>(s.trainable_params), s.final_loss);

@@ -28,6 +28,7 @@
 #include "graft/train/chat_templates.hpp"
 #include "graft/train/checkpoint.hpp"
 #include "graft/train/data.hpp"
+#include "graft/train/data_parallel.hpp"
 #include "graft/train/lora_train.hpp"
 #include "graft/train/optimizer.hpp"
 #include "graft/train/plot.hpp"
@@ -78,13 +79,17 @@ PackedSequence single(const Sample& s) {
   return p;
 }
 
-// Mean token loss of the adapter (or the base when `ad` is null) over `seqs`, forward only.
-double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSequence>& seqs, const model::LoraSource* ad) {
+// Mean token loss of the adapter (or the base when `ad` is null) over `seqs`, forward only; each rank
+// evaluates its shard and the (loss sum, token count) pair is summed over the ranks.
+double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSequence>& seqs, const model::LoraSource* ad,
+                 dist::Communicator& comm) {
   double sum = 0;
   int64_t n = 0;
   std::vector<const model::LoraSource*> slots;
   if (ad) slots.push_back(ad);
-  for (const auto& s : seqs) {
+  const auto [first, last] = shard_range(static_cast<int64_t>(seqs.size()), comm.rank(), comm.size());
+  for (int64_t i = first; i < last; ++i) {
+    const auto& s = seqs[static_cast<size_t>(i)];
     model::Batch b;
     b.ids = s.ids;
     b.positions = s.positions;
@@ -95,6 +100,11 @@ double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSeq
     if (valid == 0) continue;
     sum += static_cast<float>(be.cross_entropy(lg, s.labels, nullptr)) * valid;
     n += valid;
+  }
+  if (comm.size() > 1) {
+    double both[2] = {sum, static_cast<double>(n)};
+    comm.allreduce_sum(both, 2);
+    sum = both[0], n = static_cast<int64_t>(both[1]);
   }
   return n ? sum / static_cast<double>(n) : 0.0;
 }
@@ -108,14 +118,23 @@ std::string fmt_time(double s) {
 TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   const Recipe& r = lr.proto;
   TrainSummary sum;
+  // Data parallel (docs/distributed.md): every rank runs this function; rank 0 alone writes files.
+  const auto solo = dist::make_single_communicator();
+  dist::Communicator& comm = opt.comm ? *opt.comm : *solo;
+  const bool root = comm.is_root();
+  check_same_run(comm, lr.hash, lr.text, GRAFT_VERSION);
+  resolve_parallel_layout(r, comm.size());
+  GRAFT_CHECK_FIX(comm.size() == 1 || !opt.should_stop, "stop hooks are for single-process runs (graft serve's jobs)",
+                  "TrainOptions::should_stop is not supported with {} ranks", comm.size());
   const fs::path out = r.output_dir();
   std::error_code ec;
   fs::create_directories(out / "checkpoints", ec);
   GRAFT_CHECK_FIX(!ec && ::access(out.c_str(), W_OK) == 0, "choose a writable output_dir",
                   "cannot write to output_dir '{}': {}", out.string(), ec ? ec.message() : "permission denied");
   // A save interrupted by a kill leaves its temp file behind; nothing of this run has been written yet.
-  for (const auto& stale : remove_stale_checkpoint_temps((out / "checkpoints").string()))
-    std::fprintf(stderr, "removed %s (left by an interrupted checkpoint save)\n", stale.c_str());
+  if (root)
+    for (const auto& stale : remove_stale_checkpoint_temps((out / "checkpoints").string()))
+      std::fprintf(stderr, "removed %s (left by an interrupted checkpoint save)\n", stale.c_str());
   // ---- model and tokenizer
   model::LoadOptions lo;
   lo.load_in_4bit = r.load_in_4bit();
@@ -146,6 +165,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   set_model_token_ids(dopt, r.base_model(), cfg.vocab_size);
   const std::string cache = r.dataset_prepared_path().empty() ? (out / "prepared").string() : r.dataset_prepared_path();
   std::vector<Sample> train, val;
+  if (!root) comm.barrier();  // rank 0 tokenizes and writes the cache first; the others then read it
   for (const auto& d : r.datasets()) {
     auto s = load_dataset_cached(spec_of(d), tok, tok_json, tpl.get(), dopt, cache);
     train.insert(train.end(), s.begin(), s.end());
@@ -154,6 +174,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     auto s = load_dataset_cached(spec_of(d), tok, tok_json, tpl.get(), dopt, cache);
     val.insert(val.end(), s.begin(), s.end());
   }
+  if (root) comm.barrier();
   if (r.val_set_size() > 0) {
     auto [t, v] = split_validation(std::move(train), r.val_set_size(), static_cast<uint64_t>(r.seed()));
     train = std::move(t);
@@ -283,6 +304,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     for (auto& e : fs::directory_iterator(out / "checkpoints"))
       if (e.path().extension() == ".h5" && e.path().string() > resume_path) resume_path = e.path().string();
   }
+  resume_path = comm.broadcast_string(resume_path);  // every rank resumes from rank 0's choice
   const bool tty = ::isatty(2) != 0;
   if (!resume_path.empty()) {
     Checkpoint ck = load_checkpoint(resume_path);
@@ -319,10 +341,23 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     epoch = ck.ints["epoch"];
     cursor = ck.ints["cursor"];
     sum.trained_tokens = ck.ints.count("tokens") ? ck.ints["tokens"] : 0;
-    std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
+    if (root) std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
   }
   shuffle_for(epoch);
+  // The step's gradient sum, over sequences and ranks, in double (optimizer order on every rank).
+  std::vector<Tensor*> grads;
+  for (auto& [n, p] : plist) grads.insert(grads.end(), {&p->da, &p->db});
+  for (auto& [n, f] : flist) grads.push_back(&f->grad);  // modules_to_save: full embed / lm_head gradients
+  GradientAccumulator grad_sum(grads);
+  std::vector<const Tensor*> weights;
+  for (const auto& pr : adam.params()) weights.push_back(pr.value);
+  // Rank 0 writes the checkpoint; every rank first checks that the replicas agree, then waits for it.
   auto save = [&](const fs::path& path) {
+    check_replicas_agree(comm, fingerprint(weights), step);
+    if (!root) {
+      comm.barrier();
+      return;
+    }
     Checkpoint ck;
     ck.step = step;
     for (size_t i = 0; i < plist.size(); ++i) {
@@ -346,11 +381,13 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     ck.strings["recipe_hash"] = lr.hash;
     ck.strings["graft_version"] = GRAFT_VERSION;
     save_checkpoint(path.string(), ck);
+    comm.barrier();
   };
   auto be = make_backend("cpu");
-  if (!vseqs.empty() && step == 0) sum.base_eval_loss = eval_loss(m, *be, vseqs, nullptr);
+  if (!vseqs.empty() && step == 0) sum.base_eval_loss = eval_loss(m, *be, vseqs, nullptr, comm);
   // ---- steps
-  std::ofstream metrics(out / "metrics.jsonl", step == 0 ? std::ios::trunc : std::ios::app);
+  std::ofstream metrics;
+  if (root) metrics.open(out / "metrics.jsonl", step == 0 ? std::ios::trunc : std::ios::app);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens = 0, steps_run = 0;
   std::vector<std::pair<int64_t, double>> curve;
@@ -362,12 +399,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       return sum;
     }
     if (opt.before_step) opt.before_step();
-    ad.zero_grad();
+    grad_sum.zero();
     double loss = 0;
     // A stop requested during the step abandons it (no update) and rewinds the data cursor, so the run
     // stops within one micro-batch and a resume still continues bit-exactly.
     const int64_t epoch0 = epoch, cursor0 = cursor, trained0 = sum.trained_tokens, tokens0 = tokens;
     bool abandoned = false;
+    // Every rank walks the whole global batch (the data position stays global); it computes only its
+    // shard [mb_first, mb_last) of the step's sequences.
+    const auto [mb_first, mb_last] = shard_range(per_step, comm.rank(), comm.size());
     for (int64_t mb = 0; mb < per_step; ++mb) {
       if (opt.should_stop && opt.should_stop()) {
         abandoned = true;
@@ -379,15 +419,18 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
         shuffle_for(epoch);
       }
       const PackedSequence& s = seqs[static_cast<size_t>(order[static_cast<size_t>(cursor++)])];
+      tokens += static_cast<int64_t>(s.ids.size());
+      sum.trained_tokens += static_cast<int64_t>(s.ids.size());
+      if (mb < mb_first || mb >= mb_last) continue;
       StepOptions so;
       so.backend = be.get();
       so.gradient_checkpointing = r.gradient_checkpointing();
       so.lora_dropout = r.lora_dropout();
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.dropout_draw = static_cast<uint64_t>(step * per_step + mb);  // restored by --resume with the step
+      ad.zero_grad();  // this sequence's gradient alone, then added to the step's sum
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
-      tokens += static_cast<int64_t>(s.ids.size());
-      sum.trained_tokens += static_cast<int64_t>(s.ids.size());
+      grad_sum.add();
     }
     if (abandoned) {
       if (epoch != epoch0) shuffle_for(epoch0);
@@ -397,6 +440,17 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       sum.stopped = true;
       return sum;
     }
+    double wait_s = 0, allreduce_s = 0;  // waiting for the slowest rank; the reduction itself
+    if (comm.size() > 1) {                // the step's sums over every rank's sequences
+      const auto c0 = std::chrono::steady_clock::now();
+      comm.barrier();
+      const auto c1 = std::chrono::steady_clock::now();
+      grad_sum.allreduce_sum(comm);
+      comm.allreduce_sum(&loss, 1);
+      wait_s = std::chrono::duration<double>(c1 - c0).count();
+      allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c1).count();
+    }
+    grad_sum.store();
     loss /= static_cast<double>(per_step);
     for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients
       for (int64_t i = 0; i < g->da.numel(); ++i) g->da.data<float>()[i] += u->da.data<float>()[i];
@@ -417,12 +471,13 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     StepLog log{step, total, loss, lrate, gnorm, static_cast<double>(tokens) / std::max(el, 1e-9), el,
                 el / static_cast<double>(steps_run) * static_cast<double>(total - step)};
-    if (eval_every > 0 && step % eval_every == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad);
+    if (eval_every > 0 && step % eval_every == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad, comm);
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
                         {"elapsed_s", el}};
     if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
-    metrics << j.dump() << "\n" << std::flush;
-    if (opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {
+    if (comm.size() > 1) j["wait_s"] = wait_s, j["allreduce_s"] = allreduce_s;  // rank 0's
+    if (root) metrics << j.dump() << "\n" << std::flush;
+    if (root && opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {
       const int width = 24, filled = static_cast<int>(width * step / total);
       const std::string bar = std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.');
       std::fprintf(stderr, "%s[%s] step %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s%s%s", tty ? "\r" : "", bar.c_str(),
@@ -441,7 +496,12 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   }
   sum.steps = step;
   save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
-  if (!vseqs.empty()) sum.eval_loss = eval_loss(m, *be, vseqs, &ad);
+  if (!vseqs.empty()) sum.eval_loss = eval_loss(m, *be, vseqs, &ad, comm);
+  sum.adapter_dir = out.string();
+  if (!root) {  // rank 0 exports; the others wait until the adapter and the plot are written
+    comm.barrier();
+    return sum;
+  }
   // ---- export the PEFT adapter
   adapters::Adapter exported;
   exported.config = pc;
@@ -451,8 +511,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   if (const LinearWeight* h = ad.lm_head()) exported.lm_head_weight = LinearWeight{h->out, h->in, h->dense.clone(), nullptr, {}};
   adapters::make_targets_explicit(exported, cfg);  // PEFT rewrites all-linear on MoE families (peft.hpp)
   adapters::save_peft(out.string(), exported, cfg);
-  sum.adapter_dir = out.string();
   if (!curve.empty()) write_loss_plot((out / "loss.svg").string(), curve, fmt::format("graft train: {}", lr.source));
+  comm.barrier();
   return sum;
 }
 

@@ -19,9 +19,9 @@ constexpr const char* kAttention = "graft uses its own attention kernels (exact 
 constexpr const char* kLogging = "graft logs to the console and to <output_dir>/metrics.jsonl and loss.svg";
 constexpr const char* kKernels = "graft runs its own fused CPU kernels; PyTorch kernel patches do not apply";
 constexpr const char* kDistributed =
-    "distributed training does not exist in graft yet: the run is single-process, so the global batch is "
-    "micro_batch_size x gradient_accumulation_steps (Axolotl on N GPUs multiplies it by N: raise "
-    "gradient_accumulation_steps N-fold to match)";
+    "graft's data parallel is `mpirun -np N graft train` (docs/distributed.md) and trains what a single-process "
+    "run trains: the global batch is micro_batch_size x gradient_accumulation_steps whatever N is (Axolotl on N "
+    "GPUs multiplies it by N: raise gradient_accumulation_steps N-fold to match)";
 constexpr const char* kRuntime = "a Python/PyTorch runtime setting with no effect on what graft trains";
 constexpr const char* kHub = "graft does not upload to the Hugging Face Hub; the adapter is written to output_dir";
 constexpr const char* kNoSft = "graft trains supervised (SFT) LoRA/QLoRA adapters only";

@@ -237,10 +237,13 @@ const Recipe& default_recipe_instance();
 const Dataset& default_dataset_instance();
 
 std::string recipe_hash_json(const Recipe& recipe) {
-  // gradient_checkpointing changes memory only (bit-identical results), so a run may resume with it toggled.
+  // gradient_checkpointing changes memory only (bit-identical results), so a run may resume with it toggled;
+  // the parallel sizes split the same global batch differently, so a run may resume on another rank count.
   static const std::set<std::string> kSkip = {"output_dir",    "dataset_prepared_path", "resume_from_checkpoint",
                                               "num_threads",   "logging_steps",         "save_steps",
-                                              "saves_per_epoch", "gradient_checkpointing"};
+                                              "saves_per_epoch", "gradient_checkpointing",
+                                              // the global batch is the same for any rank count
+                                              "data_parallel_size", "expert_parallel_size"};
   // Datasets omit fields equal to a default dataset: rebuild them through a copy.
   std::string o;
   const pb::Descriptor* d = recipe.GetDescriptor();

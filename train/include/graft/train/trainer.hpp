@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "graft/dist/communicator.hpp"
 #include "graft/model/model.hpp"
 #include "graft/train/recipe.hpp"
 
@@ -30,6 +31,10 @@ struct TrainOptions {
   std::function<bool()> should_stop;  // polled before every step and micro-batch: true = abandon the
                                       // step in progress, checkpoint now and return with
                                       // TrainSummary::stopped (resume continues bit-exactly)
+  // Data parallel: the process group this rank belongs to (null = one process). Every rank calls
+  // run_training with the same recipe; each computes its share of every global batch, gradients are
+  // summed over the ranks, and rank 0 alone writes files (docs/distributed.md).
+  dist::Communicator* comm = nullptr;
 };
 
 struct TrainSummary {

@@ -1,0 +1,64 @@
+// Data-parallel training over a dist::Communicator (docs/distributed.md): the recipe's parallel
+// layout, the start-up handshake, each rank's share of a global batch, the gradient accumulation
+// and bucketed all-reduce, and the replica check. The trainer calls these; with one rank every one is a no-op or
+// the identity, so a single-process run is bit-identical to one without them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "graft/dist/communicator.hpp"
+#include "graft/tensor.hpp"
+#include "graft/train/recipe.hpp"
+
+namespace graft::train {
+
+struct ParallelLayout {
+  int world = 1;            // ranks started by the launcher
+  int data_parallel = 1;    // recipe data_parallel_size (unset = every rank)
+  int expert_parallel = 1;  // recipe expert_parallel_size (only 1 exists yet)
+};
+
+// Reads data_parallel_size / expert_parallel_size against the launched world. Throws on a negative
+// size, on expert_parallel_size != 1 ("expert parallel is not implemented yet") and when
+// data_parallel_size x expert_parallel_size differs from the number of ranks (naming both).
+ParallelLayout resolve_parallel_layout(const Recipe& r, int world_size);
+
+// Every rank states (graft version, recipe hash, effective recipe text); all must agree with rank 0,
+// else every rank throws a message naming the ranks that differ and what differs. Collective.
+void check_same_run(dist::Communicator& comm, const std::string& recipe_hash, const std::string& recipe_text,
+                    const std::string& version);
+
+// The part [begin, end) of `n` global items (micro-batch sequences of a step, eval sequences) that
+// `rank` of `size` computes: contiguous, sizes differ by at most one, rank order = global order.
+std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size);
+
+// A step's gradient sum in double precision. Each sequence's gradient is computed alone (float, in
+// the LoRA tensors) and added here; the ranks' partial sums are then all-reduced in double, in buckets
+// of at most `bucket_values` values, and rounded to float once. Double accumulation makes the sum's
+// order (sequence order on one rank, the all-reduce's tree across ranks) vanish below float
+// precision, so N ranks train the single-process adapter (docs/distributed.md).
+class GradientAccumulator {
+ public:
+  GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values = int64_t{1} << 21);  // 16 MiB buckets
+  void zero();
+  void add();  // sum += the tensors (each [numel], f32)
+  void allreduce_sum(dist::Communicator& comm);
+  void store();  // the tensors = float(sum)
+  int64_t buckets() const { return static_cast<int64_t>(bucket_end_.size()); }
+  int64_t values() const { return static_cast<int64_t>(sum_.size()); }
+
+ private:
+  std::vector<Tensor*> grads_;
+  std::vector<int64_t> bucket_end_;  // one past the last value of each bucket (tensor boundaries)
+  std::vector<double> sum_;
+};
+
+// 64-bit FNV-1a of the tensors' bytes (f32 parameters), to check that replicas hold the same weights.
+uint64_t fingerprint(const std::vector<const Tensor*>& tensors);
+// Throws on every rank when the ranks' fingerprints differ (names the step and the ranks). Collective.
+void check_replicas_agree(dist::Communicator& comm, uint64_t fp, int64_t step);
+
+}  // namespace graft::train

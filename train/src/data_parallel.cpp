@@ -1,0 +1,148 @@
+// Data-parallel pieces of the trainer (data_parallel.hpp).
+#include "graft/train/data_parallel.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "graft/error.hpp"
+
+namespace graft::train {
+
+ParallelLayout resolve_parallel_layout(const Recipe& r, int world_size) {
+  ParallelLayout p;
+  p.world = world_size;
+  if (r.has_expert_parallel_size()) {
+    GRAFT_CHECK_FIX(r.expert_parallel_size() >= 1, "set expert_parallel_size: 1 (or leave it out)",
+                    "recipe key 'expert_parallel_size' = {} is out of range: must be >= 1", r.expert_parallel_size());
+    GRAFT_CHECK_FIX(r.expert_parallel_size() == 1,
+                    "leave expert_parallel_size out (or 1): every rank then holds every expert and trains data-parallel",
+                    "expert_parallel_size: {}: expert parallel is not implemented yet", r.expert_parallel_size());
+  }
+  p.expert_parallel = 1;
+  if (r.has_data_parallel_size() && r.data_parallel_size() != 0) {
+    GRAFT_CHECK_FIX(r.data_parallel_size() >= 1, "leave data_parallel_size out (every rank data-parallel) or set it to the rank count",
+                    "recipe key 'data_parallel_size' = {} is out of range: must be >= 1 (0 or unset = every rank)",
+                    r.data_parallel_size());
+    GRAFT_CHECK_FIX(r.data_parallel_size() * p.expert_parallel == world_size,
+                    fmt::format("start {} ranks (mpirun -np {}), or leave data_parallel_size out to use every rank",
+                                r.data_parallel_size() * p.expert_parallel, r.data_parallel_size() * p.expert_parallel),
+                    "data_parallel_size: {} x expert_parallel_size: {} needs {} ranks, but {} rank{} started",
+                    r.data_parallel_size(), p.expert_parallel, r.data_parallel_size() * p.expert_parallel, world_size,
+                    world_size == 1 ? " was" : "s were");
+  }
+  p.data_parallel = world_size / p.expert_parallel;
+  return p;
+}
+
+namespace {
+// The first line where two texts differ, as "'a' vs 'b'".
+std::string first_difference(const std::string& a, const std::string& b) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  const auto line_of = [i](const std::string& s) {
+    const size_t nl = i == 0 ? std::string::npos : s.rfind('\n', i - 1);
+    const size_t from = nl == std::string::npos ? 0 : nl + 1;
+    return s.substr(from, s.find('\n', from) - from);
+  };
+  return fmt::format("'{}' vs rank 0's '{}'", line_of(b), line_of(a));
+}
+}  // namespace
+
+void check_same_run(dist::Communicator& comm, const std::string& recipe_hash, const std::string& recipe_text,
+                    const std::string& version) {
+  // One record per rank: version, hash, then the whole effective recipe (operational keys included).
+  const auto all = comm.allgather(version + "\n" + recipe_hash + "\n" + recipe_text);
+  std::vector<std::string> problems;
+  const auto split = [](const std::string& s) {
+    const auto a = s.find('\n'), b = s.find('\n', a + 1);
+    return std::make_tuple(s.substr(0, a), s.substr(a + 1, b - a - 1), s.substr(b + 1));
+  };
+  const auto [v0, h0, t0] = split(all[0]);
+  for (size_t r = 1; r < all.size(); ++r) {
+    const auto [v, h, t] = split(all[r]);
+    if (v != v0) problems.push_back(fmt::format("rank {} runs graft {} but rank 0 runs graft {}", r, v, v0));
+    if (h != h0)
+      problems.push_back(fmt::format("rank {} has recipe hash {} but rank 0 has {} ({})", r, h, h0, first_difference(t0, t)));
+    else if (t != t0)
+      problems.push_back(fmt::format("rank {}'s recipe differs from rank 0's in an operational key: {}", r, first_difference(t0, t)));
+  }
+  if (problems.empty()) return;
+  std::string what = fmt::format("rank {} of {}: the ranks were not started with the same recipe and graft version, refusing to start:",
+                                 comm.rank(), comm.size());
+  for (const auto& p : problems) what += "\n  " + p;
+  throw graft::Error(what, "", "start every rank with the same graft binary, recipe file and --set overrides");
+}
+
+std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size) {
+  const int64_t base = n / size, extra = n % size;
+  const int64_t begin = rank * base + std::min<int64_t>(rank, extra);
+  return {begin, begin + base + (rank < extra ? 1 : 0)};
+}
+
+GradientAccumulator::GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values) : grads_(std::move(grads)) {
+  int64_t total = 0, bucket_start = 0;
+  for (Tensor* g : grads_) {
+    if (total > bucket_start && total + g->numel() - bucket_start > bucket_values) {
+      bucket_end_.push_back(total);
+      bucket_start = total;
+    }
+    total += g->numel();
+  }
+  if (total > bucket_start) bucket_end_.push_back(total);
+  sum_.assign(static_cast<size_t>(total), 0.0);
+}
+
+void GradientAccumulator::zero() { std::fill(sum_.begin(), sum_.end(), 0.0); }
+
+void GradientAccumulator::add() {
+  double* out = sum_.data();
+  for (Tensor* g : grads_) {
+    const float* in = g->data<float>();
+    for (int64_t i = 0; i < g->numel(); ++i) out[i] += static_cast<double>(in[i]);
+    out += g->numel();
+  }
+}
+
+void GradientAccumulator::allreduce_sum(dist::Communicator& comm) {
+  if (comm.size() == 1) return;
+  int64_t first = 0;
+  for (int64_t end : bucket_end_) {
+    comm.allreduce_sum(sum_.data() + first, end - first);
+    first = end;
+  }
+}
+
+void GradientAccumulator::store() {
+  const double* in = sum_.data();
+  for (Tensor* g : grads_) {
+    float* out = g->data<float>();
+    for (int64_t i = 0; i < g->numel(); ++i) out[i] = static_cast<float>(in[i]);
+    in += g->numel();
+  }
+}
+
+uint64_t fingerprint(const std::vector<const Tensor*>& tensors) {
+  uint64_t h = 1469598103934665603ull;
+  for (const Tensor* t : tensors) {
+    const auto* p = reinterpret_cast<const unsigned char*>(t->data<float>());
+    for (size_t i = 0, n = static_cast<size_t>(t->numel()) * sizeof(float); i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
+void check_replicas_agree(dist::Communicator& comm, uint64_t fp, int64_t step) {
+  if (comm.size() == 1) return;
+  const auto all = comm.allgather(fmt::format("{:016x}", fp));
+  std::vector<std::string> differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ.push_back(std::to_string(r));
+  GRAFT_CHECK_FIX(differ.empty(), "this is a graft bug; please report it with the recipe and the mpirun command line",
+                  "after step {} the LoRA weights of rank(s) {} differ from rank 0's: the data-parallel replicas diverged", step,
+                  fmt::format("{}", fmt::join(differ, ", ")));
+}
+
+}  // namespace graft::train
