@@ -22,7 +22,19 @@ if [[ ! -f "$src/CMakeLists.txt" || "$(cat "$src/.graft-sdist" 2>/dev/null)" != 
   echo "$ver" > "$src/.graft-sdist"
   rm -rf "$dl"
 fi
-[[ -f "$src/build/CMakeCache.txt" ]] || cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-  -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_WEBUI=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF >&2
+# CPU features: -march=native, except on x86 CPUs that advertise AMX: there ggml's AMX matmul dies with SIGILL
+# when the kernel does not grant the tile state (seen on the 2-core benchmark VM), so the x86 features are named
+# one by one with AMX off (GGML_NATIVE=OFF).
+cpu_flags=(-DGGML_NATIVE=ON)
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+  cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+             -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+  grep -qw avx512f /proc/cpuinfo && cpu_flags+=(-DGGML_AVX512=ON)
+  grep -qw avx512vbmi /proc/cpuinfo && cpu_flags+=(-DGGML_AVX512_VBMI=ON)
+  grep -qw avx512_vnni /proc/cpuinfo && cpu_flags+=(-DGGML_AVX512_VNNI=ON)
+  grep -qw avx512_bf16 /proc/cpuinfo && cpu_flags+=(-DGGML_AVX512_BF16=ON)
+fi
+cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_WEBUI=OFF -DLLAMA_BUILD_TESTS=OFF "${cpu_flags[@]}" >&2
 cmake --build "$src/build" -j"$jobs" --target "$@" >&2
 echo "$src"
