@@ -3,10 +3,13 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
+#include <unistd.h>
 
 #include "command.hpp"
 #include "graft/backend/make_backend.hpp"
+#include "graft/dist/communicator.hpp"
 #ifdef GRAFT_HAVE_CUDA
 #include "graft/cuda/device_info.hpp"
 #endif
@@ -33,6 +36,35 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
                                      {"smem_per_block_optin", d.smem_per_block_optin}, {"peak_dram_gbps", d.peak_dram_gbps()}});
     }
 #endif
+    // Under mpirun every rank reports what it sees (its host, local rank, devices) and rank 0 prints them all.
+    if (graft::dist::launched_by_mpi()) {
+      auto& w = graft::dist::world();
+      char host[256] = {0};
+      gethostname(host, sizeof(host) - 1);
+      const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+      out["rank"] = w.rank();
+      out["world_size"] = w.size();
+      out["host"] = host;
+      out["local_rank"] = local ? std::atoi(local) : 0;
+      out["train_device"] = "cpu";  // graft train's step runs on the CPU backend (docs/distributed.md)
+      const auto all = w.allgather(out.dump());
+      if (w.is_root()) {
+        nlohmann::json ranks = nlohmann::json::array();
+        for (const auto& r : all) ranks.push_back(nlohmann::json::parse(r));
+        if (*json) {
+          std::printf("%s\n", nlohmann::json{{"ranks", ranks}}.dump(2).c_str());
+        } else {
+          for (const auto& r : ranks)
+            std::printf("rank %d/%d on %s (local rank %d): cpu %u threads, %zu CUDA device(s), --device auto -> %s, "
+                        "graft train -> %s\n",
+                        r["rank"].get<int>(), r["world_size"].get<int>(), r["host"].get<std::string>().c_str(),
+                        r["local_rank"].get<int>(), r["cpu_threads"].get<unsigned>(), r["cuda_devices"].size(),
+                        r["default_device"].get<std::string>().c_str(), r["train_device"].get<std::string>().c_str());
+        }
+      }
+      w.finalize();
+      return;
+    }
     if (*json) {
       std::printf("%s\n", out.dump(2).c_str());
       return;

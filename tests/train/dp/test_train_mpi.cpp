@@ -298,3 +298,16 @@ TEST_F(TrainMpi, KillingOneRankStopsEveryRankNamingIt) {
 }
 
 }  // namespace
+
+// `mpirun -np 2 graft devices --json`: rank 0 prints what every rank sees (host, local rank, devices).
+TEST_F(TrainMpi, DevicesReportsEveryRank) {
+  const auto r = shell(mpirun(2) + kGraft + " devices --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["ranks"].size(), 2u) << r.out;
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(j["ranks"][i]["rank"], i);
+    EXPECT_EQ(j["ranks"][i]["world_size"], 2);
+    EXPECT_TRUE(j["ranks"][i].contains("default_device"));
+  }
+}
