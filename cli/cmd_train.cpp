@@ -18,12 +18,16 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
     std::string recipe;
     std::vector<std::string> set;
     bool resume = false, print = false, check = false;
+    std::string device = "auto";
   };
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("train", "Fine-tune LoRA/QLoRA adapters from a YAML recipe");
   sub->add_option("recipe", a->recipe, "Recipe YAML (see docs/recipes.md)")->required();
   sub->add_option("--set", a->set, "Override a recipe key: --set lora_r=16 --set datasets.0.path=x.jsonl");
   sub->add_flag("--resume", a->resume, "Continue from the newest checkpoint in output_dir/checkpoints");
+  sub->add_option("--device", a->device,
+                  "Device of the training step: cpu, cuda, cuda:N, or auto (default: cuda:0 when a CUDA GPU is usable, "
+                  "else cpu). Checkpoints and adapters are the same files on every device");
   sub->add_flag("--print-recipe", a->print, "Print the effective recipe (every key) and exit");
   sub->add_flag("--check", a->check,
                 "Validate the recipe without loading the model: every problem at once, warnings for ignored keys; "
@@ -52,6 +56,7 @@ graft::cli::Registration reg{"train", 50, [](CLI::App& app) {
     }
     graft::train::TrainOptions o;
     o.resume = a->resume;
+    o.device = a->device;
     o.comm = comm;
     auto s = graft::train::run_training(r, o);
     comm->finalize();

@@ -166,6 +166,36 @@ __global__ void __launch_bounds__(kThreads) rows_dot_kernel(const bf16* __restri
   }
 }
 
+__global__ void __launch_bounds__(kThreads) fill_f32_kernel(float* __restrict__ y, int64_t n, float v) {
+  for (int64_t i = gtid(); i < n; i += gstride()) y[i] = v;
+}
+__global__ void __launch_bounds__(kThreads) gather_rows_f32_kernel(const float* __restrict__ x, int64_t H,
+                                                                   const int32_t* __restrict__ rows,
+                                                                   const float* __restrict__ s, int64_t n,
+                                                                   float* __restrict__ o) {
+  for (int64_t i = gtid(); i < n * H; i += gstride()) {
+    const int64_t r = i / H, h = i - r * H;
+    const float v = x[static_cast<int64_t>(rows[r]) * H + h];
+    o[i] = s ? v * s[r] : v;
+  }
+}
+__global__ void __launch_bounds__(kThreads) scatter_csr_f32_kernel(const float* __restrict__ x, int64_t H,
+                                                                   const int32_t* __restrict__ dst,
+                                                                   const int32_t* __restrict__ ptr,
+                                                                   const int32_t* __restrict__ src, int64_t G,
+                                                                   const float* __restrict__ scale, float* __restrict__ out) {
+  for (int64_t i = gtid(); i < G * H; i += gstride()) {
+    const int64_t g = i / H, h = i - g * H;
+    float& o = out[static_cast<int64_t>(dst[g]) * H + h];
+    float acc = o;
+    for (int32_t j = ptr[g]; j < ptr[g + 1]; ++j) {
+      const int64_t s2 = src[j];
+      acc += (scale ? scale[s2] : 1.0f) * x[s2 * H + h];  // the CPU's s[i] * src[h] order
+    }
+    o = acc;
+  }
+}
+
 unsigned blocks_for(int64_t n) { return traink::grid_for((n + kThreads - 1) / kThreads); }
 
 // Validates sizes and pointers on the host; returns false when there is nothing to do.
@@ -299,6 +329,24 @@ void scatter_add_csr(const bf16* x, int64_t H, const int32_t* dst, const int32_t
 void rows_dot(const bf16* x, const int32_t* rows, const bf16* y, int64_t n, int64_t H, float* out, cudaStream_t stream) {
   if (!work("rows_dot", n, {x, y, out})) return;
   GRAFT_LAUNCH(blocks_for(n), kThreads, 0, stream, rows_dot_kernel)(x, rows, y, n, H, out);
+  GRAFT_CUDA_CHECK_LAUNCH();
+}
+
+void fill_f32(float* y, int64_t n, float v, cudaStream_t stream) {
+  if (!work("fill_f32", n, {y})) return;
+  GRAFT_LAUNCH(blocks_for(n), kThreads, 0, stream, fill_f32_kernel)(y, n, v);
+  GRAFT_CUDA_CHECK_LAUNCH();
+}
+void gather_rows_f32(const float* x, int64_t H, const int32_t* rows, const float* row_scale, int64_t n, float* out,
+                     cudaStream_t stream) {
+  if (!work("gather_rows_f32", n * H, {x, rows, out})) return;
+  GRAFT_LAUNCH(blocks_for(n * H), kThreads, 0, stream, gather_rows_f32_kernel)(x, H, rows, row_scale, n, out);
+  GRAFT_CUDA_CHECK_LAUNCH();
+}
+void scatter_add_csr_f32(const float* x, int64_t H, const int32_t* dst, const int32_t* ptr, const int32_t* src,
+                         int64_t G, const float* scale, float* out, cudaStream_t stream) {
+  if (!work("scatter_add_csr_f32", G * H, {x, dst, ptr, src, out})) return;
+  GRAFT_LAUNCH(blocks_for(G * H), kThreads, 0, stream, scatter_csr_f32_kernel)(x, H, dst, ptr, src, G, scale, out);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 

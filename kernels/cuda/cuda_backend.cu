@@ -283,6 +283,8 @@ class CudaBackend final : public Backend {
 
   // ---------------------------------------------------------------- the training step's extra ops
   void fill(Tensor& y, float v) override {
+    here("fill", "y", y);
+    if (y.dtype() == DType::F32) return cuda::fill_f32(mf(y), y.numel(), v, stream_);
     act("fill", "y", y);
     cuda::fill_bf16(mb(y), y.numel(), v, stream_);
   }
@@ -310,20 +312,36 @@ class CudaBackend final : public Backend {
     cuda::dropout_mask_f32(key, rows.empty() ? nullptr : static_cast<const int32_t*>(r.raw()), out.size(0), out.size(1), p,
                            mf(out), stream_);
   }
+  // bf16 activations, or fp32 x and out (router combine weights).
   void gather_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
-    act("gather_rows", "x", x);
-    act("gather_rows", "out", out);
+    here("gather_rows", "x", x);
+    here("gather_rows", "out", out);
+    const bool fp32 = x.dtype() == DType::F32 && out.dtype() == DType::F32;
+    if (!fp32) {
+      act("gather_rows", "x", x);
+      act("gather_rows", "out", out);
+    }
     const int64_t H = x.size(-1), R = x.numel() / std::max<int64_t>(H, 1);
     const int64_t n = rows.empty() ? R : static_cast<int64_t>(rows.size());
     GRAFT_CHECK(out.numel() == n * H, "gather_rows: out {} must be [{}, {}]", out.describe(), n, H);
     const Tensor idx = rows.empty() ? ints(iota(R)) : checked_rows("gather_rows", rows, R);
     const Tensor sc = scales("gather_rows", s, n);
-    cuda::gather_rows(cb(x), H, static_cast<const int32_t*>(idx.raw()), sc.defined() ? cf(sc) : nullptr, n, mb(out),
-                      stream_);
+    if (fp32)
+      cuda::gather_rows_f32(cf(x), H, static_cast<const int32_t*>(idx.raw()), sc.defined() ? cf(sc) : nullptr, n, mf(out),
+                            stream_);
+    else
+      cuda::gather_rows(cb(x), H, static_cast<const int32_t*>(idx.raw()), sc.defined() ? cf(sc) : nullptr, n, mb(out),
+                        stream_);
   }
+  // bf16 activations, or fp32 x and out (router weight gradients).
   void scatter_add_rows(const Tensor& x, std::span<const int32_t> rows, const Tensor& s, Tensor& out) override {
-    act("scatter_add_rows", "x", x);
-    act("scatter_add_rows", "out", out);
+    here("scatter_add_rows", "x", x);
+    here("scatter_add_rows", "out", out);
+    const bool fp32 = x.dtype() == DType::F32 && out.dtype() == DType::F32;
+    if (!fp32) {
+      act("scatter_add_rows", "x", x);
+      act("scatter_add_rows", "out", out);
+    }
     const int64_t H = x.size(-1), n = x.numel() / std::max<int64_t>(H, 1), R = out.numel() / std::max<int64_t>(H, 1);
     GRAFT_CHECK(out.size(-1) == H && (rows.empty() ? n == R : static_cast<int64_t>(rows.size()) == n),
                 "scatter_add_rows: {} row ids for x {} into out {}", rows.size(), x.describe(), out.describe());
@@ -343,9 +361,14 @@ class CudaBackend final : public Backend {
     }
     if (dst.empty()) return;
     const Tensor sc = scales("scatter_add_rows", s, n), d = ints(dst), pt = ints(ptr), sr = ints(src);
-    cuda::scatter_add_csr(cb(x), H, static_cast<const int32_t*>(d.raw()), static_cast<const int32_t*>(pt.raw()),
-                          static_cast<const int32_t*>(sr.raw()), static_cast<int64_t>(dst.size()),
-                          sc.defined() ? cf(sc) : nullptr, mb(out), stream_);
+    if (fp32)
+      cuda::scatter_add_csr_f32(cf(x), H, static_cast<const int32_t*>(d.raw()), static_cast<const int32_t*>(pt.raw()),
+                                static_cast<const int32_t*>(sr.raw()), static_cast<int64_t>(dst.size()),
+                                sc.defined() ? cf(sc) : nullptr, mf(out), stream_);
+    else
+      cuda::scatter_add_csr(cb(x), H, static_cast<const int32_t*>(d.raw()), static_cast<const int32_t*>(pt.raw()),
+                            static_cast<const int32_t*>(sr.raw()), static_cast<int64_t>(dst.size()),
+                            sc.defined() ? cf(sc) : nullptr, mb(out), stream_);
   }
   void rows_dot(const Tensor& x, std::span<const int32_t> rows, const Tensor& y, Tensor& out) override {
     act("rows_dot", "x", x);

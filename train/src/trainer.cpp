@@ -383,7 +383,11 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     save_checkpoint(path.string(), ck);
     comm.barrier();
   };
-  auto be = make_backend("cpu");
+  auto be = make_backend(opt.device);
+  GRAFT_CHECK_FIX(be->device().is_cpu() || (!ad.embed_param() && !ad.lm_head_param()), "train with --device cpu",
+                  "lora_modules_to_save (embed_tokens / lm_head) trains on the CPU backend only, not on {}",
+                  be->device().str());
+  if (root && !be->device().is_cpu()) std::fprintf(stderr, "training on %s\n", be->device().str().c_str());
   if (!vseqs.empty() && step == 0) sum.base_eval_loss = eval_loss(m, *be, vseqs, nullptr, comm);
   // ---- steps
   std::ofstream metrics;

@@ -116,4 +116,7 @@ TEST_F(CliTrain, BadRecipesAndDataFailClearly) {
   r = run("train " + recipe("d") + " --set output_dir=/proc/graft_cannot_write_here");
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.err.find("output_dir"), std::string::npos) << r.err;
+  r = run("train " + recipe("e") + " --device tpu");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.err.find("unknown device 'tpu'"), std::string::npos) << r.err;
 }

@@ -2,6 +2,7 @@
 // runs it: q/k/v projections (biases), Qwen3's q/k RMSNorm, RoPE (rotate-half or interleaved) on RoPE
 // layers followed by Llama 4's weightless L2 norm, Llama 4's attention temperature on NoPE layers,
 // causal / sliding / chunked / packed masks, softmax scale, o projection.
+#include <algorithm>
 #include <cmath>
 
 #include "backward_internal.hpp"
@@ -10,10 +11,11 @@ namespace graft::train::detail {
 namespace {
 using model::Module;
 
-// The weight of Llama 4's weightless L2 norm (rmsnorm with w = 1).   -> [n] on the step's backend
-Tensor ones(Backend& be, int64_t n) {
-  Tensor t = be.empty({n}, DType::F32);
-  be.fill(t, 1.0f);
+// The weight of Llama 4's weightless L2 norm (rmsnorm with w = 1): a host constant, passed like the
+// model's norm weights (a device backend caches its copy).   -> [n] f32 on the host
+Tensor ones(Backend&, int64_t n) {
+  Tensor t = Tensor::empty({n}, DType::F32);
+  std::fill_n(t.data<float>(), n, 1.0f);
   return t;
 }
 // Llama 4 NoPE-layer temperature per token, a function of the (host) positions only: computed on the
@@ -29,13 +31,13 @@ float softmax_scale(const Ctx& c) {
   return c.spec.attn_scale != 0.0f ? c.spec.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.cfg.head_dim));
 }
 Tensor normed(Backend& be, const Tensor& x, const Tensor& w, float eps) {
-  Tensor y = be.empty(x.shape(), DType::F32);
+  Tensor y = be.empty(x.shape(), be.activation_dtype());
   be.rmsnorm(x, w, eps, y);
   return y;
 }
 // dx (=) of y = rmsnorm(x, w) over the last dim.   x, dy [.., D]
 Tensor normed_bwd(Backend& be, const Tensor& x, const Tensor& w, const Tensor& dy, float eps) {
-  Tensor dx = be.empty(x.shape(), DType::F32);
+  Tensor dx = be.empty(x.shape(), be.activation_dtype());
   be.rmsnorm_bwd(x, w, dy, eps, dx);
   return dx;
 }
@@ -69,7 +71,7 @@ Tensor attention_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
   }
   A.q = q;
   A.k = k;
-  A.out = c.be.empty({T, nh, D}, DType::F32);
+  A.out = c.be.empty({T, nh, D}, c.be.activation_dtype());
   c.be.attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
   return lin_fwd(c.be, A.out.reshape({T, nh * D}), c.lin(l, L.attn.o, Module::O));
 }
@@ -78,8 +80,8 @@ Tensor attention_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Te
   const auto& cfg = c.cfg;
   const int64_t T = c.T, nh = cfg.num_attention_heads, nkv = cfg.num_key_value_heads, D = cfg.head_dim;
   Tensor dattn = lin_bwd(c.be, A.out.reshape({T, nh * D}), dout, c.lin(l, L.attn.o, Module::O));
-  Tensor dq = c.be.empty({T, nh, D}, DType::F32), dk = c.be.empty({T, nkv, D}, DType::F32),
-         dv = c.be.empty({T, nkv, D}, DType::F32);
+  Tensor dq = c.be.empty({T, nh, D}, c.be.activation_dtype()), dk = c.be.empty({T, nkv, D}, c.be.activation_dtype()),
+         dv = c.be.empty({T, nkv, D}, c.be.activation_dtype());
   c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, nh, D}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
   if (L.kind.rope) {
     if (c.spec.qk_l2_norm) {

@@ -15,11 +15,15 @@
 
 namespace graft::train::detail {
 
-// Activations are fp32 tensors the step's backend allocates (be.empty); the step never reads their
-// data on the host. Host-side values are metadata only: token ids, labels, positions, segment ids,
-// the MoE plan (row lists per expert) and small constants uploaded with be.to_device.
-Tensor f32(Backend& be, int64_t rows, int64_t cols);    // [rows, cols], uninitialised
-Tensor zeros(Backend& be, int64_t rows, int64_t cols);  // [rows, cols] = 0
+// Activations are tensors the step's backend allocates in its compute dtype (be.activation_dtype(): f32
+// on the CPU, bf16 on CUDA); the step never reads their data on the host. Quantities that are fp32 on
+// every backend (dropout masks, router combine weights and their gradients) use f32/zeros. Host-side
+// values are metadata only: token ids, labels, positions, segment ids, the MoE plan (row lists per
+// expert) and small constants uploaded with be.to_device.
+Tensor act(Backend& be, int64_t rows, int64_t cols);       // [rows, cols] activation, uninitialised
+Tensor act_zeros(Backend& be, int64_t rows, int64_t cols); // [rows, cols] activation = 0
+Tensor f32(Backend& be, int64_t rows, int64_t cols);       // [rows, cols] fp32, uninitialised
+Tensor zeros(Backend& be, int64_t rows, int64_t cols);     // [rows, cols] fp32 = 0
 inline size_t bytes_of(const Tensor& t) { return t.defined() ? static_cast<size_t>(t.numel()) * 4 : 0; }
 
 // One projection as the trainer sees it: the frozen base weight, the trainable LoRA (or none), and

@@ -62,7 +62,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   // ---------------- forward
   std::vector<LayerActs> acts(static_cast<size_t>(L));
   size_t held = 0, peak = 0;  // bytes of saved activations
-  Tensor h = f32(c.be, T, H);
+  Tensor h = act(c.be, T, H);
   c.be.embedding(ids, step_embedding(m, ad), h);  // modules_to_save: the adapter's copy
   for (int l = 0; l < L; ++l) {
     LayerActs& A = acts[static_cast<size_t>(l)];
@@ -78,17 +78,17 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
     }
     h = out;
   }
-  Tensor xf = f32(c.be, T, H);
+  Tensor xf = act(c.be, T, H);
   c.be.rmsnorm(h, m.final_norm(), c.eps, xf);
   const Lin head{&step_lm_head(m, ad)};  // modules_to_save: the adapter's copy
   Tensor logits = lin_fwd(c.be, xf, head);
-  Tensor dlogits = f32(c.be, T, V);
+  Tensor dlogits = act(c.be, T, V);
   const double loss = c.be.cross_entropy(logits, labels, &dlogits);
 
   // ---------------- backward
   Tensor dxf = lin_bwd(c.be, xf, dlogits, head);
   lm_head_grad(ad, xf, dlogits);
-  Tensor dh = f32(c.be, T, H);
+  Tensor dh = act(c.be, T, H);
   c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {
     LayerActs& A = acts[static_cast<size_t>(l)];

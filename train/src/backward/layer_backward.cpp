@@ -12,11 +12,11 @@ Tensor layer_fwd(const Ctx& c, int l, const Tensor& h_in, LayerActs& A) {
   const auto& L = c.m.layers()[static_cast<size_t>(l)];
   const int64_t T = c.T, H = c.cfg.hidden_size;
   A.h_in = h_in;
-  A.x1 = f32(c.be, T, H);
+  A.x1 = act(c.be, T, H);
   c.be.rmsnorm(h_in, L.input_norm, c.eps, A.x1);
   A.h_mid = c.spec.mla ? mla_fwd(c, l, L, A.x1, A.mla) : attention_fwd(c, l, L, A.x1, A.attn);
   c.be.add_acc(h_in, A.h_mid);  // h_mid = attention + h_in (a fresh tensor: no copy of h_in)
-  A.x2 = f32(c.be, T, H);
+  A.x2 = act(c.be, T, H);
   c.be.rmsnorm(A.h_mid, L.post_norm, c.eps, A.x2);
   Tensor out;
   if (L.kind.moe) {
@@ -24,7 +24,7 @@ Tensor layer_fwd(const Ctx& c, int l, const Tensor& h_in, LayerActs& A) {
   } else {
     A.g = lin_fwd(c.be, A.x2, c.lin(l, L.mlp.gate, Module::Gate));
     A.u = lin_fwd(c.be, A.x2, c.lin(l, L.mlp.up, Module::Up));
-    A.a = f32(c.be, T, A.g.size(1));
+    A.a = act(c.be, T, A.g.size(1));
     c.be.swiglu(A.g, A.u, A.a);
     out = lin_fwd(c.be, A.a, c.lin(l, L.mlp.down, Module::Down));
   }
@@ -40,12 +40,12 @@ Tensor layer_bwd(const Ctx& c, int l, Tensor dh, LayerActs& A) {
     dx2 = moe_bwd(c, l, L, A.x2, dh, A.moe);
   } else {
     Tensor da = lin_bwd(c.be, A.a, dh, c.lin(l, L.mlp.down, Module::Down));
-    Tensor dg = f32(c.be, T, A.g.size(1)), du = f32(c.be, T, A.g.size(1));
+    Tensor dg = act(c.be, T, A.g.size(1)), du = act(c.be, T, A.g.size(1));
     c.be.swiglu_bwd(A.g, A.u, da, dg, du);
     dx2 = lin_bwd(c.be, A.x2, dg, c.lin(l, L.mlp.gate, Module::Gate));
     c.be.add_acc(lin_bwd(c.be, A.x2, du, c.lin(l, L.mlp.up, Module::Up)), dx2);
   }
-  Tensor t = f32(c.be, T, H);
+  Tensor t = act(c.be, T, H);
   c.be.rmsnorm_bwd(A.h_mid, L.post_norm, dx2, c.eps, t);
   c.be.add_acc(t, dh);
   Tensor dx1 = c.spec.mla ? mla_bwd(c, l, L, A.x1, dh, A.mla) : attention_bwd(c, l, L, A.x1, dh, A.attn);

@@ -20,23 +20,29 @@ Tensor zeros(Backend& be, int64_t rows, int64_t cols) {
   be.fill(t, 0.0f);
   return t;
 }
+Tensor act(Backend& be, int64_t rows, int64_t cols) { return be.empty({rows, cols}, be.activation_dtype()); }
+Tensor act_zeros(Backend& be, int64_t rows, int64_t cols) {
+  Tensor t = act(be, rows, cols);
+  be.fill(t, 0.0f);
+  return t;
+}
 
 Tensor lin_fwd(Backend& be, const Tensor& x, const Lin& l) {
-  Tensor y = f32(be, x.size(0), l.w->out);
+  Tensor y = act(be, x.size(0), l.w->out);
   be.linear(x, *l.w, LoraBatch{}, y);  // base (+ bias)
   if (!l.p) return y;
   if (l.dropout <= 0.0) {
     be.lora_acc(x, l.p->f, y);
     return y;
   }
-  Tensor xd = mask_of(be, x, l);
-  be.mul(x, xd, xd);  // x ⊙ mask
+  Tensor xd = act(be, x.size(0), x.size(1));
+  be.mul(x, mask_of(be, x, l), xd);  // x ⊙ mask (the mask is fp32 on every backend)
   be.lora_acc(xd, l.p->f, y);
   return y;
 }
 
 Tensor lin_bwd(Backend& be, const Tensor& x, const Tensor& dy, const Lin& l) {
-  Tensor dx = f32(be, x.size(0), l.w->in);
+  Tensor dx = act(be, x.size(0), l.w->in);
   if (!l.p) {
     be.linear_bwd(x, dy, *l.w, nullptr, Tensor(), dx, nullptr, nullptr);
     return dx;

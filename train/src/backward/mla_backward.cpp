@@ -41,7 +41,7 @@ void mla_kv_fwd(Backend& be, const MlaDims& d, const Tensor& kv, const Tensor& k
   const Tensor kvh = kv.reshape({T * d.nh, d.dn + d.dv});
   be.copy_cols(kvh, 0, d.dn, k, 0);
   be.copy_cols(kvh, d.dn, d.dv, v, 0);
-  Tensor kpe_h = be.empty({T * d.nh, d.dr}, DType::F32);
+  Tensor kpe_h = be.empty({T * d.nh, d.dr}, be.activation_dtype());
   be.gather_rows(kpe.reshape({T, d.dr}), head_rows(T, d.nh), Tensor(), kpe_h);
   be.copy_cols(kpe_h, 0, d.dr, k, d.dn);
 }
@@ -52,7 +52,7 @@ void mla_kv_bwd(Backend& be, const MlaDims& d, const Tensor& dk, const Tensor& d
   Tensor dkvh = dkv.reshape({T * d.nh, d.dn + d.dv});
   be.copy_cols(dk, 0, d.dn, dkvh, 0);
   be.copy_cols(dv, 0, d.dv, dkvh, d.dn);
-  Tensor dpe_h = be.empty({T * d.nh, d.dr}, DType::F32);
+  Tensor dpe_h = be.empty({T * d.nh, d.dr}, be.activation_dtype());
   be.copy_cols(dk, d.dn, d.dr, dpe_h, 0);
   Tensor dkpe2 = dkpe.reshape({T, d.dr});
   be.fill(dkpe2, 0.0f);
@@ -66,30 +66,30 @@ Tensor mla_fwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   Tensor q;
   if (L.attn.q_a.defined()) {
     A.qa = lin_fwd(c.be, x1, c.lin(l, L.attn.q_a, Module::QA));
-    A.qa_n = f32(c.be, T, A.qa.size(1));
+    A.qa_n = act(c.be, T, A.qa.size(1));
     c.be.rmsnorm(A.qa, L.attn.q_a_norm, c.eps, A.qa_n);
     q = lin_fwd(c.be, A.qa_n, c.lin(l, L.attn.q_b, Module::QB));
   } else {
     q = lin_fwd(c.be, x1, c.lin(l, L.attn.q, Module::Q));
   }
   A.q = q.reshape({T, d.nh, d.dq});
-  Tensor qpe = c.be.empty({T, d.nh, d.dr}, DType::F32);
+  Tensor qpe = c.be.empty({T, d.nh, d.dr}, c.be.activation_dtype());
   take_tail(c.be, A.q, d.dr, qpe);
   c.rope(qpe, static_cast<int>(d.dr));
   put_tail(c.be, qpe, d.dr, A.q);
   Tensor ckv = lin_fwd(c.be, x1, c.lin(l, L.attn.kv_a, Module::KVA));  // [T, kvr + dr]
-  A.c = f32(c.be, T, d.kvr);
+  A.c = act(c.be, T, d.kvr);
   c.be.copy_cols(ckv, 0, d.kvr, A.c, 0);
-  A.c_n = f32(c.be, T, d.kvr);
+  A.c_n = act(c.be, T, d.kvr);
   c.be.rmsnorm(A.c, L.attn.kv_a_norm, c.eps, A.c_n);
-  Tensor kpe = c.be.empty({T, 1, d.dr}, DType::F32);
+  Tensor kpe = c.be.empty({T, 1, d.dr}, c.be.activation_dtype());
   c.be.copy_cols(ckv, d.kvr, d.dr, kpe, 0);
   c.rope(kpe, static_cast<int>(d.dr));
   Tensor kv = lin_fwd(c.be, A.c_n, c.lin(l, L.attn.kv_b, Module::KVB));  // [T, nh·(dn + dv)]
-  A.k = c.be.empty({T, d.nh, d.dq}, DType::F32);
-  A.v = c.be.empty({T, d.nh, d.dv}, DType::F32);
+  A.k = c.be.empty({T, d.nh, d.dq}, c.be.activation_dtype());
+  A.v = c.be.empty({T, d.nh, d.dv}, c.be.activation_dtype());
   mla_kv_fwd(c.be, d, kv, kpe, A.k, A.v);
-  A.out = c.be.empty({T, d.nh, d.dv}, DType::F32);
+  A.out = c.be.empty({T, d.nh, d.dv}, c.be.activation_dtype());
   c.be.attention(A.q, A.k, A.v, c.pos, c.pos, c.mask(L.kind), softmax_scale(c), A.out);
   return lin_fwd(c.be, A.out.reshape({T, d.nh * d.dv}), c.lin(l, L.attn.o, Module::O));
 }
@@ -98,28 +98,28 @@ Tensor mla_bwd(const Ctx& c, int l, const model::LayerWeights& L, const Tensor& 
   const MlaDims d = dims(c);
   const int64_t T = c.T;
   Tensor dattn = lin_bwd(c.be, A.out.reshape({T, d.nh * d.dv}), dout, c.lin(l, L.attn.o, Module::O));
-  Tensor dq = c.be.empty({T, d.nh, d.dq}, DType::F32), dk = c.be.empty({T, d.nh, d.dq}, DType::F32),
-         dv = c.be.empty({T, d.nh, d.dv}, DType::F32);
+  Tensor dq = c.be.empty({T, d.nh, d.dq}, c.be.activation_dtype()), dk = c.be.empty({T, d.nh, d.dq}, c.be.activation_dtype()),
+         dv = c.be.empty({T, d.nh, d.dv}, c.be.activation_dtype());
   c.be.attention_bwd(A.q, A.k, A.v, dattn.reshape({T, d.nh, d.dv}), c.pos, c.pos, c.mask(L.kind), softmax_scale(c), dq, dk, dv);
   // keys / values -> kv_b output and the shared RoPE key
-  Tensor dkv = f32(c.be, T, d.nh * (d.dn + d.dv)), dkpe = c.be.empty({T, 1, d.dr}, DType::F32);
+  Tensor dkv = act(c.be, T, d.nh * (d.dn + d.dv)), dkpe = c.be.empty({T, 1, d.dr}, c.be.activation_dtype());
   mla_kv_bwd(c.be, d, dk, dv, dkv, dkpe);
   c.rope_bwd(dkpe, static_cast<int>(d.dr));
   Tensor dcn = lin_bwd(c.be, A.c_n, dkv, c.lin(l, L.attn.kv_b, Module::KVB));
-  Tensor dc = f32(c.be, T, d.kvr), dckv = f32(c.be, T, d.kvr + d.dr);
+  Tensor dc = act(c.be, T, d.kvr), dckv = act(c.be, T, d.kvr + d.dr);
   c.be.rmsnorm_bwd(A.c, L.attn.kv_a_norm, dcn, c.eps, dc);
   c.be.copy_cols(dc, 0, d.kvr, dckv, 0);
   c.be.copy_cols(dkpe, 0, d.dr, dckv, d.kvr);
   Tensor dx1 = lin_bwd(c.be, x1, dckv, c.lin(l, L.attn.kv_a, Module::KVA));
   // queries: undo RoPE on the rope dims
-  Tensor dqpe = c.be.empty({T, d.nh, d.dr}, DType::F32);
+  Tensor dqpe = c.be.empty({T, d.nh, d.dr}, c.be.activation_dtype());
   take_tail(c.be, dq, d.dr, dqpe);
   c.rope_bwd(dqpe, static_cast<int>(d.dr));
   put_tail(c.be, dqpe, d.dr, dq);
   const Tensor dq2 = dq.reshape({T, d.nh * d.dq});
   if (L.attn.q_a.defined()) {
     Tensor dqan = lin_bwd(c.be, A.qa_n, dq2, c.lin(l, L.attn.q_b, Module::QB));
-    Tensor dqa = f32(c.be, T, A.qa.size(1));
+    Tensor dqa = act(c.be, T, A.qa.size(1));
     c.be.rmsnorm_bwd(A.qa, L.attn.q_a_norm, dqan, c.eps, dqa);
     c.be.add_acc(lin_bwd(c.be, x1, dqa, c.lin(l, L.attn.q_a, Module::QA)), dx1);
   } else {

@@ -19,7 +19,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
   // Host metadata: which (token, slot) rows each expert gets; the per-expert tensors are sized by it.
   const ops::MoePermutation plan = c.be.moe_permute_plan(A.ids, static_cast<int>(E));
   A.experts.assign(static_cast<size_t>(E), {});
-  Tensor out = zeros(c.be, T, H);
+  Tensor out = act_zeros(c.be, T, H);
   const Tensor w_flat = A.w.reshape({T * k, 1});
   for (int64_t e = 0; e < E; ++e) {
     const int32_t n = plan.counts[static_cast<size_t>(e)];
@@ -31,13 +31,13 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     }
     X.w = f32(c.be, n, 1);
     c.be.gather_rows(w_flat, X.flat, Tensor(), X.w);  // combine weight of each row
-    X.x = f32(c.be, n, H);
+    X.x = act(c.be, n, H);
     c.be.gather_rows(x, X.tok, scale_in ? X.w : Tensor(), X.x);
     const int ei = static_cast<int>(e);
     const auto& ex = LW.moe.experts;
     X.g = lin_fwd(c.be, X.x, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
     X.u = lin_fwd(c.be, X.x, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok));
-    X.a = f32(c.be, n, X.g.size(1));
+    X.a = act(c.be, n, X.g.size(1));
     c.be.swiglu(X.g, X.u, X.a);
     X.y = lin_fwd(c.be, X.a, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
     c.be.scatter_add_rows(X.y, X.tok, scale_in ? Tensor() : X.w, out);  // out[t] += (w or 1)·y
@@ -46,11 +46,11 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     const auto& S = LW.moe.shared;
     A.sg = lin_fwd(c.be, x, c.lin(l, S.gate, Module::SharedGate));
     A.su = lin_fwd(c.be, x, c.lin(l, S.up, Module::SharedUp));
-    A.sa = f32(c.be, T, A.sg.size(1));
+    A.sa = act(c.be, T, A.sg.size(1));
     c.be.swiglu(A.sg, A.su, A.sa);
     A.sy = lin_fwd(c.be, A.sa, c.lin(l, S.down, Module::SharedDown));
     if (LW.moe.shared_gate.defined()) {
-      A.sgate = f32(c.be, T, 1);
+      A.sgate = act(c.be, T, 1);
       c.be.linear(x, dense_weight(LW.moe.shared_gate), LoraBatch{}, A.sgate);
       c.be.sigmoid(A.sgate, A.sgate);
       c.be.scatter_add_rows(A.sy, {}, A.sgate, out);  // out += sigmoid(gate)·sy
@@ -65,7 +65,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
   const int64_t T = c.T, H = x.size(1), E = LW.moe.experts.num_experts();
   const int k = static_cast<int>(A.ids.size(1));
   const bool scale_in = c.spec.scale_expert_input;
-  Tensor dx = zeros(c.be, T, H);
+  Tensor dx = act_zeros(c.be, T, H);
   Tensor dw = zeros(c.be, T * k, 1);  // each (token, slot) row belongs to one expert: written once
   for (int64_t e = 0; e < E; ++e) {
     ExpertActs& X = A.experts[static_cast<size_t>(e)];
@@ -73,7 +73,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     if (n == 0) continue;
     Tensor dwe = f32(c.be, n, 1);
     // combine: out[t] += (w or 1)·y  ->  dy = (w or 1)·dout[t], and dw = <dout[t], y> from the output side
-    Tensor dy = f32(c.be, n, H);
+    Tensor dy = act(c.be, n, H);
     c.be.gather_rows(dout, X.tok, scale_in ? Tensor() : X.w, dy);
     if (!scale_in) {
       c.be.rows_dot(dout, X.tok, X.y, dwe);
@@ -82,7 +82,7 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     const int ei = static_cast<int>(e);
     const auto& ex = LW.moe.experts;
     Tensor da = lin_bwd(c.be, X.a, dy, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
-    Tensor dg = f32(c.be, n, X.g.size(1)), du = f32(c.be, n, X.g.size(1));
+    Tensor dg = act(c.be, n, X.g.size(1)), du = act(c.be, n, X.g.size(1));
     c.be.swiglu_bwd(X.g, X.u, da, dg, du);
     Tensor dxe = lin_bwd(c.be, X.x, dg, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));
     c.be.add_acc(lin_bwd(c.be, X.x, du, c.expert_lin(l, ex.up[static_cast<size_t>(e)], ExpertProj::Up, ei, X.tok)), dxe);
@@ -99,16 +99,17 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     Tensor dsy = dout;
     if (LW.moe.shared_gate.defined()) {
       // out += g·sy, g = sigmoid(x·w_gate):  dsy = g·dout,  d(gate logit) = <dout, sy>·g(1 − g)
-      Tensor dg1 = f32(c.be, T, 1);
-      c.be.rows_dot(dout, {}, A.sy, dg1);
+      Tensor dot = f32(c.be, T, 1);  // rows_dot is fp32 on every backend
+      c.be.rows_dot(dout, {}, A.sy, dot);
+      Tensor dg1 = c.be.to_device(dot, c.be.activation_dtype());  // the same tensor on the CPU
       c.be.sigmoid_bwd(A.sgate, dg1, dg1);
       const LinearWeight gw = dense_weight(LW.moe.shared_gate);
       c.be.add_acc(lin_bwd(c.be, x, dg1, Lin{&gw}), dx);
-      dsy = f32(c.be, T, H);
+      dsy = act(c.be, T, H);
       c.be.gather_rows(dout, {}, A.sgate, dsy);
     }
     Tensor da = lin_bwd(c.be, A.sa, dsy, c.lin(l, S.down, Module::SharedDown));
-    Tensor dg = f32(c.be, T, A.sg.size(1)), du = f32(c.be, T, A.sg.size(1));
+    Tensor dg = act(c.be, T, A.sg.size(1)), du = act(c.be, T, A.sg.size(1));
     c.be.swiglu_bwd(A.sg, A.su, da, dg, du);
     c.be.add_acc(lin_bwd(c.be, x, dg, c.lin(l, S.gate, Module::SharedGate)), dx);
     c.be.add_acc(lin_bwd(c.be, x, du, c.lin(l, S.up, Module::SharedUp)), dx);

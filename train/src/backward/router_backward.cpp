@@ -24,16 +24,16 @@ ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L) {
 void router_fwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, MoeActs& A) {
   const ops::RouterParams rp = router_params(c, L);
   const int64_t E = L.moe.experts.num_experts();
-  A.logits = f32(c.be, c.T, E);
+  A.logits = act(c.be, c.T, E);
   c.be.linear(x2, dense_weight(L.moe.router), LoraBatch{}, A.logits);
   A.ids = c.be.empty({c.T, rp.top_k}, DType::I32);
-  A.w = f32(c.be, c.T, rp.top_k);
+  A.w = f32(c.be, c.T, rp.top_k);  // combine weights: fp32 on every backend
   c.be.moe_route(A.logits, rp, A.ids, A.w);
 }
 
 Tensor router_bwd(const Ctx& c, const model::LayerWeights& L, const Tensor& x2, const MoeActs& A, const Tensor& dw) {
   const ops::RouterParams rp = router_params(c, L);
-  Tensor dlogits = f32(c.be, c.T, L.moe.experts.num_experts());
+  Tensor dlogits = act(c.be, c.T, L.moe.experts.num_experts());
   c.be.moe_route_bwd(A.logits, rp, A.ids, dw, dlogits);
   const LinearWeight router = dense_weight(L.moe.router);
   return lin_bwd(c.be, x2, dlogits, Lin{&router});

@@ -79,4 +79,11 @@ void scatter_add_csr(const __nv_bfloat16* x, int64_t H, const int32_t* dst, cons
 void rows_dot(const __nv_bfloat16* x, const int32_t* rows, const __nv_bfloat16* y, int64_t n, int64_t H, float* out,
               cudaStream_t stream);
 
+// fp32 versions of the row ops (router combine weights and their gradients stay fp32 on every backend).
+void fill_f32(float* y, int64_t n, float v, cudaStream_t stream);
+void gather_rows_f32(const float* x, int64_t H, const int32_t* rows, const float* row_scale, int64_t n, float* out,
+                     cudaStream_t stream);
+void scatter_add_csr_f32(const float* x, int64_t H, const int32_t* dst, const int32_t* ptr, const int32_t* src,
+                         int64_t G, const float* scale, float* out, cudaStream_t stream);
+
 }  // namespace graft::cuda

@@ -20,6 +20,9 @@ struct StepLog {
 };
 
 struct TrainOptions {
+  // The device the training step runs on (graft::make_backend names: cpu, cuda, cuda:N, auto). The base
+  // stays host-side and is cached on the device; LoRA parameters, optimizer and checkpoints stay on the host.
+  std::string device = "cpu";
   bool resume = false;          // continue from the newest checkpoint in output_dir/checkpoints
   bool progress = true;         // progress bar on a TTY, plain lines otherwise
   int64_t stop_after_steps = -1;  // for tests: stop (without export) after this many steps
