@@ -250,22 +250,17 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
     base_linear(xt, G, g);
     base_linear(xt, U, u);
     std::vector<int32_t> slots;
-    std::vector<const LoraFactors*> gs, us, ds;
+    const ExpertLora::Slots es = lora ? lora->of_expert(e) : ExpertLora::Slots{};
     if (lora) {
       slots.resize(static_cast<size_t>(n));
       for (int32_t i = 0; i < n; ++i) slots[static_cast<size_t>(i)] = row_slot[static_cast<size_t>(tok[static_cast<size_t>(i)])];
-      for (size_t s = 0; s < lora->gate.size(); ++s) {
-        gs.push_back(lora->gate[s].empty() ? nullptr : lora->gate[s][static_cast<size_t>(e)]);
-        us.push_back(lora->up[s].empty() ? nullptr : lora->up[s][static_cast<size_t>(e)]);
-        ds.push_back(lora->down[s].empty() ? nullptr : lora->down[s][static_cast<size_t>(e)]);
-      }
-      lora_rows_acc(xt, LoraBatch{gs, slots}, g);
-      lora_rows_acc(xt, LoraBatch{us, slots}, u);
+      lora_rows_acc(xt, LoraBatch{es.gate, slots}, g);
+      lora_rows_acc(xt, LoraBatch{es.up, slots}, u);
     }
     cpu::swiglu(g, u, g);
     Tensor y = Tensor::empty({n, D.out}, DType::F32);
     base_linear(g, D, y);
-    if (lora) lora_rows_acc(g, LoraBatch{ds, slots}, y);
+    if (lora) lora_rows_acc(g, LoraBatch{es.down, slots}, y);
     const float* yp = y.data<float>();
     for (int32_t i = 0; i < n; ++i) std::memcpy(results.row(flat[static_cast<size_t>(i)]).data(), yp + i * H, sizeof(float) * static_cast<size_t>(H));
   }

@@ -666,21 +666,16 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& 
     Tensor g = empty({n, G.out}, DType::BF16), u = empty({n, U.out}, DType::BF16), y = empty({n, D.out}, DType::BF16);
     base_linear(xs, G, g);
     base_linear(xs, U, u);
-    std::vector<const LoraFactors*> gs, us, ds;
+    const ExpertLora::Slots es = lora ? lora->of_expert(e) : ExpertLora::Slots{};
     if (lora) {
       slots.resize(static_cast<size_t>(n));
       for (int32_t i = 0; i < n; ++i) slots[static_cast<size_t>(i)] = row_slot[static_cast<size_t>(tok[static_cast<size_t>(i)])];
-      for (size_t s = 0; s < lora->gate.size(); ++s) {
-        gs.push_back(lora->gate[s].empty() ? nullptr : lora->gate[s][static_cast<size_t>(e)]);
-        us.push_back(lora->up[s].empty() ? nullptr : lora->up[s][static_cast<size_t>(e)]);
-        ds.push_back(lora->down[s].empty() ? nullptr : lora->down[s][static_cast<size_t>(e)]);
-      }
-      lora_rows(xs, LoraBatch{gs, slots}, g);
-      lora_rows(xs, LoraBatch{us, slots}, u);
+      lora_rows(xs, LoraBatch{es.gate, slots}, g);
+      lora_rows(xs, LoraBatch{es.up, slots}, u);
     }
     cuda::swiglu_fwd(cb(g), cb(u), g.numel(), mb(g), stream_);
     base_linear(g, D, y);
-    if (lora) lora_rows(g, LoraBatch{ds, slots}, y);
+    if (lora) lora_rows(g, LoraBatch{es.down, slots}, y);
     cuda::scatter_rows(cb(y), H, static_cast<const int32_t*>(flat_d.raw()), n, mb(results), stream_);
   }
   cuda::moe_combine(cb(results), scale_input ? nullptr : cf(weights), T, k, H, mb(out), stream_);

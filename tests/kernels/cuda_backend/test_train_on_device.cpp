@@ -30,28 +30,6 @@ using model::Module;
 #define GRAFT_NEED_GPU() \
   if (!kSimt && cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: " << cuda::no_device_reason()
 
-const LinearWeight& weight_of(const model::LayerWeights& L, Module m) {
-  switch (m) {
-    case Module::Q: return L.attn.q;
-    case Module::K: return L.attn.k;
-    case Module::V: return L.attn.v;
-    case Module::O: return L.attn.o;
-    case Module::QA: return L.attn.q_a;
-    case Module::QB: return L.attn.q_b;
-    case Module::KVA: return L.attn.kv_a;
-    case Module::KVB: return L.attn.kv_b;
-    case Module::Gate: return L.mlp.gate;
-    case Module::Up: return L.mlp.up;
-    case Module::Down: return L.mlp.down;
-    case Module::SharedGate: return L.moe.shared.gate;
-    case Module::SharedUp: return L.moe.shared.up;
-    case Module::SharedDown: return L.moe.shared.down;
-    default: break;
-  }
-  static const LinearWeight none;
-  return none;
-}
-
 // LoRA on every projection and expert; B non-zero so every gradient path carries signal.
 train::TrainableAdapter adapter_for(const model::Model& m) {
   train::TrainableAdapter ad;
@@ -62,9 +40,9 @@ train::TrainableAdapter adapter_for(const model::Model& m) {
   };
   for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
     const auto& L = m.layers()[static_cast<size_t>(l)];
-    for (int mi = 0; mi <= static_cast<int>(Module::SharedDown); ++mi) {
-      const LinearWeight& w = weight_of(L, static_cast<Module>(mi));
-      if (w.defined()) fill_b(ad.add(l, static_cast<Module>(mi), w.in, w.out, 4, 8.0f, rng));
+    for (Module mod : model::kDenseModules) {
+      const LinearWeight* w = model::dense_weight(L, mod);
+      if (w && w->defined()) fill_b(ad.add(l, mod, w->in, w->out, 4, 8.0f, rng));
     }
     if (!L.kind.moe) continue;
     const auto& ex = L.moe.experts;

@@ -53,6 +53,21 @@ struct ExpertWeights {
 // Per-expert LoRA for one layer: expert e of the adapter in slot s is at [s][e] (null = none).
 struct ExpertLora {
   std::vector<std::vector<const LoraFactors*>> gate, up, down;  // [slots][E]
+  // Expert e's factors in every slot (null where that slot's adapter has none): the LoraBatch slot lists
+  // of the rows routed to e.
+  struct Slots {
+    std::vector<const LoraFactors*> gate, up, down;  // [slots]
+  };
+  Slots of_expert(int64_t e) const {
+    Slots r;
+    const auto at = [e](const std::vector<const LoraFactors*>& v) { return v.empty() ? nullptr : v[static_cast<size_t>(e)]; };
+    for (size_t s = 0; s < gate.size(); ++s) {
+      r.gate.push_back(at(gate[s]));
+      r.up.push_back(at(up[s]));
+      r.down.push_back(at(down[s]));
+    }
+    return r;
+  }
 };
 
 class Backend {
