@@ -108,7 +108,9 @@ TEST(ModulesToSave, GradientsMatchFiniteDifferences) {
     check_directional(s, h, (name + " lm_head").c_str());
     // The copies are separate tensors; a tied base stays tied.
     EXPECT_NE(e.w.dense.raw(), h.w.dense.raw());
-    if (s.m.config().tie_word_embeddings) EXPECT_EQ(s.m.lm_head().dense.raw(), s.m.embedding().raw());
+    if (s.m.config().tie_word_embeddings) {
+      EXPECT_EQ(s.m.lm_head().dense.raw(), s.m.embedding().raw());
+    }
   }
 }
 
