@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads) lora_shrink_kernel(const bf16* __res
                                                                const float* __restrict__ a, int r, float* __restrict__ xa) {
   for (int64_t i = gtid(); i < n * r; i += gstride()) {
     const int64_t row = i / r, j = i - row * r;
-    const bf16* xr = x + static_cast<int64_t>(rows[row]) * K;
+    const bf16* xr = x + (rows ? static_cast<int64_t>(rows[row]) : row) * K;
     const float* ar = a + j * K;
     float acc = 0.0f;
     for (int64_t c = 0; c < K; ++c) acc += __bfloat162float(xr[c]) * ar[c];
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) lora_expand_kernel(const float* __re
     const float* br = b + o * r;
     float acc = 0.0f;
     for (int j = 0; j < r; ++j) acc += xr[j] * br[j];
-    bf16& dst = y[static_cast<int64_t>(rows[row]) * N + o];
+    bf16& dst = y[(rows ? static_cast<int64_t>(rows[row]) : row) * N + o];
     dst = __float2bfloat16(__bfloat162float(dst) + scale * acc);
   }
 }
@@ -271,14 +271,14 @@ void moe_combine(const bf16* res, const float* weights, int64_t T, int64_t k, in
 void lora_rows_shrink(const bf16* x, int64_t K, const int32_t* rows, int64_t n, const float* a, int r, float* xa,
                       cudaStream_t stream) {
   GRAFT_CHECK(r >= 1 && K >= 1, "lora_rows_shrink: rank {} and K {} must be >= 1", r, K);
-  if (!work("lora_rows_shrink", n * r, {x, rows, a, xa})) return;
+  if (!work("lora_rows_shrink", n * r, {x, a, xa})) return;
   GRAFT_LAUNCH(blocks_for(n * r), kThreads, 0, stream, lora_shrink_kernel)(x, K, rows, n, a, r, xa);
   GRAFT_CUDA_CHECK_LAUNCH();
 }
 void lora_rows_expand(const float* xa, const int32_t* rows, int64_t n, const float* b, int64_t N, int r, float scale,
                       bf16* y, cudaStream_t stream) {
   GRAFT_CHECK(r >= 1 && N >= 1, "lora_rows_expand: rank {} and N {} must be >= 1", r, N);
-  if (!work("lora_rows_expand", n * N, {xa, rows, b, y})) return;
+  if (!work("lora_rows_expand", n * N, {xa, b, y})) return;
   GRAFT_LAUNCH(blocks_for(n * N), kThreads, 0, stream, lora_expand_kernel)(xa, rows, n, b, N, r, scale, y);
   GRAFT_CUDA_CHECK_LAUNCH();
 }

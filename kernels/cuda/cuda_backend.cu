@@ -277,7 +277,7 @@ class CudaBackend final : public Backend {
     const int64_t T = y.ndim() ? y.size(0) : 1, H = y.numel() / std::max<int64_t>(T, 1);
     GRAFT_CHECK(s.numel() == T, "scale_rows: {} scales for {} rows", s.numel(), T);
     if (y.numel() == 0) return;
-    const Tensor sd = s.device().is_cpu() ? upload(*alloc_, s, DType::F32, stream_) : to_device(s, DType::F32);
+    const Tensor sd = to_device(s, DType::F32);
     cuda::scale_rows(mb(y), T, H, cf(sd), 1.0f, stream_);
   }
 
@@ -293,7 +293,7 @@ class CudaBackend final : public Backend {
     act("mul", "y", y);
     GRAFT_CHECK(x.numel() == m.numel() && y.numel() == x.numel(), "mul: x {}, m {}, y {} must have equal sizes",
                 x.describe(), m.describe(), y.describe());
-    const Tensor md = m.device().is_cpu() ? upload(*alloc_, m, DType::F32, stream_) : to_device(m, DType::F32);
+    const Tensor md = to_device(m, DType::F32);
     cuda::mul_f32_mask(cb(x), cf(md), x.numel(), mb(y), stream_);
   }
   void lora_acc(const Tensor& x, const LoraFactors& f, Tensor& y) override {
@@ -431,8 +431,7 @@ class CudaBackend final : public Backend {
                 dweights.describe(), T, p.top_k, dlogits.describe(), T, E);
     if (T == 0) return;
     const Tensor lf = to_device(logits, DType::F32);
-    const Tensor dw = dweights.device().is_cpu() ? upload(*alloc_, dweights, DType::F32, stream_)
-                                                 : to_device(dweights, DType::F32);
+    const Tensor dw = to_device(dweights, DType::F32);
     Tensor dl = empty({T, E}, DType::F32);
     RouterParams dp = p;
     dp.correction_bias = nullptr;  // selection only: no gradient
@@ -481,10 +480,9 @@ class CudaBackend final : public Backend {
   Tensor scales(const char* op, const Tensor& s, int64_t n) {
     if (!s.defined() || (s.numel() == 0 && n != 0)) return Tensor();
     GRAFT_CHECK(s.numel() == n, "{}: {} row scales for {} rows", op, s.numel(), n);
-    return s.device().is_cpu() ? upload(*alloc_, s, DType::F32, stream_) : to_device(s, DType::F32);
+    return to_device(s, DType::F32);
   }
   Tensor floats(const std::vector<float>& v) { return floats(std::span<const float>(v.data(), v.size())); }
-  Tensor lora_f32(const Tensor& t) { return t.device().is_cpu() ? upload(*alloc_, t, DType::F32, stream_) : to_device(t, DType::F32); }
 
   // ---- GEMMs (column-major cuBLAS on row-major data; see docs/kernels.md "CudaBackend")
   // C = alpha·op(A)·op(B) + beta·C with the types given.
@@ -574,11 +572,13 @@ class CudaBackend final : public Backend {
                       f.b.size(1) == f.a.size(0),
                   "LoRA factors A {} / B {} do not fit a [{} -> {}] projection", f.a.describe(), f.b.describe(), in, out);
       const int rank = static_cast<int>(f.rank());
-      const Tensor a = lora_f32(f.a), b = lora_f32(f.b), idx = ints(r);
-      Tensor xa = empty({static_cast<int64_t>(r.size()), rank}, DType::F32);
       const auto n = static_cast<int64_t>(r.size());
-      cuda::lora_rows_shrink(cb(x), in, static_cast<const int32_t*>(idx.raw()), n, cf(a), rank, mf(xa), stream_);
-      cuda::lora_rows_expand(cf(xa), static_cast<const int32_t*>(idx.raw()), n, cf(b), out, rank, f.scale, mb(y), stream_);
+      // Every row on this adapter (the training step, a single-adapter batch): no row list to upload.
+      const Tensor a = to_device(f.a, DType::F32), b = to_device(f.b, DType::F32), idx = n == T ? Tensor() : ints(r);
+      const auto* rp = n == T ? nullptr : static_cast<const int32_t*>(idx.raw());
+      Tensor xa = empty({n, rank}, DType::F32);
+      cuda::lora_rows_shrink(cb(x), in, rp, n, cf(a), rank, mf(xa), stream_);
+      cuda::lora_rows_expand(cf(xa), rp, n, cf(b), out, rank, f.scale, mb(y), stream_);
     }
   }
 
@@ -725,11 +725,11 @@ void CudaBackend::linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeig
   // LoRA in fp32: xd = x ⊙ m, xa = xd·Aᵀ, dyb = dy·B; dx += (s·dyb·A) ⊙ m; dA += s·dybᵀ·xd; dB += s·dyᵀ·xa.
   const int64_t r = lora->rank();
   const float s = lora->scale;
-  const Tensor A = lora_f32(lora->a), B = lora_f32(lora->b);
+  const Tensor A = to_device(lora->a, DType::F32), B = to_device(lora->b, DType::F32);
   Tensor mask;
   if (lora_mask.defined()) {
     GRAFT_CHECK(lora_mask.numel() == T * in, "linear_bwd: dropout mask {} must be [{}, {}]", lora_mask.describe(), T, in);
-    mask = lora_mask.device().is_cpu() ? upload(*alloc_, lora_mask, DType::F32, stream_) : to_device(lora_mask, DType::F32);
+    mask = to_device(lora_mask, DType::F32);
   }
   Tensor xd = empty({T, in}, DType::F32), dyf = empty({T, out}, DType::F32), xa = empty({T, r}, DType::F32),
          dyb = empty({T, r}, DType::F32), dxl = empty({T, in}, DType::F32);

@@ -49,7 +49,8 @@ void moe_combine(const __nv_bfloat16* res, const float* weights, int64_t T, int6
 // LoRA rows of one adapter (fp32 factors, bf16 activations):
 //   shrink: xa[i, :] = x[rows[i], :] · Aᵀ          x bf16 [*, K], A fp32 [r, K] -> xa fp32 [n, r] (=)
 //   expand: y[rows[i], :] = bf16(y[rows[i], :] + scale · xa[i, :] · Bᵀ)   B fp32 [N, r], y bf16 [*, N]
-// rows int32 [n] distinct. fp32 dot products in index order.
+// rows int32 [n] distinct, or null for rows 0..n-1 (the whole batch on one adapter). fp32 dot products in
+// index order.
 void lora_rows_shrink(const __nv_bfloat16* x, int64_t K, const int32_t* rows, int64_t n, const float* a, int r,
                       float* xa, cudaStream_t stream);
 void lora_rows_expand(const float* xa, const int32_t* rows, int64_t n, const float* b, int64_t N, int r, float scale,
