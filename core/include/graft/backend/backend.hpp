@@ -119,7 +119,8 @@ class Backend {
                            const ExpertLora* lora, std::span<const int32_t> row_slot, bool scale_input,
                            Tensor& out) = 0;
   // ---------------------------------------------------------------- backward (training step)
-  // Gradients of the forward ops above, in activation_dtype() (LoRA dA/dB: fp32). Inputs are the forward's inputs (saved activations).
+  // Gradients of the forward ops above, in activation_dtype() (LoRA dA/dB: fp32). Inputs are the
+  // forward's inputs (saved activations).
   // Backward of y = x·Wᵀ (+b) + s·((x⊙m)·Aᵀ)·Bᵀ with W frozen (dense or NF4: dx uses dequantized W) and
   // one optional LoRA. x [T, in], dy [T, out] -> dx [T, in] (=); with lora: da [r, in], db [out, r] (+=).
   // lora_mask [T, in]: the LoRA input's dropout scales (0 or 1/(1-p)), undefined = no dropout.
