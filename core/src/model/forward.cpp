@@ -218,13 +218,9 @@ struct Forward {
     Tensor& pv = on_device(paged->v[static_cast<size_t>(layer)]);
     const int64_t bs = paged->block_size, kw = pk.size(2) * pk.size(3), vw = pv.size(2) * pv.size(3);
     const int64_t S = sq.context_len + sq.rows, pool_rows = pk.size(0) * bs;
-    auto row_of = [&](int64_t i) {
-      const int32_t blk = sq.block_table[static_cast<size_t>(i / bs)];
-      return static_cast<int32_t>(static_cast<int64_t>(blk) * bs + i % bs);
-    };
-    std::vector<int32_t> dst(static_cast<size_t>(sq.rows)), src(static_cast<size_t>(S));
-    for (int64_t i = 0; i < sq.rows; ++i) dst[static_cast<size_t>(i)] = row_of(sq.context_len + i);
-    for (int64_t i = 0; i < S; ++i) src[static_cast<size_t>(i)] = row_of(i);
+    // The chunk's pool rows (the same for every layer, built once in run()); the new rows are its tail.
+    const std::vector<int32_t>& src = pool_rows_[static_cast<size_t>(&sq - seqs.data())];
+    const auto dst = std::span<const int32_t>(src).subspan(static_cast<size_t>(sq.context_len));
     Tensor pk2 = pk.reshape({pool_rows, kw}), pv2 = pv.reshape({pool_rows, vw});
     if (sq.rows > 0) {
       be.set_rows(k.reshape({T, kw}).slice(0, sq.row_begin, sq.row_begin + sq.rows), dst, pk2);
@@ -383,6 +379,7 @@ struct Forward {
   std::span<const SeqChunk> seqs;
   std::span<const int32_t> logit_rows;
   std::vector<int32_t> iota_;  // 0 .. longest paged sequence - 1
+  std::vector<std::vector<int32_t>> pool_rows_;  // per paged chunk: the pool row of positions 0 .. context + rows - 1
 
   std::vector<int32_t> kseg_store_;
   std::span<const int32_t> kseg_;
@@ -421,6 +418,15 @@ struct Forward {
         next = sq.row_begin + sq.rows;
       }
       GRAFT_CHECK(next == T, "forward_paged: the chunks cover {} of {} rows", next, T);
+      // Pool row (block · block_size + offset) of every cached position of every chunk, for all layers.
+      pool_rows_.clear();
+      for (const SeqChunk& sq : seqs) {
+        auto& r = pool_rows_.emplace_back(static_cast<size_t>(sq.context_len + sq.rows));
+        for (size_t i = 0; i < r.size(); ++i)
+          r[i] = static_cast<int32_t>(int64_t{sq.block_table[i / static_cast<size_t>(paged->block_size)]} *
+                                          paged->block_size +
+                                      static_cast<int64_t>(i) % paged->block_size);
+      }
       iota_.resize(static_cast<size_t>(longest));
       std::iota(iota_.begin(), iota_.end(), 0);
       for (int32_t r : logit_rows) GRAFT_CHECK(r >= 0 && r < T, "forward_paged: logit row {} of {}", r, T);
