@@ -102,6 +102,12 @@ void check(int rc, const char* what, int rank, int size) {
 
 class MpiCommunicator final : public Communicator {
  public:
+  // A sub-communicator (split): shares the process's MPI state; no watchdog of its own (the world's runs).
+  MpiCommunicator(MPI_Comm c, bool) : comm_(c), sub_(true) {
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
   MpiCommunicator() {
     int inited = 0;
     MPI_Initialized(&inited);
@@ -144,7 +150,14 @@ class MpiCommunicator final : public Communicator {
       }
     });
   }
-  ~MpiCommunicator() override { stop_watchdog(); }
+  ~MpiCommunicator() override {
+    stop_watchdog();
+    if (sub_ && comm_ != MPI_COMM_NULL) {
+      int finalized = 0;
+      MPI_Finalized(&finalized);
+      if (!finalized) MPI_Comm_free(&comm_);
+    }
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -178,8 +191,46 @@ class MpiCommunicator final : public Communicator {
     return out;
   }
 
+  std::vector<std::string> alltoall(const std::vector<std::string>& send) override {
+    GRAFT_CHECK(send.size() == static_cast<size_t>(size_), "alltoall: {} blocks for {} ranks", send.size(), size_);
+    std::vector<int> scount(static_cast<size_t>(size_)), sdisp(scount.size()), rcount(scount.size()), rdisp(scount.size());
+    int64_t stotal = 0;
+    for (int r = 0; r < size_; ++r) {
+      const auto i = static_cast<size_t>(r);
+      GRAFT_CHECK(stotal + static_cast<int64_t>(send[i].size()) < INT_MAX,
+                  "alltoall: {} bytes from rank {} exceed MPI's 2 GiB count limit; use smaller micro-batches",
+                  stotal + static_cast<int64_t>(send[i].size()), rank_);
+      scount[i] = static_cast<int>(send[i].size());
+      sdisp[i] = static_cast<int>(stotal);
+      stotal += scount[i];
+    }
+    check(MPI_Alltoall(scount.data(), 1, MPI_INT, rcount.data(), 1, MPI_INT, comm_), "MPI_Alltoall", rank_, size_);
+    int64_t rtotal = 0;
+    for (int r = 0; r < size_; ++r) {
+      const auto i = static_cast<size_t>(r);
+      GRAFT_CHECK(rtotal + rcount[i] < INT_MAX, "alltoall: {} bytes to rank {} exceed MPI's 2 GiB count limit; use smaller micro-batches",
+                  rtotal + rcount[i], rank_);
+      rdisp[i] = static_cast<int>(rtotal);
+      rtotal += rcount[i];
+    }
+    std::string sbuf;
+    sbuf.reserve(static_cast<size_t>(stotal));
+    for (const auto& b : send) sbuf += b;
+    std::string rbuf(static_cast<size_t>(rtotal), '\0');
+    check(MPI_Alltoallv(sbuf.data(), scount.data(), sdisp.data(), MPI_BYTE, rbuf.data(), rcount.data(), rdisp.data(),
+                        MPI_BYTE, comm_),
+          "MPI_Alltoallv", rank_, size_);
+    std::vector<std::string> out(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r)
+      out[static_cast<size_t>(r)] = rbuf.substr(static_cast<size_t>(rdisp[static_cast<size_t>(r)]),
+                                                static_cast<size_t>(rcount[static_cast<size_t>(r)]));
+    return out;
+  }
+
+  std::unique_ptr<Communicator> split(int color, int key) override;
+
   void finalize() override {
-    if (finalized_) return;
+    if (finalized_ || sub_) return;
     // Ranks leave MPI_Finalize at different times: the watchdog must not take that for a lost rank.
     // The second barrier: no rank exits before every rank has stopped its watchdog.
     barrier();
@@ -207,11 +258,18 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   bool finalized_ = false;
+  bool sub_ = false;  // made by split(): finalize() belongs to the world communicator
   std::vector<Peer> peers_;
   std::string stopped_;
   std::atomic<bool> stop_{false};
   std::thread watchdog_;
 };
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+  MPI_Comm c = MPI_COMM_NULL;
+  check(MPI_Comm_split(comm_, color, key, &c), "MPI_Comm_split", rank_, size_);
+  return std::make_unique<MpiCommunicator>(c, true);
+}
 
 }  // namespace
 

@@ -18,11 +18,13 @@ ParallelLayout resolve_parallel_layout(const Recipe& r, int world_size) {
   if (r.has_expert_parallel_size()) {
     GRAFT_CHECK_FIX(r.expert_parallel_size() >= 1, "set expert_parallel_size: 1 (or leave it out)",
                     "recipe key 'expert_parallel_size' = {} is out of range: must be >= 1", r.expert_parallel_size());
-    GRAFT_CHECK_FIX(r.expert_parallel_size() == 1,
-                    "leave expert_parallel_size out (or 1): every rank then holds every expert and trains data-parallel",
-                    "expert_parallel_size: {}: expert parallel is not implemented yet", r.expert_parallel_size());
+    GRAFT_CHECK_FIX(world_size % r.expert_parallel_size() == 0,
+                    fmt::format("start a multiple of {} ranks (mpirun -np {}), or set expert_parallel_size to a divisor of {}",
+                                r.expert_parallel_size(), r.expert_parallel_size(), world_size),
+                    "expert_parallel_size: {} does not divide the {} rank{} started", r.expert_parallel_size(), world_size,
+                    world_size == 1 ? "" : "s");
+    p.expert_parallel = static_cast<int>(r.expert_parallel_size());
   }
-  p.expert_parallel = 1;
   if (r.has_data_parallel_size() && r.data_parallel_size() != 0) {
     GRAFT_CHECK_FIX(r.data_parallel_size() >= 1, "leave data_parallel_size out (every rank data-parallel) or set it to the rank count",
                     "recipe key 'data_parallel_size' = {} is out of range: must be >= 1 (0 or unset = every rank)",
@@ -86,6 +88,7 @@ std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size) {
 GradientAccumulator::GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values) : grads_(std::move(grads)) {
   int64_t total = 0, bucket_start = 0;
   for (Tensor* g : grads_) {
+    offset_[g] = total;
     if (total > bucket_start && total + g->numel() - bucket_start > bucket_values) {
       bucket_end_.push_back(total);
       bucket_start = total;
@@ -104,6 +107,18 @@ void GradientAccumulator::add() {
     const float* in = g->data<float>();
     for (int64_t i = 0; i < g->numel(); ++i) out[i] += static_cast<double>(in[i]);
     out += g->numel();
+  }
+}
+
+void GradientAccumulator::add_and_zero(Tensor& grad) {
+  const auto it = offset_.find(&grad);
+  GRAFT_CHECK(it != offset_.end(), "GradientAccumulator::add_and_zero: {} is not one of its {} gradients", grad.describe(),
+              grads_.size());
+  double* out = sum_.data() + it->second;
+  float* in = grad.data<float>();
+  for (int64_t i = 0; i < grad.numel(); ++i) {
+    out[i] += static_cast<double>(in[i]);
+    in[i] = 0.0f;
   }
 }
 

@@ -29,6 +29,8 @@
 #include "graft/train/checkpoint.hpp"
 #include "graft/train/data.hpp"
 #include "graft/train/data_parallel.hpp"
+#include "graft/dist/expert_group.hpp"
+#include "graft/model/expert_parallel.hpp"
 #include "graft/train/lora_train.hpp"
 #include "graft/train/optimizer.hpp"
 #include "graft/train/plot.hpp"
@@ -88,6 +90,16 @@ double eval_loss(const model::Model& m, Backend& be, const std::vector<PackedSeq
   std::vector<const model::LoraSource*> slots;
   if (ad) slots.push_back(ad);
   const auto [first, last] = shard_range(static_cast<int64_t>(seqs.size()), comm.rank(), comm.size());
+  // Expert parallel: every forward also serves the group's rows for this rank's experts, so each rank
+  // runs as many forwards as rank 0; a rank with a sequence fewer runs one token and ignores it.
+  if (const auto* ep = m.expert_parallel(); ep && ep->size() > 1 &&
+                                             last - first < shard_range(static_cast<int64_t>(seqs.size()), 0, comm.size()).second) {
+    model::Batch b;
+    const int32_t id0 = 0;
+    b.ids = std::span<const int32_t>(&id0, 1);
+    b.adapters = slots;
+    m.forward(be, b);
+  }
   for (int64_t i = first; i < last; ++i) {
     const auto& s = seqs[static_cast<size_t>(i)];
     model::Batch b;
@@ -123,7 +135,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   dist::Communicator& comm = opt.comm ? *opt.comm : *solo;
   const bool root = comm.is_root();
   check_same_run(comm, lr.hash, lr.text, GRAFT_VERSION);
-  resolve_parallel_layout(r, comm.size());
+  const ParallelLayout layout = resolve_parallel_layout(r, comm.size());
   GRAFT_CHECK_FIX(comm.size() == 1 || !opt.should_stop, "stop hooks are for single-process runs (graft serve's jobs)",
                   "TrainOptions::should_stop is not supported with {} ranks", comm.size());
   const fs::path out = r.output_dir();
@@ -143,10 +155,29 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   GRAFT_CHECK_FIX(!opt.base || lo.config_overrides_json.empty(), "remove overrides_of_model_config from this recipe",
                   "overrides_of_model_config ({}) needs graft to load base_model itself, but this run was given a loaded "
                   "base model", lo.config_overrides_json);
+  // Expert parallel: this rank loads only its expert group's shard of the routed experts.
+  const bool ep = layout.expert_parallel > 1;
+  GRAFT_CHECK_FIX(!ep || !opt.base, "leave expert_parallel_size out for this run",
+                  "expert_parallel_size: {} needs graft to load base_model itself (sharded), but this run was given a "
+                  "loaded base model", layout.expert_parallel);
+  if (ep) {
+    lo.expert_shard_rank = comm.rank() % layout.expert_parallel;
+    lo.expert_shard_count = layout.expert_parallel;
+  }
   std::optional<model::Model> owned;
   if (!opt.base) owned.emplace(model::Model::load(r.base_model(), lo));
   const model::Model& m = opt.base ? *opt.base : *owned;
   const auto& cfg = m.config();
+  if (ep) {
+    GRAFT_CHECK_FIX(cfg.is_moe_model(), "leave expert_parallel_size out (or 1) for a dense model",
+                    "expert_parallel_size: {}, but {} has no routed experts", layout.expert_parallel, r.base_model());
+    owned->set_expert_parallel(dist::make_expert_parallel(comm, layout.expert_parallel));
+    if (root)
+      std::fprintf(stderr, "expert parallel: %d groups of %d ranks; each rank holds %lld of %lld experts per MoE layer\n",
+                   layout.data_parallel, layout.expert_parallel,
+                   static_cast<long long>(model::expert_shard(cfg.moe.num_experts, 0, layout.expert_parallel).second),
+                   static_cast<long long>(cfg.moe.num_experts));
+  }
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
   auto tok = tokenizer::Tokenizer::from_file(tok_dir);
   std::string tok_json = read_text_file((fs::path(tok_dir) / "tokenizer.json").string());
@@ -349,6 +380,11 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   for (auto& [n, p] : plist) grads.insert(grads.end(), {&p->da, &p->db});
   for (auto& [n, f] : flist) grads.push_back(&f->grad);  // modules_to_save: full embed / lm_head gradients
   GradientAccumulator grad_sum(grads);
+  // Expert parallel: each group of rows this rank's experts computed goes into the sum on its own.
+  const std::function<void(LoraParam&)> flush = [&grad_sum](LoraParam& p) {
+    grad_sum.add_and_zero(p.da);
+    grad_sum.add_and_zero(p.db);
+  };
   std::vector<const Tensor*> weights;
   for (const auto& pr : adam.params()) weights.push_back(pr.value);
   // Rank 0 writes the checkpoint; every rank first checks that the replicas agree, then waits for it.
@@ -432,8 +468,24 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       so.lora_dropout = r.lora_dropout();
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.dropout_draw = static_cast<uint64_t>(step * per_step + mb);  // restored by --resume with the step
+      if (ep) so.flush_expert_grads = flush;
       ad.zero_grad();  // this sequence's gradient alone, then added to the step's sum
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
+      grad_sum.add();
+    }
+    // Expert parallel: every rank of the group runs as many forward/backward passes as rank 0 (the
+    // largest share), since each pass also computes the group's rows for this rank's experts. A rank
+    // with one sequence fewer runs a one-token pass with no label: its own gradient is exactly zero.
+    if (ep && !abandoned && mb_last - mb_first < shard_range(per_step, 0, comm.size()).second) {
+      StepOptions so;
+      so.backend = be.get();
+      so.gradient_checkpointing = r.gradient_checkpointing();
+      so.lora_dropout = r.lora_dropout();
+      so.dropout_seed = static_cast<uint64_t>(r.seed());
+      so.flush_expert_grads = flush;
+      ad.zero_grad();
+      const int32_t id0 = 0, no_label = -100;
+      forward_backward(m, std::span<const int32_t>(&id0, 1), std::span<const int32_t>(&no_label, 1), ad, {}, {}, so);
       grad_sum.add();
     }
     if (abandoned) {

@@ -8,6 +8,7 @@
 #include "family_spec.hpp"
 #include "graft/error.hpp"
 #include "graft/model/model.hpp"
+#include "graft/model/expert_parallel.hpp"
 
 namespace graft::model {
 
@@ -362,7 +363,10 @@ struct Forward {
       el.down.push_back(std::move(d));
     }
     Tensor out = t2(T, x.size(1));
-    be.moe_experts(x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
+    if (ExpertParallel* ep = m.expert_parallel(); ep && ep->size() > 1)  // experts sharded over ranks
+      moe_experts_sharded(be, *ep, x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
+    else
+      be.moe_experts(x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
     if (mw.shared.defined()) {
       Tensor s = mlp(l, mw.shared, x, Module::SharedGate, Module::SharedUp, Module::SharedDown);
       if (mw.shared_gate.defined()) {

@@ -16,6 +16,7 @@
 #include "graft/error.hpp"
 #include "graft/io/safetensors.hpp"
 #include "graft/model/model.hpp"
+#include "graft/model/expert_parallel.hpp"
 
 namespace graft::model {
 namespace {
@@ -327,6 +328,19 @@ struct Loader {
             linear(m + "." + d, H, I, cfg.mlp_bias)};
   }
 
+  // Expert parallelism (LoadOptions::expert_shard_*): this rank holds only its shard of the experts.
+  bool held(int64_t e, int64_t E) const {
+    if (opts.expert_shard_count <= 1) return true;
+    const auto [first, last] = expert_shard(E, opts.expert_shard_rank, opts.expert_shard_count);
+    return e >= first && e < last;
+  }
+  // An expert of another rank: its shape only (no weights).
+  static void not_held(ExpertWeights& ex, int64_t e, int64_t H, int64_t I) {
+    ex.gate[static_cast<size_t>(e)] = LinearWeight{I, H, {}, nullptr, {}};
+    ex.up[static_cast<size_t>(e)] = LinearWeight{I, H, {}, nullptr, {}};
+    ex.down[static_cast<size_t>(e)] = LinearWeight{H, I, {}, nullptr, {}};
+  }
+
   void experts(const std::string& block, int64_t E, int64_t H, int64_t I, ExpertWeights& ex) {
     const std::string base = block + "." + spec.experts;
     ex.gate.resize(static_cast<size_t>(E));
@@ -340,6 +354,10 @@ struct Loader {
       fused_sources.insert(full(base + ".gate_up_proj"));
       fused_sources.insert(full(base + ".down_proj"));
       for (int64_t e = 0; e < E; ++e) {
+        if (!held(e, E)) {
+          not_held(ex, e, H, I);
+          continue;
+        }
         Tensor g = gu.select(0, e), d = dn.select(0, e);
         Tensor gate = io ? g.slice(1, 0, I).transpose(0, 1).contiguous() : g.slice(0, 0, I).contiguous();
         Tensor up = io ? g.slice(1, I, 2 * I).transpose(0, 1).contiguous() : g.slice(0, I, 2 * I).contiguous();
@@ -356,6 +374,12 @@ struct Loader {
     }
     for (int64_t e = 0; e < E; ++e) {
       const std::string p = fmt::format("{}.{}.", base, e);
+      if (!held(e, E)) {  // another rank's expert: its tensors are accounted for, not read
+        not_held(ex, e, H, I);
+        for (const auto& n : src.names())
+          if (n.rfind(full(p), 0) == 0) used.insert(n);
+        continue;
+      }
       ex.gate[static_cast<size_t>(e)] = linear(p + spec.e_gate, I, H, false);
       ex.up[static_cast<size_t>(e)] = linear(p + spec.e_up, I, H, false);
       ex.down[static_cast<size_t>(e)] = linear(p + spec.e_down, H, I, false);
@@ -413,8 +437,17 @@ struct Loader {
     } else {
       m.lm_head_.out = V;
       m.lm_head_.in = H;
-      m.lm_head_.dense = m.embed_;  // tied: shares the embedding table, never quantized
+      m.lm_head_.dense = m.embed_;  // tied: shares the embedding table (unless lm_head_dtype quantizes a copy)
     }
+    if (opts.lm_head_dtype == LmHeadDtype::NF4 && !m.lm_head_.quantized()) {
+      // Inference only: the projection reads an NF4 copy; a tied embedding lookup keeps the f32 table.
+      const Tensor& w = m.lm_head_.dense;
+      auto q = nf4::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape(),
+                             /*double_quant=*/true, 64, DType::F32);
+      m.lm_head_.nf4 = std::make_shared<nf4::QuantizedWeight>(std::move(q));
+      m.lm_head_.dense = Tensor();
+    }
+    m.lm_head_dtype_ = opts.lm_head_dtype;
     m.layers_.resize(static_cast<size_t>(cfg.num_hidden_layers));
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
       LayerWeights& L = m.layers_[static_cast<size_t>(i)];
@@ -462,8 +495,18 @@ Model Model::load(const std::string& dir, const LoadOptions& opts) {
   Loader ld{m.cfg_, src, o, family_spec(m.cfg_), "", {}};
   ld.load(m);
   Loader::finish(m, m.cfg_);
+  m.shard_rank_ = o.expert_shard_rank, m.shard_count_ = std::max(o.expert_shard_count, 1);
   return m;
 }
+
+LmHeadDtype parse_lm_head_dtype(const std::string& value, const std::string& what) {
+  if (value == "f32") return LmHeadDtype::F32;
+  if (value == "nf4") return LmHeadDtype::NF4;
+  GRAFT_FAIL(fmt::format("pass {} f32 (exact, the default) or nf4 (4-bit, inference only)", what),
+             "{} '{}' is not one of: f32, nf4", what, value);
+}
+
+const char* lm_head_dtype_name(LmHeadDtype d) { return d == LmHeadDtype::NF4 ? "nf4" : "f32"; }
 
 Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& tensors,
                           const LoadOptions& opts) {
@@ -473,6 +516,7 @@ Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std:
   Loader ld{m.cfg_, src, opts, family_spec(m.cfg_), "", {}};
   ld.load(m);
   Loader::finish(m, m.cfg_);
+  m.shard_rank_ = opts.expert_shard_rank, m.shard_count_ = std::max(opts.expert_shard_count, 1);
   return m;
 }
 

@@ -61,6 +61,9 @@ struct Ctx {
 
   Lin lin(int layer, const LinearWeight& w, model::Module mod) const;
   Lin expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows) const;
+  // The same for rows of another rank's sequence (expert parallel): that sequence's dropout draw.
+  Lin expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows,
+                 uint64_t draw) const;
   ops::AttentionMask mask(const config::LayerKind& k) const;
   // RoPE on the first rot_dim dims of each head, in the family's layout.   x [T, heads, D]
   void rope(Tensor& x, int rot_dim) const;
@@ -88,9 +91,19 @@ struct ExpertActs {  // one routed expert; rows = the (token, slot) pairs routed
   Tensor w;                   // the combine weight of each row [n]
   Tensor x, g, u, a, y;       // input (scaled for Llama 4) [n, H], gate/up/act [n, I], output [n, H]
 };
+// Expert parallel, owner side: the rows one rank sent for one of this rank's experts.
+struct RemoteExpertActs {
+  int expert = 0, origin = 0;  // expert id, the rank whose sequence the rows belong to
+  uint64_t draw = 0;           // that sequence's dropout draw
+  ExpertActs acts;             // tok = the origin's token of each row; flat unused
+};
 struct MoeActs {
   Tensor logits, ids, w;  // [T, E], [T, k] i32, [T, k]
   std::vector<ExpertActs> experts;
+  // Expert parallel (moe_sharded.cpp): `experts` holds, per expert, this rank's rows (flat, tok, w) and
+  // the outputs that came back (y); x/g/u/a stay on the owner. Owner side: the groups of rows this rank
+  // computed for the group, in arrival order.
+  std::vector<RemoteExpertActs> remote;
   Tensor sg, su, sa, sy, sgate;  // shared expert: [T, SI] x3, [T, H], Qwen2-MoE gate sigmoid [T, 1]
   size_t bytes() const;
 };
@@ -112,6 +125,14 @@ Tensor mla_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tens
 // MoE block output [T, H] from x2 [T, H]; backward returns dx2 (=).
 Tensor moe_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
 Tensor moe_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, const Tensor& dout, MoeActs& A);
+// The routed experts of a MoE block sharded over the model's expert group (expert parallel): rows go to
+// their expert's rank and come back (model::ExpertParallel::exchange). Forward: out [T, H] (=) =
+// Σ (w or 1)·expert(x or w·x) over the routing in A (router_fwd already ran). Backward: dx [T, H] (=) of
+// the routed part and dw [T·k, 1] (=, fp32) for router_bwd; this rank's experts' LoRA gradients (+=) get
+// every group member's rows. Collective over the group, once per call.
+Tensor moe_routed_fwd_sharded(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
+Tensor moe_routed_bwd_sharded(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, const Tensor& dout,
+                              MoeActs& A, Tensor& dw);
 // Router: selection and combine weights exactly as Model::forward (Backend::moe_route: logits, ids, w);
 // backward: dx2 [T, H] (=) through the frozen router from dw [T, k], for that fixed selection.
 ops::RouterParams router_params(const Ctx& c, const model::LayerWeights& L);

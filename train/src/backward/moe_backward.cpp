@@ -4,11 +4,13 @@
 // of the outputs — plus the shared expert(s): Qwen2-MoE's sigmoid-gated one, DeepSeek's and
 // Llama 4's ungated ones.
 #include "backward_internal.hpp"
+#include "graft/model/expert_parallel.hpp"
 
 namespace graft::train::detail {
 namespace {
 using model::ExpertProj;
 using model::Module;
+void shared_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, MoeActs& A, Tensor& out);
 }  // namespace
 
 Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, MoeActs& A) {
@@ -16,6 +18,11 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
   router_fwd(c, LW, x, A);
   const int k = static_cast<int>(A.ids.size(1));
   const bool scale_in = c.spec.scale_expert_input;
+  if (const model::ExpertParallel* ep = c.m.expert_parallel(); ep && ep->size() > 1) {
+    Tensor out = moe_routed_fwd_sharded(c, l, LW, x, A);
+    shared_fwd(c, l, LW, x, A, out);
+    return out;
+  }
   // Host metadata: which (token, slot) rows each expert gets; the per-expert tensors are sized by it.
   const ops::MoePermutation plan = c.be.moe_permute_plan(A.ids, static_cast<int>(E));
   A.experts.assign(static_cast<size_t>(E), {});
@@ -42,6 +49,14 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     X.y = lin_fwd(c.be, X.a, c.expert_lin(l, ex.down[static_cast<size_t>(e)], ExpertProj::Down, ei, X.tok));
     c.be.scatter_add_rows(X.y, X.tok, scale_in ? Tensor() : X.w, out);  // out[t] += (w or 1)·y
   }
+  shared_fwd(c, l, LW, x, A, out);
+  return out;
+}
+
+namespace {
+// The shared expert(s) of the block: out += (sigmoid gate or 1)·shared(x).
+void shared_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, MoeActs& A, Tensor& out) {
+  const int64_t T = c.T;
   if (LW.moe.shared.defined()) {
     const auto& S = LW.moe.shared;
     A.sg = lin_fwd(c.be, x, c.lin(l, S.gate, Module::SharedGate));
@@ -58,8 +73,8 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
       c.be.add_acc(A.sy, out);
     }
   }
-  return out;
 }
+}  // namespace
 
 Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, const Tensor& dout, MoeActs& A) {
   const int64_t T = c.T, H = x.size(1), E = LW.moe.experts.num_experts();
@@ -67,7 +82,9 @@ Tensor moe_bwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
   const bool scale_in = c.spec.scale_expert_input;
   Tensor dx = act_zeros(c.be, T, H);
   Tensor dw = zeros(c.be, T * k, 1);  // each (token, slot) row belongs to one expert: written once
-  for (int64_t e = 0; e < E; ++e) {
+  if (const model::ExpertParallel* ep = c.m.expert_parallel(); ep && ep->size() > 1)
+    dx = moe_routed_bwd_sharded(c, l, LW, x, dout, A, dw);
+  else for (int64_t e = 0; e < E; ++e) {
     ExpertActs& X = A.experts[static_cast<size_t>(e)];
     const int64_t n = static_cast<int64_t>(X.flat.size());
     if (n == 0) continue;

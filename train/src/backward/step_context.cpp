@@ -15,10 +15,14 @@ Lin Ctx::lin(int layer, const LinearWeight& w, model::Module mod) const {
 }
 
 Lin Ctx::expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows) const {
+  return expert_lin(layer, w, pj, expert, rows, opt.dropout_draw);
+}
+Lin Ctx::expert_lin(int layer, const LinearWeight& w, model::ExpertProj pj, int expert, std::span<const int32_t> rows,
+                    uint64_t draw) const {
   Lin l{&w, ad.expert_param(layer, pj, expert)};
   if (l.p && opt.lora_dropout > 0.0) {
     l.dropout = opt.lora_dropout;
-    l.key = dropout_key(opt.dropout_seed, opt.dropout_draw, layer, dropout_site(pj, expert));
+    l.key = dropout_key(opt.dropout_seed, draw, layer, dropout_site(pj, expert));
     l.rows = rows;
   }
   return l;
@@ -60,6 +64,10 @@ size_t MoeActs::bytes() const {
     for (const Tensor* t : {&e.w, &e.x, &e.g, &e.u, &e.a, &e.y}) b += bytes_of(*t);
   }
   for (const Tensor* t : {&sg, &su, &sa, &sy, &sgate}) b += bytes_of(*t);
+  for (const auto& r : remote) {
+    b += r.acts.tok.size() * sizeof(int32_t);
+    for (const Tensor* t : {&r.acts.w, &r.acts.x, &r.acts.g, &r.acts.u, &r.acts.a, &r.acts.y}) b += bytes_of(*t);
+  }
   return b;
 }
 size_t LayerActs::bytes() const {

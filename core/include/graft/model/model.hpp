@@ -16,9 +16,25 @@
 
 namespace graft::model {
 
+class ExpertParallel;  // expert_parallel.hpp
+
+// Storage of the lm_head projection (inference only; cf. llama.cpp's --output-tensor-type). F32 (the default,
+// like bitsandbytes: QLoRA/PEFT logits match the reference) keeps it dense. NF4 quantizes it on load (blocksize
+// 64, double quant, as load_in_4bit does to the body): on a tied model the embedding lookup keeps the f32 table
+// and only the projection reads the NF4 copy. Training refuses a model whose lm_head was quantized this way.
+enum class LmHeadDtype : int { F32, NF4 };
+// "f32" | "nf4"; anything else throws graft::Error naming `what` (e.g. "--lm-head-dtype") and the choices.
+LmHeadDtype parse_lm_head_dtype(const std::string& value, const std::string& what = "lm_head dtype");
+const char* lm_head_dtype_name(LmHeadDtype d);
+
 struct LoadOptions {
   bool load_in_4bit = false;  // quantize projection weights to NF4 (bitsandbytes layout)
   bool double_quant = true;   // NF4 double quantization of absmax
+  LmHeadDtype lm_head_dtype = LmHeadDtype::F32;  // inference-only lm_head quantization (see LmHeadDtype)
+  // Expert parallelism: load only the routed experts of shard expert_shard_rank of expert_shard_count
+  // (model::expert_shard); the others keep their shapes but no weights. 1 = every expert.
+  int expert_shard_rank = 0;
+  int expert_shard_count = 1;
   // JSON object whose keys replace config.json's before the model is built (Axolotl's
   // overrides_of_model_config; config::apply_config_overrides). Empty = config.json as it is.
   std::string config_overrides_json;
@@ -131,8 +147,18 @@ class Model {
   const Tensor& embedding() const { return embed_; }      // [vocab, hidden]
   const Tensor& final_norm() const { return final_norm_; }  // [hidden]
   const LinearWeight& lm_head() const { return lm_head_; }  // [vocab, hidden]
+  // What LoadOptions::lm_head_dtype made of the lm_head: NF4 = quantized for inference, not trainable through.
+  LmHeadDtype lm_head_dtype() const { return lm_head_dtype_; }
   const ops::RopeTable& rope_table() const { return rope_[0]; }
   int64_t vocab_size() const { return cfg_.vocab_size; }
+  // Expert parallelism: the expert shard this model holds (LoadOptions::expert_shard_*) and the group
+  // holding the other shards. With a group of size > 1 every forward exchanges MoE rows with it
+  // (model::moe_experts_sharded), so every member must run the same forwards in lockstep. The group's
+  // rank and size must equal the loaded shard's. Null (the default): unsharded.
+  void set_expert_parallel(std::shared_ptr<ExpertParallel> ep);
+  ExpertParallel* expert_parallel() const { return ep_.get(); }
+  int expert_shard_rank() const { return shard_rank_; }
+  int expert_shard_count() const { return shard_count_; }
   // Bytes held by weights (NF4 counted packed).
   size_t weight_bytes() const;
 
@@ -158,6 +184,9 @@ class Model {
   config::ModelConfig cfg_;
   Tensor embed_, final_norm_;
   LinearWeight lm_head_;
+  LmHeadDtype lm_head_dtype_ = LmHeadDtype::F32;
+  int shard_rank_ = 0, shard_count_ = 1;
+  std::shared_ptr<ExpertParallel> ep_;
   std::vector<LayerWeights> layers_;
   std::vector<ops::RopeTable> rope_;  // per layer kind: [0] = main
   ops::RopeParams rope_params_;

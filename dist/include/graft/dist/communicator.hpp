@@ -24,6 +24,12 @@ class Communicator {
   virtual void barrier() = 0;
   // Every rank's `mine`, in rank order (lengths may differ).
   virtual std::vector<std::string> allgather(const std::string& mine) = 0;
+  // All-to-all of byte blocks: send[r] goes to rank r (send.size() == size()); returns the block each
+  // rank sent here, in rank order (MPI_Alltoallv). Blocks may be empty and differ in length.
+  virtual std::vector<std::string> alltoall(const std::vector<std::string>& send) = 0;
+  // The sub-group of the ranks that pass the same `color`, ranked by `key` (MPI_Comm_split). Collective
+  // over this group. The result's collectives involve only its members.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
   // Ends the group after a successful run (MPI_Finalize). Not called on errors: a rank that fails
   // exits without it and the launcher stops the others.
   virtual void finalize() {}

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -18,12 +19,14 @@ namespace graft::train {
 struct ParallelLayout {
   int world = 1;            // ranks started by the launcher
   int data_parallel = 1;    // recipe data_parallel_size (unset = every rank)
-  int expert_parallel = 1;  // recipe expert_parallel_size (only 1 exists yet)
+  int expert_parallel = 1;  // recipe expert_parallel_size: ranks sharing one copy of the experts
 };
 
-// Reads data_parallel_size / expert_parallel_size against the launched world. Throws on a negative
-// size, on expert_parallel_size != 1 ("expert parallel is not implemented yet") and when
-// data_parallel_size x expert_parallel_size differs from the number of ranks (naming both).
+// Reads data_parallel_size / expert_parallel_size against the launched world. Every rank trains on its
+// own share of each global batch; with expert_parallel_size P > 1 the routed experts are sharded over
+// groups of P consecutive ranks (dist::make_expert_parallel) and data_parallel_size = world / P is the
+// number of expert replicas. Throws on a size < 1, on P not dividing the number of ranks and when
+// data_parallel_size x expert_parallel_size differs from it (naming both).
 ParallelLayout resolve_parallel_layout(const Recipe& r, int world_size);
 
 // Every rank states (graft version, recipe hash, effective recipe text); all must agree with rank 0,
@@ -45,6 +48,7 @@ class GradientAccumulator {
   GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values = int64_t{1} << 21);  // 16 MiB buckets
   void zero();
   void add();  // sum += the tensors (each [numel], f32)
+  void add_and_zero(Tensor& grad);  // sum += one of the tensors, which is then zeroed (expert parallel)
   void allreduce_sum(dist::Communicator& comm);
   void store();  // the tensors = float(sum)
   int64_t buckets() const { return static_cast<int64_t>(bucket_end_.size()); }
@@ -54,6 +58,7 @@ class GradientAccumulator {
   std::vector<Tensor*> grads_;
   std::vector<int64_t> bucket_end_;  // one past the last value of each bucket (tensor boundaries)
   std::vector<double> sum_;
+  std::unordered_map<const Tensor*, int64_t> offset_;  // of each tensor in sum_
 };
 
 // 64-bit FNV-1a of the tensors' bytes (f32 parameters), to check that replicas hold the same weights.

@@ -22,6 +22,7 @@
 #include <map>
 #include <random>
 #include <tuple>
+#include <functional>
 #include <span>
 #include <utility>
 
@@ -81,6 +82,11 @@ struct StepOptions {
   uint64_t dropout_seed = 0, dropout_draw = 0;
   // The device the step's ops run on (forward and backward go through it); null = the CPU backend.
   Backend* backend = nullptr;
+  // Expert parallel: this rank's experts get gradients from every group member's rows, one group of
+  // rows (one sequence of one rank) at a time. Called after each group with the expert's LoRA
+  // parameter; the trainer moves its gradient into the step's double-precision sum and zeroes it, so
+  // the sum is the single-process one. Null: the gradients accumulate in the parameter.
+  std::function<void(LoraParam&)> flush_expert_grads;
 };
 struct StepStats {
   // Peak bytes held in saved activations (per-layer tensors kept for the backward, including the

@@ -1,0 +1,49 @@
+// Expert parallelism (docs/distributed.md): the routed experts of every MoE layer are sharded over a
+// group of ranks; rank r of the group holds experts [expert_shard(E, r, P)) — contiguous shards whose
+// sizes differ by at most one — with their frozen weights and their LoRA. Attention, routers and shared
+// experts stay replicated. A MoE layer sends each (token, slot) row to the rank owning its expert and
+// gets the expert's output back (all-to-all), forward and backward.
+//
+// core knows only this interface (the transport is in graft_dist: dist::make_expert_parallel wraps a
+// Communicator). Every member of the group must run the same sequence of MoE layers in lockstep: one
+// exchange per layer per forward (and per backward in training), with any number of own tokens (0 too).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "graft/backend/backend.hpp"
+
+namespace graft::model {
+
+// [first, last) experts of `num_experts` that `rank` of `size` holds.
+std::pair<int64_t, int64_t> expert_shard(int64_t num_experts, int rank, int size);
+// The rank of `size` that holds `expert` of `num_experts`.
+int expert_owner(int64_t expert, int64_t num_experts, int size);
+
+class ExpertParallel {
+ public:
+  virtual ~ExpertParallel() = default;
+  virtual int rank() const = 0;  // in the expert group
+  virtual int size() const = 0;
+  // send[r] goes to rank r of the group; returns the block each rank sent here, in rank order. Collective.
+  virtual std::vector<std::string> exchange(const std::vector<std::string>& send) = 0;
+
+  std::pair<int64_t, int64_t> shard(int64_t num_experts) const { return expert_shard(num_experts, rank(), size()); }
+  bool owns(int64_t expert, int64_t num_experts) const { return expert_owner(expert, num_experts, size()) == rank(); }
+};
+
+// Backend::moe_experts with the experts sharded over `ep` (inference): each (token, slot) row of x goes
+// to its expert's owner with its combine weight and adapter slot, the owner runs Backend::moe_experts on
+// the rows it received (one expert each), and the weighted outputs come back and are summed per token in
+// slot order. Same contract and result as be.moe_experts over unsharded experts; `experts` needs only
+// this rank's shard (the others may be undefined). Collective over the group.
+//   x [T, H], ids [T, k] i32, weights [T, k] f32, row_slot [T] or empty  ->  out [T, H]
+void moe_experts_sharded(Backend& be, ExpertParallel& ep, const Tensor& x, const Tensor& ids, const Tensor& weights,
+                         const ExpertWeights& experts, const ExpertLora* lora, std::span<const int32_t> row_slot,
+                         bool scale_input, Tensor& out);
+
+}  // namespace graft::model

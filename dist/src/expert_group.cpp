@@ -1,0 +1,36 @@
+// Expert groups over a Communicator (expert_group.hpp).
+#include "graft/dist/expert_group.hpp"
+
+#include "graft/error.hpp"
+
+namespace graft::dist {
+namespace {
+
+class CommExpertParallel final : public model::ExpertParallel {
+ public:
+  explicit CommExpertParallel(std::unique_ptr<Communicator> c) : c_(std::move(c)) {}
+  int rank() const override { return c_->rank(); }
+  int size() const override { return c_->size(); }
+  std::vector<std::string> exchange(const std::vector<std::string>& send) override { return c_->alltoall(send); }
+
+ private:
+  std::unique_ptr<Communicator> c_;
+};
+
+}  // namespace
+
+std::shared_ptr<model::ExpertParallel> expert_parallel_over(std::unique_ptr<Communicator> group) {
+  GRAFT_CHECK(group != nullptr, "expert_parallel_over: no communicator");
+  return std::make_shared<CommExpertParallel>(std::move(group));
+}
+
+std::shared_ptr<model::ExpertParallel> make_expert_parallel(Communicator& world, int expert_parallel_size) {
+  const int P = expert_parallel_size;
+  GRAFT_CHECK_FIX(P >= 1 && world.size() % P == 0,
+                  "set expert_parallel_size to a divisor of the number of ranks (mpirun -np N)",
+                  "expert_parallel_size {} does not divide the {} ranks started", P, world.size());
+  // Group g = ranks [g·P, (g+1)·P), ranked in world order.
+  return expert_parallel_over(world.split(world.rank() / P, world.rank() % P));
+}
+
+}  // namespace graft::dist
