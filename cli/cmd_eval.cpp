@@ -1,5 +1,5 @@
 // `graft eval MODEL_DIR [--adapter DIR]... --data FILE [--type T] [--chat-template T] [--prompt P]...
-//  [--max-tokens N] [--load-in-4bit] [--json]`
+//  [--max-tokens N] [--load-in-4bit] [--lm-head-dtype f32|nf4] [--json]`
 // Held-out loss and perplexity of the base and of each adapter on the same data, side by side, and
 // greedy generations for a few prompts (from --prompt, or the first user turns of the data). Without
 // --type the format is detected from the records' fields (train::detect_dataset_type).
@@ -13,6 +13,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "lm_head_option.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
@@ -29,6 +30,7 @@ using namespace graft;
 
 struct EvalArgs {
   std::string device = "auto";  // --device
+  std::string lm_head_dtype = "f32";  // --lm-head-dtype
   std::string dir, data, type, chat_template;
   std::vector<std::string> adapters, prompts;
   int max_tokens = 32, seq_len = 2048;
@@ -45,6 +47,7 @@ struct Row {
 void run(const EvalArgs& a) {
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
+  lo.lm_head_dtype = graft::cli::lm_head_dtype(a.lm_head_dtype);
   auto m = model::Model::load(a.dir, lo);
   auto tok = tokenizer::Tokenizer::from_file(a.dir);
   train::DatasetSpec spec;
@@ -160,6 +163,7 @@ graft::cli::Registration reg{"eval", 55, [](CLI::App& app) {
   sub->add_option("--max-tokens", a->max_tokens, "Maximum generated tokens per prompt");
   sub->add_option("--sequence-len", a->seq_len, "Longest sample kept");
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize the base to NF4 on load");
+  graft::cli::add_lm_head_dtype_option(sub, a->lm_head_dtype);
   sub->add_flag("--json", a->json, "Print JSON");
   sub->callback([a] { run(*a); });
 }};

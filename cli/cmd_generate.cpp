@@ -1,5 +1,5 @@
 // `graft generate MODEL_DIR --prompt "..." [--chat] [--max-tokens N] [--temperature T --top-p P
-//  --top-k K --seed S] [--adapter DIR [--adapter-scale W]]... [--load-in-4bit] [--json]`
+//  --top-k K --seed S] [--adapter DIR [--adapter-scale W]]... [--load-in-4bit] [--lm-head-dtype f32|nf4] [--json]`
 // Streams the continuation to stdout as it is generated. With adapters the model runs with
 // W + Σ w_i · s_i · B_i A_i (adapters::combine; w_i = --adapter-scale, default 1). With --json prints one object
 // {"prompt_ids": [...], "generated_ids": [...], "text": "..."} instead. Greedy (temperature 0, the
@@ -13,6 +13,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "lm_head_option.hpp"
 #include "graft/adapters/combine.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
@@ -24,6 +25,7 @@
 namespace {
 struct GenerateArgs {
   std::string device = "auto";  // --device
+  std::string lm_head_dtype = "f32";  // --lm-head-dtype
   std::string dir, prompt, system;
   std::vector<std::string> adapters;
   std::vector<float> adapter_scales;
@@ -58,6 +60,7 @@ void run(const GenerateArgs& a) {
   GRAFT_CHECK_FIX(!prompt_ids.empty(), "pass a non-empty --prompt", "the prompt encodes to no tokens");
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
+  lo.lm_head_dtype = graft::cli::lm_head_dtype(a.lm_head_dtype);
   auto m = model::Model::load(a.dir, lo);
   for (int32_t id : prompt_ids)
     GRAFT_CHECK_FIX(id >= 0 && id < m.vocab_size(), "use the tokenizer that belongs to this model",
@@ -114,6 +117,7 @@ graft::cli::Registration reg{"generate", 40, [](CLI::App& app) {
   sub->add_option("--adapter-scale", a->adapter_scales,
                   "Weight of the adapter's delta, one per --adapter in order (default 1; 0 = the base)");
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize projection weights to NF4 on load");
+  graft::cli::add_lm_head_dtype_option(sub, a->lm_head_dtype);
   sub->add_flag("--json", a->json, "Print {prompt_ids, generated_ids, text} as JSON");
   sub->callback([a] { run(*a); });
 }};

@@ -1,7 +1,7 @@
 // `graft serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--served-model-name NAME] [--adapter NAME=DIR]...
 //  [--adapter-dir ROOT]... [--max-loras N] [--max-cpu-loras-bytes B] [--max-lora-rank R] [--max-num-seqs N]
 //  [--max-batch-tokens N] [--kv-cache-bytes B] [--block-size N] [--max-queue N] [--max-model-len N]
-//  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit]
+//  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit] [--lm-head-dtype f32|nf4]
 //  [--http-threads N] [--max-connections N] [--max-connections-per-client N] [--max-header-bytes B]
 //  [--http-header-timeout S] [--http-read-timeout S] [--http-keep-alive S]
 //  [--enable-lora-runtime-updates] [--port-file FILE]
@@ -21,6 +21,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "lm_head_option.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/error.hpp"
@@ -43,6 +44,7 @@ namespace fs = std::filesystem;
 
 struct ServeArgs {
   std::string device = "auto";  // --device
+  std::string lm_head_dtype = "f32";  // --lm-head-dtype
   std::string dir, host = "127.0.0.1", served_name, api_keys_file, port_file;
   int port = 8000;
   std::vector<std::string> adapters, adapter_dirs, api_keys;
@@ -105,6 +107,11 @@ void run(const ServeArgs& a) {
 
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
+  lo.lm_head_dtype = graft::cli::lm_head_dtype(a.lm_head_dtype);
+  GRAFT_CHECK_FIX(!a.fine_tuning || lo.lm_head_dtype == model::LmHeadDtype::F32,
+                  "drop --lm-head-dtype (fine-tuning jobs train through the exact f32 lm_head) or --enable-fine-tuning",
+                  "--lm-head-dtype {} is inference only, but --enable-fine-tuning trains on the served base",
+                  a.lm_head_dtype);
   auto m = model::Model::load(a.dir, lo);
   auto be = graft::cli::backend_for(a.device);
   if (a.fine_tuning) {  // fine-tuned adapters are loaded from the jobs' folders
@@ -237,6 +244,7 @@ graft::cli::Registration reg{"serve", 45, [](CLI::App& app) {
   sub->add_option("--drain-timeout", a->drain_timeout, "Seconds to let in-flight requests finish on SIGINT/SIGTERM")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--load-in-4bit", a->load_in_4bit, "Quantize projection weights to NF4 on load");
+  graft::cli::add_lm_head_dtype_option(sub, a->lm_head_dtype);
   sub->add_flag("--enable-lora-runtime-updates", a->runtime_updates,
                 "Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM-compatible)");
   sub->add_flag("--enable-fine-tuning", a->fine_tuning,

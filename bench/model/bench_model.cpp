@@ -1,4 +1,4 @@
-// CPU prefill and decode throughput of the model forward (fp32, and NF4 weights), for stories260K
+// CPU prefill and decode throughput of the model forward (fp32, NF4 weights, and NF4 weights + NF4 lm_head), for stories260K
 // (../shared/assets, skipped when absent) and the ~100M-parameter "small" Qwen3-MoE preset built in
 // memory (8 experts, top-2, 8 layers, hidden 512, vocab 151,669 like Qwen3's tokenizer).
 //   ./build/bench/bench_model --benchmark_counters_tabular=true
@@ -16,12 +16,14 @@
 using namespace graft;
 
 namespace {
-const model::Model* get_model(int which, bool nf4) {
-  static std::unique_ptr<model::Model> cache[2][2];
-  auto& slot = cache[which][nf4 ? 1 : 0];
+// weights: 0 = f32, 1 = NF4 body (lm_head f32, the default), 2 = NF4 body + NF4 lm_head (--lm-head-dtype nf4).
+const model::Model* get_model(int which, int weights) {
+  static std::unique_ptr<model::Model> cache[2][3];
+  auto& slot = cache[which][weights];
   if (slot) return slot.get();
   model::LoadOptions o;
-  o.load_in_4bit = nf4;
+  o.load_in_4bit = weights >= 1;
+  if (weights == 2) o.lm_head_dtype = model::LmHeadDtype::NF4;
   if (which == 0) {
     const auto dir = std::filesystem::path(GRAFT_SOURCE_DIR) / ".." / "shared/assets/models/stories260K_hf_llama";
     if (!std::filesystem::exists(dir)) return nullptr;
@@ -42,7 +44,7 @@ std::vector<int32_t> tokens(int n, int64_t vocab) {
 }
 
 void BM_Prefill(benchmark::State& st) {
-  const auto* m = get_model(static_cast<int>(st.range(0)), st.range(1) != 0);
+  const auto* m = get_model(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)));
   if (!m) {
     st.SkipWithError("stories260K not found (../shared/assets absent)");
     return;
@@ -60,7 +62,7 @@ void BM_Prefill(benchmark::State& st) {
 }
 
 void BM_Decode(benchmark::State& st) {
-  const auto* m = get_model(static_cast<int>(st.range(0)), st.range(1) != 0);
+  const auto* m = get_model(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)));
   if (!m) {
     st.SkipWithError("stories260K not found (../shared/assets absent)");
     return;
@@ -87,7 +89,9 @@ void BM_Decode(benchmark::State& st) {
 }
 }  // namespace
 
-// args: {model (0 stories260K, 1 small qwen3_moe), nf4, tokens / context}
-BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({0, 1, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({0, 1, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
+// args: {model (0 stories260K, 1 small qwen3_moe), weights (0 f32, 1 NF4, 2 NF4 + NF4 lm_head), tokens / context}
+BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({0, 1, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Args({1, 2, 128})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({0, 1, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Args({1, 2, 16})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

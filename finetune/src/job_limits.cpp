@@ -85,6 +85,11 @@ void check_job_keys_allowed(const nlohmann::ordered_json& extra) {
 
 train::MemoryEstimate check_job_recipe(const train::Recipe& r, const model::Model& base, const JobLimits& lim) {
   const auto& cfg = base.config();
+  if (base.lm_head_dtype() != model::LmHeadDtype::F32)
+    throw bad_request(fmt::format("the served base's lm_head was quantized to {} for inference (--lm-head-dtype); "
+                                  "training needs the exact f32 lm_head: restart graft serve without --lm-head-dtype",
+                                  model::lm_head_dtype_name(base.lm_head_dtype())),
+                      "model", "lm_head_quantized");
   auto bound = [&](const char* key, int64_t v, int64_t lo, int64_t hi, const std::string& why) {
     if (v < lo || v > hi)
       over(std::string("extra.") + key, fmt::format("extra.{} = {} is outside [{}, {}] ({})", key, v, lo, hi, why));

@@ -1,0 +1,24 @@
+// The --lm-head-dtype option shared by the commands that only run a model (eval, generate, serve): f32 (default,
+// exact) or nf4 (the lm_head projection quantized on load for faster CPU decode; inference only, cf. llama.cpp's
+// --output-tensor-type). model::parse_lm_head_dtype names the flag and the choices for a bad value.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "graft/model/model.hpp"
+
+namespace graft::cli {
+
+inline void add_lm_head_dtype_option(CLI::App* sub, std::string& value) {
+  sub->add_option("--lm-head-dtype", value,
+                  "Storage of the lm_head projection: f32 (default, exact) or nf4 (4-bit, inference only: ~8x fewer "
+                  "bytes per decoded token on large vocabularies, logits change slightly; see docs/performance.md)");
+}
+
+inline model::LmHeadDtype lm_head_dtype(const std::string& value) {
+  return model::parse_lm_head_dtype(value, "--lm-head-dtype");
+}
+
+}  // namespace graft::cli
