@@ -1,0 +1,302 @@
+// Expert parallel layers against the unsharded model, in one process: P threads form an expert group
+// (an in-memory ExpertParallel whose exchange is an all-to-all through shared slots), each thread
+// holding a model loaded with only its shard of the experts (LoadOptions::expert_shard_*) and running
+// its own sequence, as the ranks of `mpirun -np P graft train` with expert_parallel_size P do.
+//  * training step (forward_backward): each rank's loss equals the single-process loss of its sequence
+//    (bit for bit), and the group's LoRA gradients (every module, every expert) equal the single-process
+//    sum over the sequences within 1e-6, with LoRA dropout on and with gradient checkpointing;
+//  * inference (Model::forward through model::moe_experts_sharded): logits equal the unsharded ones;
+//  * the sequences cover empty experts (a 1-token sequence), skewed routing (one token repeated) and a
+//    rank with no sequence (a label-less token, as the trainer runs), for every MoE family: DeepSeek's
+//    group-limited routing and shared expert, Qwen2-MoE's gated shared expert, Llama 4's input scaling.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <barrier>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "graft/config/model_config.hpp"
+#include "graft/cpu/cpu_backend.hpp"
+#include "graft/model/expert_parallel.hpp"
+#include "graft/model/model.hpp"
+#include "graft/model/presets.hpp"
+#include "graft/train/data_parallel.hpp"
+#include "graft/train/lora_train.hpp"
+
+namespace graft {
+namespace {
+
+using model::ExpertProj;
+using model::Module;
+
+// The group's shared mailbox: box[from][to].
+struct Mailbox {
+  explicit Mailbox(int p) : size(p), bar(p), box(static_cast<size_t>(p)) {}
+  int size;
+  std::barrier<> bar;
+  std::vector<std::vector<std::string>> box;
+  int64_t exchanges = 0;  // counted by rank 0
+};
+class ThreadGroup final : public model::ExpertParallel {
+ public:
+  ThreadGroup(Mailbox& m, int rank) : m_(m), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return m_.size; }
+  std::vector<std::string> exchange(const std::vector<std::string>& send) override {
+    EXPECT_EQ(send.size(), static_cast<size_t>(m_.size));
+    m_.box[static_cast<size_t>(rank_)] = send;
+    m_.bar.arrive_and_wait();
+    std::vector<std::string> got;
+    for (int r = 0; r < m_.size; ++r) got.push_back(m_.box[static_cast<size_t>(r)][static_cast<size_t>(rank_)]);
+    if (rank_ == 0) ++m_.exchanges;
+    m_.bar.arrive_and_wait();  // nobody refills the box before everyone has read it
+    return got;
+  }
+
+ private:
+  Mailbox& m_;
+  int rank_;
+};
+
+// Same LoRA modules and values on any shard (the init reads only the modules' shapes).
+train::TrainableAdapter adapter_for(const model::Model& m) {
+  train::TrainableAdapter ad;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> gb(0, 0.05f);
+  auto fill_b = [&](train::LoraParam& p) {
+    for (int64_t i = 0; i < p.f.b.numel(); ++i) p.f.b.data<float>()[i] = gb(rng);
+  };
+  for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
+    const auto& L = m.layers()[static_cast<size_t>(l)];
+    for (Module mod : model::kDenseModules) {
+      const LinearWeight* w = model::dense_weight(L, mod);
+      if (w && w->defined()) fill_b(ad.add(l, mod, w->in, w->out, 4, 8.0f, rng));
+    }
+    if (!L.kind.moe) continue;
+    const auto& ex = L.moe.experts;
+    for (int e = 0; e < static_cast<int>(ex.num_experts()); ++e)
+      for (ExpertProj pj : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) {
+        const LinearWeight& w = pj == ExpertProj::Gate ? ex.gate[static_cast<size_t>(e)]
+                                : pj == ExpertProj::Up ? ex.up[static_cast<size_t>(e)]
+                                                       : ex.down[static_cast<size_t>(e)];
+        fill_b(ad.add_expert(l, pj, e, w.in, w.out, 3, 6.0f, rng));
+      }
+  }
+  return ad;
+}
+
+std::vector<Tensor*> grads_of(train::TrainableAdapter& ad) {
+  std::vector<Tensor*> g;
+  for (auto& [k, p] : ad.params()) g.insert(g.end(), {&p.da, &p.db});
+  for (auto& [k, p] : ad.expert_params()) g.insert(g.end(), {&p.da, &p.db});
+  return g;
+}
+
+struct Seq {
+  std::vector<int32_t> ids, labels;
+};
+// Rank r's sequence: varied lengths, one token repeated (skewed routing), a single token (most experts
+// empty), and for the last rank of 4 nothing at all (it runs the trainer's label-less token).
+std::vector<Seq> sequences(int P) {
+  std::vector<Seq> s = {{{5, 77, 140, 9, 250, 33, 1, 60, 61}, {77, 140, 9, 250, 33, -100, 60, 61, 62}},
+                        {{42, 42, 42, 42, 42, 42}, {42, 42, 42, 42, 42, 42}},
+                        {{17}, {3}},
+                        {{0}, {-100}}};
+  s.resize(static_cast<size_t>(P));
+  return s;
+}
+
+struct Case {
+  std::string arch;
+  int ranks;
+  bool checkpointing;
+};
+
+class ExpertParallelStep : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ExpertParallelStep, EqualsTheUnshardedModel) {
+  const Case cs = GetParam();
+  const int P = cs.ranks;
+  const auto cfg = config::parse_model_config_text(model::preset_config(cs.arch, "tiny", 300, 1, 2).dump(), "tiny");
+  const auto tensors = model::random_checkpoint(cfg, 8, 0.2f);
+  const auto full = model::Model::from_tensors(cfg, tensors);
+  const auto seqs = sequences(P);
+  train::StepOptions so;
+  so.lora_dropout = 0.1;
+  so.dropout_seed = 1234;
+  so.gradient_checkpointing = cs.checkpointing;
+
+  // ---- single process: each sequence alone, gradients summed in double
+  auto be = cpu::make_backend();
+  so.backend = be.get();
+  train::TrainableAdapter ref = adapter_for(full);
+  train::GradientAccumulator ref_sum(grads_of(ref));
+  ref_sum.zero();
+  std::vector<double> ref_loss;
+  std::vector<Tensor> ref_logits;
+  for (int r = 0; r < P; ++r) {
+    const Seq& s = seqs[static_cast<size_t>(r)];
+    so.dropout_draw = static_cast<uint64_t>(r);
+    ref.zero_grad();
+    ref_loss.push_back(train::forward_backward(full, s.ids, s.labels, ref, {}, {}, so));
+    ref_sum.add();
+    model::Batch b;
+    b.ids = s.ids;
+    const model::LoraSource* slot = &ref;
+    b.adapters = std::span<const model::LoraSource* const>(&slot, 1);
+    ref_logits.push_back(full.forward(*be, b).clone());
+  }
+  ref_sum.store();
+
+  // ---- P threads, experts sharded
+  Mailbox box(P);
+  std::vector<model::Model> shard;
+  std::vector<train::TrainableAdapter> ads;
+  for (int r = 0; r < P; ++r) {
+    model::LoadOptions o;
+    o.expert_shard_rank = r;
+    o.expert_shard_count = P;
+    shard.push_back(model::Model::from_tensors(cfg, tensors, o));
+    shard.back().set_expert_parallel(std::make_shared<ThreadGroup>(box, r));
+    ads.push_back(adapter_for(shard.back()));
+  }
+  std::vector<double> loss(static_cast<size_t>(P));
+  std::vector<Tensor> logits(static_cast<size_t>(P));
+  std::vector<std::vector<float>> sums(static_cast<size_t>(P));
+  std::vector<std::string> errors(static_cast<size_t>(P));
+  std::vector<std::thread> th;
+  for (int r = 0; r < P; ++r)
+    th.emplace_back([&, r] {
+      try {
+        omp_set_num_threads(1);
+        auto tbe = cpu::make_backend();
+        train::StepOptions o = so;
+        o.backend = tbe.get();
+        o.dropout_draw = static_cast<uint64_t>(r);
+        auto& ad = ads[static_cast<size_t>(r)];
+        const auto g = grads_of(ad);
+        train::GradientAccumulator acc(g);
+        acc.zero();
+        o.flush_expert_grads = [&acc](train::LoraParam& p) {
+          acc.add_and_zero(p.da);
+          acc.add_and_zero(p.db);
+        };
+        const Seq& s = seqs[static_cast<size_t>(r)];
+        ad.zero_grad();
+        loss[static_cast<size_t>(r)] = train::forward_backward(shard[static_cast<size_t>(r)], s.ids, s.labels, ad, {}, {}, o);
+        acc.add();
+        acc.store();
+        for (Tensor* t : g) sums[static_cast<size_t>(r)].insert(sums[static_cast<size_t>(r)].end(), t->data<float>(), t->data<float>() + t->numel());
+        model::Batch b;
+        b.ids = s.ids;
+        const model::LoraSource* slot = &ad;
+        b.adapters = std::span<const model::LoraSource* const>(&slot, 1);
+        logits[static_cast<size_t>(r)] = shard[static_cast<size_t>(r)].forward(*tbe, b).clone();
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();  // a failed rank would leave the others waiting: abort
+        std::fprintf(stderr, "rank %d: %s\n", r, e.what());
+        std::abort();
+      }
+    });
+  for (auto& t : th) t.join();
+  for (int r = 0; r < P; ++r) ASSERT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
+
+  // every MoE layer exchanged twice forward (+ twice again when recomputed) and twice backward, then
+  // twice per MoE layer for the inference forward
+  int moe_layers = 0;
+  for (const auto& L : full.layers()) moe_layers += L.kind.moe;
+  EXPECT_EQ(box.exchanges, moe_layers * ((cs.checkpointing ? 4 : 2) + 2 + 2));
+  for (int r = 0; r < P; ++r) {
+    EXPECT_EQ(loss[static_cast<size_t>(r)], ref_loss[static_cast<size_t>(r)]) << "rank " << r;
+    const Tensor& a = logits[static_cast<size_t>(r)];
+    const Tensor& b = ref_logits[static_cast<size_t>(r)];
+    ASSERT_EQ(a.numel(), b.numel());
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const double d = double(a.data<float>()[i]) - b.data<float>()[i];
+      num += d * d;
+      den += double(b.data<float>()[i]) * b.data<float>()[i];
+    }
+    EXPECT_LE(std::sqrt(num / den), 1e-6) << "logits of rank " << r;
+  }
+  // The group's gradient = Σ over ranks of what each holds (the trainer's all-reduce).
+  const auto rg = grads_of(ref);
+  double num = 0, den = 0, max_abs = 0;
+  size_t at = 0;
+  for (Tensor* t : rg)
+    for (int64_t i = 0; i < t->numel(); ++i, ++at) {
+      double s = 0;
+      for (int r = 0; r < P; ++r) s += sums[static_cast<size_t>(r)][at];
+      const double d = s - t->data<float>()[i];
+      num += d * d;
+      den += double(t->data<float>()[i]) * t->data<float>()[i];
+      max_abs = std::max(max_abs, std::abs(d));
+    }
+  ASSERT_EQ(at, sums[0].size());
+  ASSERT_GT(den, 0.0);
+  std::printf("%s, %d ranks%s: LoRA gradients rel %.3g (max abs %.3g), %lld exchanges\n", cs.arch.c_str(), P,
+              cs.checkpointing ? ", checkpointing" : "", std::sqrt(num / den), max_abs, static_cast<long long>(box.exchanges));
+  EXPECT_LE(std::sqrt(num / den), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Families, ExpertParallelStep,
+    ::testing::Values(Case{"qwen3_moe", 2, false}, Case{"qwen3_moe", 4, true}, Case{"mixtral", 4, false},
+                      Case{"qwen2_moe", 2, false}, Case{"qwen2_moe", 4, false}, Case{"deepseek_v2", 4, false},
+                      Case{"deepseek_v3", 2, true}, Case{"deepseek_v3", 4, false}, Case{"llama4", 2, false},
+                      Case{"llama4", 4, false}),
+    [](const auto& info) {
+      return info.param.arch + "_" + std::to_string(info.param.ranks) + (info.param.checkpointing ? "_ckpt" : "");
+    });
+
+TEST(ExpertShard, ContiguousShardsCoverEveryExpertOnce) {
+  for (int64_t E : {1, 3, 8, 64, 257})
+    for (int P : {1, 2, 3, 4, 7}) {
+      if (E < P) continue;
+      int64_t next = 0;
+      for (int r = 0; r < P; ++r) {
+        const auto [first, last] = model::expert_shard(E, r, P);
+        EXPECT_EQ(first, next);
+        EXPECT_GE(last - first, E / P);
+        EXPECT_LE(last - first, E / P + 1);
+        for (int64_t e = first; e < last; ++e) EXPECT_EQ(model::expert_owner(e, E, P), r) << E << " " << P << " " << e;
+        next = last;
+      }
+      EXPECT_EQ(next, E);
+    }
+}
+
+TEST(ExpertShard, ShardedLoadHoldsOnlyItsExperts) {
+  const auto cfg = config::parse_model_config_text(model::preset_config("qwen3_moe", "tiny", 300, 1, 2).dump(), "tiny");
+  const auto tensors = model::random_checkpoint(cfg, 8, 0.2f);
+  const auto full = model::Model::from_tensors(cfg, tensors);
+  model::LoadOptions o;
+  o.expert_shard_rank = 1;
+  o.expert_shard_count = 2;
+  auto half = model::Model::from_tensors(cfg, tensors, o);
+  const model::LayerWeights* moe = nullptr;
+  for (const auto& L : half.layers())
+    if (L.kind.moe && !moe) moe = &L;
+  ASSERT_NE(moe, nullptr);
+  const auto& ex = moe->moe.experts;
+  ASSERT_EQ(ex.num_experts(), 8);
+  for (int e = 0; e < 8; ++e) {
+    EXPECT_EQ(ex.gate[static_cast<size_t>(e)].defined(), e >= 4) << e;
+    EXPECT_EQ(ex.down[static_cast<size_t>(e)].out, cfg.hidden_size) << "shape kept for " << e;
+  }
+  EXPECT_LT(half.weight_bytes(), full.weight_bytes());
+  // A group whose rank or size differs from the loaded shard is refused, naming both.
+  Mailbox box(2);
+  try {
+    half.set_expert_parallel(std::make_shared<ThreadGroup>(box, 0));
+    FAIL() << "expected a refusal";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds expert shard 1 of 2, but the expert group is rank 0 of 2"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace graft
