@@ -172,11 +172,14 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     GRAFT_CHECK_FIX(cfg.is_moe_model(), "leave expert_parallel_size out (or 1) for a dense model",
                     "expert_parallel_size: {}, but {} has no routed experts", layout.expert_parallel, r.base_model());
     owned->set_expert_parallel(dist::make_expert_parallel(comm, layout.expert_parallel));
-    if (root)
-      std::fprintf(stderr, "expert parallel: %d groups of %d ranks; each rank holds %lld of %lld experts per MoE layer\n",
-                   layout.data_parallel, layout.expert_parallel,
-                   static_cast<long long>(model::expert_shard(cfg.moe.num_experts, 0, layout.expert_parallel).second),
-                   static_cast<long long>(cfg.moe.num_experts));
+    if (root) {
+      const int64_t E = cfg.moe.num_experts, most = (E + layout.expert_parallel - 1) / layout.expert_parallel,
+                    least = E / layout.expert_parallel;
+      std::fprintf(stderr, "expert parallel: %d group%s of %d ranks; each rank holds %s of %lld experts per MoE layer\n",
+                   layout.data_parallel, layout.data_parallel == 1 ? "" : "s", layout.expert_parallel,
+                   (least == most ? std::to_string(most) : fmt::format("{}-{}", least, most)).c_str(),
+                   static_cast<long long>(E));
+    }
   }
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
   auto tok = tokenizer::Tokenizer::from_file(tok_dir);

@@ -75,16 +75,23 @@ Recipe recipe_with(const std::vector<std::string>& sets) {
   return parse_recipe_text(y, "t.yaml", sets).proto;
 }
 
-TEST(DataParallel, LayoutDefaultsToEveryRankAndRejectsExpertParallel) {
+TEST(DataParallel, LayoutDefaultsToEveryRankAndGroupsExpertParallelRanks) {
   EXPECT_EQ(resolve_parallel_layout(recipe_with({}), 4).data_parallel, 4);
   EXPECT_EQ(resolve_parallel_layout(recipe_with({"data_parallel_size=0"}), 3).data_parallel, 3);
   EXPECT_EQ(resolve_parallel_layout(recipe_with({"data_parallel_size=2", "expert_parallel_size=1"}), 2).data_parallel, 2);
+  // expert_parallel_size P: groups of P ranks, world / P expert replicas.
+  const auto ep = resolve_parallel_layout(recipe_with({"expert_parallel_size=2"}), 4);
+  EXPECT_EQ(ep.expert_parallel, 2);
+  EXPECT_EQ(ep.data_parallel, 2);
+  EXPECT_EQ(resolve_parallel_layout(recipe_with({"expert_parallel_size=4", "data_parallel_size=1"}), 4).expert_parallel, 4);
   try {
-    resolve_parallel_layout(recipe_with({"expert_parallel_size=2"}), 2);
-    FAIL() << "expert_parallel_size 2 accepted";
+    resolve_parallel_layout(recipe_with({"expert_parallel_size=2"}), 3);
+    FAIL() << "expert_parallel_size 2 on 3 ranks accepted";
   } catch (const graft::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("expert parallel is not implemented yet"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("expert_parallel_size: 2 does not divide the 3 ranks started"), std::string::npos)
+        << e.what();
   }
+  EXPECT_THROW(resolve_parallel_layout(recipe_with({"expert_parallel_size=0"}), 2), graft::Error);
   try {
     resolve_parallel_layout(recipe_with({"data_parallel_size=4"}), 2);
     FAIL() << "data_parallel_size 4 on 2 ranks accepted";
