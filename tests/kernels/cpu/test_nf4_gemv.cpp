@@ -34,7 +34,8 @@ TEST(CpuNf4Gemv, EqualsDequantizeThenMatmulOnEveryIsa) {
   const Shape shapes[] = {{1, 37, 128, 64, true},   {16, 65, 256, 64, true},  {3, 300, 512, 64, false},
                           {1, 19, 100, 64, true},   {5, 7, 33, 64, true},      {2, 40, 192, 32, true},
                           {16, 9, 128, 128, true},  {4, 513, 64, 64, true},
-                          {1, 64, 172, 64, true},   {3, 21, 172, 64, false}};
+                          {1, 64, 172, 64, true},   {3, 21, 172, 64, false},   {1, 6, 384, 64, false},
+                          {1, 1, 128, 64, true}};
   int paths = 0;
   for (Nf4Isa isa : {Nf4Isa::Portable, Nf4Isa::Avx2, Nf4Isa::Avx512}) {
     if (!nf4_isa_supported(isa)) continue;
