@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "graft/adapters/combine.hpp"
+#include "graft/adapters/origin.hpp"
 #include "graft/error.hpp"
 
 namespace graft::adapters {
@@ -59,6 +60,7 @@ Adapter combine(std::span<const Adapter* const> adapters, std::span<const float>
                     "an adapter with trained copies of embed_tokens/lm_head (PEFT modules_to_save) cannot be {}",
                     adapters.size() == 1 ? "scaled" : "combined with other adapters");
   Adapter out;
+  out.source = combined_origin(adapters, weights);
   out.config = adapters[0]->config;
   out.prefix = adapters[0]->prefix;
   out.embed_tokens_weight = adapters[0]->embed_tokens_weight;

@@ -394,6 +394,7 @@ Adapter load_peft(const std::string& dir, const config::ModelConfig& cfg) {
                  config::family_name(cfg.family));
     }
   }
+  ad.source = "peft:" + fs::absolute(d).lexically_normal().string();
   return ad;
 }
 

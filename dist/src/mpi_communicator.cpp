@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -204,7 +205,9 @@ class MpiCommunicator final : public Communicator {
       sdisp[i] = static_cast<int>(stotal);
       stotal += scount[i];
     }
-    check(MPI_Alltoall(scount.data(), 1, MPI_INT, rcount.data(), 1, MPI_INT, comm_), "MPI_Alltoall", rank_, size_);
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(MPI_Ialltoall(scount.data(), 1, MPI_INT, rcount.data(), 1, MPI_INT, comm_, &req), "MPI_Ialltoall", rank_, size_);
+    wait_idle(req, "MPI_Ialltoall");
     int64_t rtotal = 0;
     for (int r = 0; r < size_; ++r) {
       const auto i = static_cast<size_t>(r);
@@ -217,9 +220,10 @@ class MpiCommunicator final : public Communicator {
     sbuf.reserve(static_cast<size_t>(stotal));
     for (const auto& b : send) sbuf += b;
     std::string rbuf(static_cast<size_t>(rtotal), '\0');
-    check(MPI_Alltoallv(sbuf.data(), scount.data(), sdisp.data(), MPI_BYTE, rbuf.data(), rcount.data(), rdisp.data(),
-                        MPI_BYTE, comm_),
-          "MPI_Alltoallv", rank_, size_);
+    check(MPI_Ialltoallv(sbuf.data(), scount.data(), sdisp.data(), MPI_BYTE, rbuf.data(), rcount.data(), rdisp.data(),
+                         MPI_BYTE, comm_, &req),
+          "MPI_Ialltoallv", rank_, size_);
+    wait_idle(req, "MPI_Ialltoallv");
     std::vector<std::string> out(static_cast<size_t>(size_));
     for (int r = 0; r < size_; ++r)
       out[static_cast<size_t>(r)] = rbuf.substr(static_cast<size_t>(rdisp[static_cast<size_t>(r)]),
@@ -249,6 +253,21 @@ class MpiCommunicator final : public Communicator {
     for (int64_t off = 0; off < n; off += kChunk) {
       const int c = static_cast<int>(std::min<int64_t>(kChunk, n - off));
       check(MPI_Allreduce(MPI_IN_PLACE, p + static_cast<size_t>(off) * elem, c, t, MPI_SUM, comm_), "MPI_Allreduce", rank_, size_);
+    }
+  }
+  // Waits for a non-blocking collective without holding a core: polls for 2 ms, then sleeps between
+  // polls, backing off to 1 ms. An expert-parallel worker waiting for the next batch thus idles instead
+  // of spinning in MPI's progress loop (what a blocking MPI_Alltoallv does in OpenMPI).
+  void wait_idle(MPI_Request& req, const char* what) {
+    int done = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto nap = std::chrono::microseconds(20);
+    for (;;) {
+      check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what, rank_, size_);
+      if (done) return;
+      if (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(2)) continue;
+      std::this_thread::sleep_for(nap);
+      nap = std::min(nap * 2, std::chrono::microseconds(1000));
     }
   }
   void stop_watchdog() {

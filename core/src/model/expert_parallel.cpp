@@ -2,6 +2,7 @@
 #include "graft/model/expert_parallel.hpp"
 
 #include "graft/model/model.hpp"
+#include "family_spec.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -32,22 +33,129 @@ Tensor host_f32(Backend& be, const Tensor& t) {
   return h.dtype() == DType::F32 ? h.contiguous() : h.to(DType::F32);
 }
 
-// The wire record of one routed row (inference): expert, adapter slot, combine weight; then its x row.
-struct RowHead {
-  int32_t expert;
-  int32_t slot;
-  float w;
-};
-
 template <class T>
 void append(std::string& s, const T* p, size_t n) {
   s.append(reinterpret_cast<const char*>(p), n * sizeof(T));
 }
 
+// One rank's block of an exchange: a head, each adapter slot's origin (int32 length + bytes), a RowHead
+// per row, then the rows [rows, H] f32. layer -1 releases the workers of a driven group.
+struct BlockHead {
+  int64_t rows;
+  int32_t layer;
+  int32_t slots;
+};
+struct RowHead {  // one routed row: expert, adapter slot (-1 = base), combine weight
+  int32_t expert;
+  int32_t slot;
+  float w;
+};
+constexpr int32_t kStop = -1;
+
+struct Block {
+  BlockHead head{0, 0, 0};
+  std::vector<std::string> origins;
+  std::vector<RowHead> rows;
+  const float* x = nullptr;  // [rows, H] inside the received string
+};
+
+std::string make_block(int32_t layer, std::span<const std::string> origins, const std::string& heads, const std::string& rows,
+                       int64_t n) {
+  std::string b;
+  const BlockHead h{n, layer, static_cast<int32_t>(origins.size())};
+  append(b, &h, 1);
+  for (const auto& o : origins) {
+    const auto len = static_cast<int32_t>(o.size());
+    append(b, &len, 1);
+    b += o;
+  }
+  b += heads;
+  b += rows;
+  return b;
+}
+
+Block parse_block(const std::string& b, int64_t H, int r) {
+  Block k;
+  const auto need = [&](size_t at, size_t bytes) {
+    GRAFT_CHECK_FIX(at + bytes <= b.size(), "start every rank with the same model and options",
+                    "expert parallel: rank {} sent a truncated block ({} bytes)", r, b.size());
+  };
+  need(0, sizeof(BlockHead));
+  std::memcpy(&k.head, b.data(), sizeof k.head);
+  size_t at = sizeof k.head;
+  GRAFT_CHECK(k.head.rows >= 0 && k.head.slots >= 0, "expert parallel: rank {} sent a malformed block", r);
+  for (int32_t s = 0; s < k.head.slots; ++s) {
+    int32_t len = 0;
+    need(at, sizeof len);
+    std::memcpy(&len, b.data() + at, sizeof len);
+    at += sizeof len;
+    GRAFT_CHECK(len >= 0, "expert parallel: rank {} sent a malformed block", r);
+    need(at, static_cast<size_t>(len));
+    k.origins.push_back(b.substr(at, static_cast<size_t>(len)));
+    at += static_cast<size_t>(len);
+  }
+  k.rows.resize(static_cast<size_t>(k.head.rows));
+  need(at, k.rows.size() * sizeof(RowHead));
+  std::memcpy(k.rows.data(), b.data() + at, k.rows.size() * sizeof(RowHead));
+  at += k.rows.size() * sizeof(RowHead);
+  const size_t xbytes = static_cast<size_t>(k.head.rows * H) * sizeof(float);
+  GRAFT_CHECK_FIX(at + xbytes == b.size(), "start every rank with the same model and options",
+                  "expert parallel: rank {} sent {} bytes for {} rows of width {}", r, b.size(), k.head.rows, H);
+  k.x = reinterpret_cast<const float*>(b.data() + at);
+  return k;
+}
+
+// Owner side: every received row runs this rank's expert (one Backend::moe_experts call over all of
+// them); the reply to each rank holds its rows' weighted outputs in the order they came.
+std::vector<std::string> run_owned_rows(Backend& be, const ExpertParallel& ep, const std::vector<Block>& blocks, int64_t H,
+                                        const ExpertWeights& experts, const ExpertLora* lora, bool scale_input) {
+  const int P = ep.size();
+  const int64_t E = experts.num_experts();
+  int64_t n = 0;
+  for (const Block& k : blocks) n += k.head.rows;
+  std::vector<std::string> reply(static_cast<size_t>(P));
+  if (n == 0) return reply;
+  Tensor xr = Tensor::empty({n, H}, DType::F32), ir = Tensor::empty({n, 1}, DType::I32), wr = Tensor::empty({n, 1}, DType::F32);
+  std::vector<int32_t> slots(static_cast<size_t>(n));
+  int64_t at = 0;
+  for (int r = 0; r < P; ++r) {
+    const Block& k = blocks[static_cast<size_t>(r)];
+    for (const RowHead& h : k.rows) {
+      GRAFT_CHECK_FIX(h.expert >= 0 && h.expert < E && ep.owns(h.expert, E), "start every rank with the same model and options",
+                      "expert parallel: rank {} sent a row of expert {}, which rank {} does not hold", r, h.expert, ep.rank());
+      ir.data<int32_t>()[at] = h.expert;
+      wr.data<float>()[at] = h.w;
+      slots[static_cast<size_t>(at)] = h.slot;
+      ++at;
+    }
+    std::memcpy(xr.data<float>() + (at - k.head.rows) * H, k.x, static_cast<size_t>(k.head.rows * H) * sizeof(float));
+  }
+  const bool any_lora = lora && std::any_of(slots.begin(), slots.end(), [](int32_t s) { return s >= 0; });
+  Tensor yr = be.empty({n, H}, be.activation_dtype());
+  be.moe_experts(be.to_device(xr, be.activation_dtype()), be.to_device(ir, DType::I32), be.to_device(wr, DType::F32),
+                 experts, any_lora ? lora : nullptr, any_lora ? std::span<const int32_t>(slots) : std::span<const int32_t>(),
+                 scale_input, yr);
+  const Tensor yh = host_f32(be, yr);
+  at = 0;
+  for (int r = 0; r < P; ++r) {
+    const int64_t m = blocks[static_cast<size_t>(r)].head.rows;
+    append(reply[static_cast<size_t>(r)], yh.data<float>() + at * H, static_cast<size_t>(m * H));
+    at += m;
+  }
+  return reply;
+}
+
+std::vector<Block> parse_all(const std::vector<std::string>& got, int64_t H) {
+  std::vector<Block> blocks;
+  for (size_t r = 0; r < got.size(); ++r) blocks.push_back(parse_block(got[r], H, static_cast<int>(r)));
+  return blocks;
+}
+
 }  // namespace
 
-void moe_experts_sharded(Backend& be, ExpertParallel& ep, const Tensor& x, const Tensor& ids, const Tensor& weights,
-                         const ExpertWeights& experts, const ExpertLora* lora, std::span<const int32_t> row_slot,
+void moe_experts_sharded(Backend& be, ExpertParallel& ep, int layer, const Tensor& x, const Tensor& ids,
+                         const Tensor& weights, const ExpertWeights& experts, const ExpertLora* lora,
+                         std::span<const std::string> adapter_origins, std::span<const int32_t> row_slot,
                          bool scale_input, Tensor& out) {
   const int64_t T = x.size(0), H = x.size(1), E = experts.num_experts();
   const int64_t k = ids.ndim() == 2 ? ids.size(1) : (T ? ids.numel() / T : 0);
@@ -56,6 +164,16 @@ void moe_experts_sharded(Backend& be, ExpertParallel& ep, const Tensor& x, const
               ids.describe(), weights.describe(), T);
   GRAFT_CHECK(!lora || row_slot.size() == static_cast<size_t>(T), "moe_experts_sharded: {} row slots for {} tokens",
               row_slot.size(), T);
+  GRAFT_CHECK(!ep.driven() || ep.rank() == 0, "moe_experts_sharded: rank {} of a driven expert group runs no model", ep.rank());
+  if (ep.driven() && lora)  // the workers rebuild each slot's adapter from its origin
+    for (size_t s = 0; s < lora->gate.size(); ++s) {
+      const bool has = std::any_of(lora->gate[s].begin(), lora->gate[s].end(), [](auto* f) { return f != nullptr; }) ||
+                       std::any_of(lora->up[s].begin(), lora->up[s].end(), [](auto* f) { return f != nullptr; }) ||
+                       std::any_of(lora->down[s].begin(), lora->down[s].end(), [](auto* f) { return f != nullptr; });
+      GRAFT_CHECK_FIX(!has || (s < adapter_origins.size() && !adapter_origins[s].empty()),
+                      "serve adapters loaded from PEFT directories (or combinations of them) when experts are sharded",
+                      "adapter slot {} has expert LoRA but no origin the other ranks can load it from", s);
+    }
   const Tensor xh = host_f32(be, x), wh = host_f32(be, weights);
   const Tensor idh = ids.device().is_cpu() ? ids.contiguous() : be.to_host(ids);
   const int32_t* id = idh.data<int32_t>();
@@ -78,60 +196,11 @@ void moe_experts_sharded(Backend& be, ExpertParallel& ep, const Tensor& x, const
     sent[static_cast<size_t>(r)].push_back(f);
   }
   std::vector<std::string> send(static_cast<size_t>(P));
-  for (int r = 0; r < P; ++r) {
-    const int64_t n = static_cast<int64_t>(sent[static_cast<size_t>(r)].size());
-    append(send[static_cast<size_t>(r)], &n, 1);
-    send[static_cast<size_t>(r)] += heads[static_cast<size_t>(r)];
-    send[static_cast<size_t>(r)] += rows[static_cast<size_t>(r)];
-  }
-  const std::vector<std::string> got = ep.exchange(send);
-
-  // Owner side: every received row is one (token, slot) of one of this rank's experts.
-  std::vector<int64_t> n_from(static_cast<size_t>(P));
-  int64_t n = 0;
-  for (int r = 0; r < P; ++r) {
-    const std::string& b = got[static_cast<size_t>(r)];
-    GRAFT_CHECK(b.size() >= sizeof(int64_t), "moe_experts_sharded: rank {} sent a truncated block ({} bytes)", r, b.size());
-    std::memcpy(&n_from[static_cast<size_t>(r)], b.data(), sizeof(int64_t));
-    GRAFT_CHECK(static_cast<int64_t>(b.size()) ==
-                    static_cast<int64_t>(sizeof(int64_t)) + n_from[static_cast<size_t>(r)] * static_cast<int64_t>(sizeof(RowHead) + H * sizeof(float)),
-                "moe_experts_sharded: rank {} sent {} bytes for {} rows of width {} (do the ranks load the same model?)", r,
-                b.size(), n_from[static_cast<size_t>(r)], H);
-    n += n_from[static_cast<size_t>(r)];
-  }
-  std::vector<std::string> reply(static_cast<size_t>(P));
-  if (n > 0) {
-    Tensor xr = Tensor::empty({n, H}, DType::F32), ir = Tensor::empty({n, 1}, DType::I32), wr = Tensor::empty({n, 1}, DType::F32);
-    std::vector<int32_t> slots(static_cast<size_t>(n));
-    int64_t at = 0;
-    for (int r = 0; r < P; ++r) {
-      const char* b = got[static_cast<size_t>(r)].data() + sizeof(int64_t);
-      const int64_t m = n_from[static_cast<size_t>(r)];
-      for (int64_t i = 0; i < m; ++i, ++at) {
-        RowHead h;
-        std::memcpy(&h, b + i * sizeof(RowHead), sizeof h);
-        GRAFT_CHECK(ep.owns(h.expert, E), "moe_experts_sharded: rank {} sent expert {}, which rank {} does not hold", r,
-                    h.expert, ep.rank());
-        ir.data<int32_t>()[at] = h.expert;
-        wr.data<float>()[at] = h.w;
-        slots[static_cast<size_t>(at)] = h.slot;
-      }
-      std::memcpy(xr.data<float>() + (at - m) * H, b + m * sizeof(RowHead), static_cast<size_t>(m * H) * sizeof(float));
-    }
-    Tensor yr = be.empty({n, H}, be.activation_dtype());
-    const bool any_lora = lora && std::any_of(slots.begin(), slots.end(), [](int32_t s) { return s >= 0; });
-    be.moe_experts(be.to_device(xr, be.activation_dtype()), be.to_device(ir, DType::I32), be.to_device(wr, DType::F32),
-                   experts, any_lora ? lora : nullptr, any_lora ? std::span<const int32_t>(slots) : std::span<const int32_t>(),
-                   scale_input, yr);
-    const Tensor yh = host_f32(be, yr);
-    at = 0;
-    for (int r = 0; r < P; ++r) {
-      const int64_t m = n_from[static_cast<size_t>(r)];
-      append(reply[static_cast<size_t>(r)], yh.data<float>() + at * H, static_cast<size_t>(m * H));
-      at += m;
-    }
-  }
-  const std::vector<std::string> back = ep.exchange(reply);
+  for (int r = 0; r < P; ++r)
+    send[static_cast<size_t>(r)] = make_block(layer, adapter_origins, heads[static_cast<size_t>(r)], rows[static_cast<size_t>(r)],
+                                              static_cast<int64_t>(sent[static_cast<size_t>(r)].size()));
+  const std::vector<std::string> got = ep.exchange(send);  // the parsed blocks point into it
+  const std::vector<std::string> back = ep.exchange(run_owned_rows(be, ep, parse_all(got, H), H, experts, lora, scale_input));
 
   // Origin side: each row's weighted expert output, summed per token in slot order.
   Tensor res = Tensor::empty({std::max<int64_t>(T * k, 1), H}, DType::F32);
@@ -151,6 +220,51 @@ void moe_experts_sharded(Backend& be, ExpertParallel& ep, const Tensor& x, const
     for (int64_t j = 0; j < k; ++j)
       for (int64_t h = 0; h < H; ++h) o[t * H + h] += rp[(t * k + j) * H + h];
   out = be.to_device(oh, be.activation_dtype());
+}
+
+int64_t serve_expert_rows(const Model& m, Backend& be, ExpertParallel& ep,
+                          const std::function<const LoraSource*(const std::string& origin)>& adapter) {
+  GRAFT_CHECK(ep.driven() && ep.rank() > 0, "serve_expert_rows: rank {} is not a worker of a driven expert group", ep.rank());
+  const int P = ep.size();
+  const int64_t H = m.config().hidden_size;
+  const bool scale_input = family_spec(m.config()).scale_expert_input;
+  const std::vector<std::string> idle(static_cast<size_t>(P), make_block(0, {}, {}, {}, 0));
+  for (int64_t served = 0;; ++served) {
+    const std::vector<std::string> got = ep.exchange(idle);
+    const std::vector<Block> blocks = parse_all(got, H);
+    const Block& lead = blocks[0];
+    if (lead.head.layer == kStop) return served;
+    for (int r = 1; r < P; ++r)
+      GRAFT_CHECK(blocks[static_cast<size_t>(r)].head.rows == 0, "expert parallel: worker rank {} sent rows in a driven group", r);
+    const int l = lead.head.layer;
+    GRAFT_CHECK_FIX(l >= 0 && l < static_cast<int>(m.layers().size()) && m.layers()[static_cast<size_t>(l)].kind.moe,
+                    "start every rank with the same model", "expert parallel: rank 0 sent rows of layer {}, not a MoE layer here", l);
+    const ExpertWeights& ex = m.layers()[static_cast<size_t>(l)].moe.experts;
+    const int64_t E = ex.num_experts();
+    ExpertLora el;
+    bool any = false;
+    for (const std::string& o : lead.origins) {
+      const LoraSource* a = o.empty() ? nullptr : adapter(o);
+      std::vector<const LoraFactors*> g(static_cast<size_t>(E)), u(static_cast<size_t>(E)), d(static_cast<size_t>(E));
+      for (int64_t e = 0; a && e < E; ++e) {
+        if (!ep.owns(e, E)) continue;
+        g[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Gate, static_cast<int>(e));
+        u[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Up, static_cast<int>(e));
+        d[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Down, static_cast<int>(e));
+        any |= g[static_cast<size_t>(e)] || u[static_cast<size_t>(e)] || d[static_cast<size_t>(e)];
+      }
+      el.gate.push_back(std::move(g));
+      el.up.push_back(std::move(u));
+      el.down.push_back(std::move(d));
+    }
+    ep.exchange(run_owned_rows(be, ep, blocks, H, ex, any ? &el : nullptr, scale_input));
+  }
+}
+
+void stop_expert_workers(ExpertParallel& ep) {
+  GRAFT_CHECK(ep.driven() && ep.rank() == 0, "stop_expert_workers: rank {} does not drive its expert group", ep.rank());
+  const int P = ep.size();
+  ep.exchange(std::vector<std::string>(static_cast<size_t>(P), make_block(kStop, {}, {}, {}, 0)));
 }
 
 }  // namespace graft::model

@@ -363,8 +363,12 @@ struct Forward {
       el.down.push_back(std::move(d));
     }
     Tensor out = t2(T, x.size(1));
-    if (ExpertParallel* ep = m.expert_parallel(); ep && ep->size() > 1)  // experts sharded over ranks
-      moe_experts_sharded(be, *ep, x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
+    if (ExpertParallel* ep = m.expert_parallel(); ep && ep->size() > 1) {  // experts sharded over ranks
+      std::vector<std::string> origins;
+      for (const LoraSource* a : b.adapters) origins.push_back(a ? a->origin() : std::string());
+      moe_experts_sharded(be, *ep, l, x, ids, w, mw.experts, any ? &el : nullptr, origins, row_slot,
+                          spec.scale_expert_input, out);
+    }
     else
       be.moe_experts(x, ids, w, mw.experts, any ? &el : nullptr, row_slot, spec.scale_expert_input, out);
     if (mw.shared.defined()) {

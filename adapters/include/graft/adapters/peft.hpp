@@ -91,6 +91,10 @@ class Adapter final : public model::LoraSource {
 
   const LoraFactors* find(int layer, model::Module m) const override;
   const LoraFactors* find_expert(int layer, model::ExpertProj p, int expert) const override;
+  // How to load this adapter again (origin.hpp): "peft:<absolute dir>" from load_peft, a weighted sum of
+  // those from combine(); empty for adapters built in memory.
+  std::string source;
+  std::string origin() const override { return source; }
   size_t bytes() const;     // bytes of all factor tensors (a fused A shared by Gate/Up counted once)
   int64_t max_rank() const;
 };

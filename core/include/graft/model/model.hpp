@@ -57,6 +57,10 @@ class LoraSource {
   virtual ~LoraSource() = default;
   virtual const LoraFactors* find(int layer, Module m) const = 0;
   virtual const LoraFactors* find_expert(int layer, ExpertProj p, int expert) const = 0;
+  // How another process loads this same adapter (expert-parallel inference: the ranks holding other
+  // experts rebuild it from this), e.g. "peft:/abs/dir" (adapters/origin.hpp). Empty: built in memory,
+  // not loadable elsewhere.
+  virtual std::string origin() const { return {}; }
   // PEFT modules_to_save: the adapter's own trained copies of the embedding table / lm_head, used
   // instead of the base's for the rows that run this adapter. nullptr (the default) = the base's.
   virtual const Tensor* embed_tokens() const { return nullptr; }     // [vocab, hidden] f32
