@@ -8,20 +8,22 @@ namespace {
 
 class CommExpertParallel final : public model::ExpertParallel {
  public:
-  explicit CommExpertParallel(std::unique_ptr<Communicator> c) : c_(std::move(c)) {}
+  CommExpertParallel(std::unique_ptr<Communicator> c, bool driven) : c_(std::move(c)), driven_(driven) {}
   int rank() const override { return c_->rank(); }
+  bool driven() const override { return driven_; }
   int size() const override { return c_->size(); }
   std::vector<std::string> exchange(const std::vector<std::string>& send) override { return c_->alltoall(send); }
 
  private:
   std::unique_ptr<Communicator> c_;
+  bool driven_;
 };
 
 }  // namespace
 
-std::shared_ptr<model::ExpertParallel> expert_parallel_over(std::unique_ptr<Communicator> group) {
+std::shared_ptr<model::ExpertParallel> expert_parallel_over(std::unique_ptr<Communicator> group, bool driven) {
   GRAFT_CHECK(group != nullptr, "expert_parallel_over: no communicator");
-  return std::make_shared<CommExpertParallel>(std::move(group));
+  return std::make_shared<CommExpertParallel>(std::move(group), driven);
 }
 
 std::shared_ptr<model::ExpertParallel> make_expert_parallel(Communicator& world, int expert_parallel_size) {

@@ -14,7 +14,8 @@ namespace graft::dist {
 // `world` must call this with the same expert_parallel_size, which must divide world.size()).
 std::shared_ptr<model::ExpertParallel> make_expert_parallel(Communicator& world, int expert_parallel_size);
 
-// Expert exchanges over one communicator (all its ranks form the group).
-std::shared_ptr<model::ExpertParallel> expert_parallel_over(std::unique_ptr<Communicator> group);
+// Expert exchanges over one communicator (all its ranks form the group). `driven`: rank 0 alone runs
+// the model, the others serve their experts' rows (model::serve_expert_rows; inference).
+std::shared_ptr<model::ExpertParallel> expert_parallel_over(std::unique_ptr<Communicator> group, bool driven = false);
 
 }  // namespace graft::dist
