@@ -13,6 +13,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "expert_parallel_inference.hpp"
 #include "lm_head_option.hpp"
 #include "graft/adapters/peft.hpp"
 #include "graft/chat_template/chat_template.hpp"
@@ -48,7 +49,9 @@ void run(const EvalArgs& a) {
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
   lo.lm_head_dtype = graft::cli::lm_head_dtype(a.lm_head_dtype);
-  auto m = model::Model::load(a.dir, lo);
+  graft::cli::InferenceGroup group(a.dir, lo, a.device, "eval");  // mpirun: experts sharded over the ranks
+  if (!group.model()) return;  // a worker rank: it served its experts' rows until rank 0 finished
+  auto& m = *group.model();
   auto tok = tokenizer::Tokenizer::from_file(a.dir);
   train::DatasetSpec spec;
   spec.path = a.data;

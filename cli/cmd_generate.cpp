@@ -13,6 +13,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "expert_parallel_inference.hpp"
 #include "lm_head_option.hpp"
 #include "graft/adapters/combine.hpp"
 #include "graft/adapters/peft.hpp"
@@ -61,7 +62,9 @@ void run(const GenerateArgs& a) {
   model::LoadOptions lo;
   lo.load_in_4bit = a.load_in_4bit;
   lo.lm_head_dtype = graft::cli::lm_head_dtype(a.lm_head_dtype);
-  auto m = model::Model::load(a.dir, lo);
+  graft::cli::InferenceGroup group(a.dir, lo, a.device, "generate");  // mpirun: experts sharded over the ranks
+  if (!group.model()) return;  // a worker rank: it served its experts' rows until rank 0 finished
+  auto& m = *group.model();
   for (int32_t id : prompt_ids)
     GRAFT_CHECK_FIX(id >= 0 && id < m.vocab_size(), "use the tokenizer that belongs to this model",
                     "prompt token id {} is outside the model's vocabulary of {}", id, m.vocab_size());

@@ -21,6 +21,7 @@
 
 #include "command.hpp"
 #include "device_option.hpp"
+#include "expert_parallel_inference.hpp"
 #include "lm_head_option.hpp"
 #include "graft/chat_template/chat_template.hpp"
 #include "graft/cpu/cpu_backend.hpp"
@@ -112,7 +113,12 @@ void run(const ServeArgs& a) {
                   "drop --lm-head-dtype (fine-tuning jobs train through the exact f32 lm_head) or --enable-fine-tuning",
                   "--lm-head-dtype {} is inference only, but --enable-fine-tuning trains on the served base",
                   a.lm_head_dtype);
-  auto m = model::Model::load(a.dir, lo);
+  GRAFT_CHECK_FIX(!a.fine_tuning || !graft::dist::launched_by_mpi(),
+                  "serve without mpirun to run fine-tuning jobs, or drop --enable-fine-tuning",
+                  "--enable-fine-tuning trains on the served base, which cannot have its experts sharded over ranks");
+  graft::cli::InferenceGroup group(a.dir, lo, a.device, "serve");  // mpirun: experts sharded over the ranks
+  if (!group.model()) return;  // a worker rank: it served its experts' rows until rank 0 finished
+  auto& m = *group.model();
   auto be = graft::cli::backend_for(a.device);
   if (a.fine_tuning) {  // fine-tuned adapters are loaded from the jobs' folders
     fs::create_directories(fs::path(a.ft_dir) / "jobs");
