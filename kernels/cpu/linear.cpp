@@ -8,6 +8,7 @@
 
 #include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/small_gemm.hpp"
 #include "graft/parallel.hpp"
 
 namespace graft::cpu {
@@ -33,19 +34,23 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   Map Y(y.data<float>(), T, N);
   if (K == 0) {
     Y.setZero();
-  } else if (T <= 64) {
+  } else if (T <= 64 || small_gemm_runs(T)) {
     // Decode-shaped and small batches (a serving step's decode rows): split W's rows into panels
     // across threads; each thread streams its own slice of W once and multiplies all T rows by it.
     // Up to T = 64 this beats one Eigen GEMM over the whole W (K = 512, measured 2026-11-24 on the
     // 2-core box: N = 20000 T = 9 3.9 vs 6.2 ms, T = 64 9.5 vs 12.4 ms; N = 1536 T = 9 0.17 vs
-    // 0.31 ms; equal or better at every T <= 64, 1 and 2 threads). Prefill-sized T uses the GEMM.
+    // 0.31 ms; equal or better at every T <= 64, 1 and 2 threads). Each panel is multiplied by small_gemm (no packed
+    // copy of W; 111-125 vs Eigen's 63-100 GFLOP/s at T = 16..256, N = K = 512, 1 thread, 2026-12-06) where it runs,
+    // at any T; otherwise prefill-sized T uses one Eigen GEMM.
     MapC X(x.data<float>(), T, K);
-    constexpr int64_t kRows = 256;
+    // small_gemm streams W without blocking for cache: one slice per thread (it transposes x once per slice).
+    const int64_t kRows = small_gemm_runs(T) ? std::max<int64_t>(12, (N + omp_get_max_threads() - 1) / omp_get_max_threads()) : 256;
     const int64_t blocks = (N + kRows - 1) / kRows;
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
-      Y.middleCols(n0, rows).noalias() = X * MapC(w.data<float>() + n0 * K, rows, K).transpose();
+      if (!small_gemm(x.data<float>(), T, K, w.data<float>() + n0 * K, rows, y.data<float>() + n0, N))
+        Y.middleCols(n0, rows).noalias() = X * MapC(w.data<float>() + n0 * K, rows, K).transpose();
     }
   } else {
     Y.noalias() = MapC(x.data<float>(), T, K) * MapC(w.data<float>(), N, K).transpose();
@@ -85,7 +90,8 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);
     buf.resize(static_cast<size_t>(n * K));
     nf4_dequant_rows(w, r0, r0 + n, buf.data());
-    Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
+    if (!small_gemm(x.data<float>(), T, K, buf.data(), n, y.data<float>() + r0, N))
+      Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
   }
 }
 

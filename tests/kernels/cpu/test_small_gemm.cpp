@@ -1,0 +1,40 @@
+// small_gemm (the pack-free f32 GEMM behind linear for T >= 9 on AVX-512 CPUs) equals a double-precision reference on
+// ragged shapes: T not a multiple of 16 or 64, N not a multiple of the 12-row tile, odd K, a row stride ldy > N.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "graft/cpu/small_gemm.hpp"
+
+using namespace graft::cpu;
+
+TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
+  if (!small_gemm_runs(kSmallGemmMinT)) GTEST_SKIP() << "no AVX-512 on this CPU: linear uses Eigen's GEMM";
+  EXPECT_FALSE(small_gemm_runs(kSmallGemmMinT - 1));
+  std::mt19937 g(5);
+  std::normal_distribution<float> d;
+  struct S { int64_t T, N, K; };
+  for (const S s : {S{9, 1, 1}, S{16, 12, 16}, S{17, 13, 5}, S{33, 37, 100}, S{64, 24, 512}, S{65, 25, 64},
+                    S{130, 50, 33}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << s.T << " N=" << s.N << " K=" << s.K);
+    std::vector<float> x(s.T * s.K), w(s.N * s.K);
+    for (auto& v : x) v = d(g);
+    for (auto& v : w) v = d(g);
+    const int64_t ldy = s.N + 3;
+    std::vector<float> y(s.T * ldy, -7.0f);
+    ASSERT_TRUE(small_gemm(x.data(), s.T, s.K, w.data(), s.N, y.data(), ldy));
+    for (int64_t t = 0; t < s.T; ++t) {
+      for (int64_t n = 0; n < s.N; ++n) {
+        double ref = 0, mag = 0;
+        for (int64_t k = 0; k < s.K; ++k) {
+          ref += double(x[t * s.K + k]) * w[n * s.K + k];
+          mag += std::abs(double(x[t * s.K + k]) * w[n * s.K + k]);
+        }
+        ASSERT_NEAR(y[t * ldy + n], ref, 1e-5 * mag + 1e-6) << "t=" << t << " n=" << n;
+      }
+      for (int64_t n = s.N; n < ldy; ++n) ASSERT_EQ(y[t * ldy + n], -7.0f) << "wrote past N at t=" << t;
+    }
+  }
+}
