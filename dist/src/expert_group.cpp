@@ -12,11 +12,17 @@ class CommExpertParallel final : public model::ExpertParallel {
   int rank() const override { return c_->rank(); }
   bool driven() const override { return driven_; }
   int size() const override { return c_->size(); }
-  std::vector<std::string> exchange(const std::vector<std::string>& send) override { return c_->alltoall(send); }
+  std::vector<std::string> exchange(const std::vector<std::string>& send) override {
+    for (size_t r = 0; r < send.size(); ++r)
+      if (static_cast<int>(r) != c_->rank()) sent_ += static_cast<int64_t>(send[r].size());
+    return c_->alltoall(send);
+  }
+  int64_t bytes_sent() const override { return sent_; }
 
  private:
   std::unique_ptr<Communicator> c_;
   bool driven_;
+  int64_t sent_ = 0;
 };
 
 }  // namespace

@@ -433,6 +433,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   if (root) metrics.open(out / "metrics.jsonl", step == 0 ? std::ios::trunc : std::ios::app);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens = 0, steps_run = 0;
+  int64_t ep_sent = ep ? m.expert_parallel()->bytes_sent() : 0;  // eval before the first step is not a step's
   std::vector<std::pair<int64_t, double>> curve;
   while (step < total) {
     if (opt.should_stop && opt.should_stop()) {
@@ -499,6 +500,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       sum.stopped = true;
       return sum;
     }
+    // Expert parallel: bytes every rank sent to the others in this step's expert all-to-alls (forward,
+    // recompute and backward), summed over the ranks.
+    double ep_bytes = 0;
+    if (ep) {
+      const int64_t now = m.expert_parallel()->bytes_sent();
+      ep_bytes = static_cast<double>(now - ep_sent);
+      ep_sent = now;
+      comm.allreduce_sum(&ep_bytes, 1);
+    }
     double wait_s = 0, allreduce_s = 0;  // waiting for the slowest rank; the reduction itself
     if (comm.size() > 1) {                // the step's sums over every rank's sequences
       const auto c0 = std::chrono::steady_clock::now();
@@ -531,10 +541,12 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     StepLog log{step, total, loss, lrate, gnorm, static_cast<double>(tokens) / std::max(el, 1e-9), el,
                 el / static_cast<double>(steps_run) * static_cast<double>(total - step)};
     if (eval_every > 0 && step % eval_every == 0 && !vseqs.empty()) log.eval_loss = eval_loss(m, *be, vseqs, &ad, comm);
+    if (ep) ep_sent = m.expert_parallel()->bytes_sent();  // evaluation's exchanges are not the next step's
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
                         {"elapsed_s", el}};
     if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
     if (comm.size() > 1) j["wait_s"] = wait_s, j["allreduce_s"] = allreduce_s;  // rank 0's
+    if (ep) j["expert_alltoall_bytes"] = ep_bytes, j["step_tokens"] = tokens - tokens0;
     if (root) metrics << j.dump() << "\n" << std::flush;
     if (root && opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {
       const int width = 24, filled = static_cast<int>(width * step / total);

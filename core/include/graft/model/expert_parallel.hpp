@@ -36,6 +36,8 @@ class ExpertParallel {
   virtual bool driven() const { return false; }
   // send[r] goes to rank r of the group; returns the block each rank sent here, in rank order. Collective.
   virtual std::vector<std::string> exchange(const std::vector<std::string>& send) = 0;
+  // Bytes this rank has sent to the other ranks of the group so far (its own block not counted).
+  virtual int64_t bytes_sent() const { return 0; }
 
   std::pair<int64_t, int64_t> shard(int64_t num_experts) const { return expert_shard(num_experts, rank(), size()); }
   bool owns(int64_t expert, int64_t num_experts) const { return expert_owner(expert, num_experts, size()) == rank(); }
