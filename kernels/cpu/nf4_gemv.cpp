@@ -142,32 +142,54 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float*
   }
 }
 
-__attribute__((target("avx512f"))) void rows_avx512(const float* xe, const float* xo, int64_t T, int64_t K,
-                                                    const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
-                                                    int64_t n1, int64_t ldy, float* y) {
+// TT > 0: T is the compile-time TT, so the per-row accumulators live in registers (with a run-time T, GCC keeps
+// the arrays on the stack and every FMA goes through memory). TT = 0: run-time T.
+template <int TT>
+__attribute__((target("avx512f"))) void rows_avx512_t(const float* xe, const float* xo, int64_t T_, int64_t K,
+                                                      const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
+                                                      int64_t n1, int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
   const __m512 table = _mm512_loadu_ps(nf4::code().data());
   const __m512i m4 = _mm512_set1_epi32(0x0f);
   const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed.data() + n * half;
     __m512 acc[kMaxT];
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < bpr; ++b) {
       __m512 bsum[kMaxT];
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) bsum[t] = _mm512_setzero_ps();
       for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; j += 16) {
         const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j)));
         const __m512 we = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
         const __m512 wo = _mm512_permutexvar_ps(_mm512_and_si512(bytes, m4), table);
+#pragma GCC unroll 16
         for (int64_t t = 0; t < T; ++t) {
           bsum[t] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xe + t * half + j), bsum[t]);
           bsum[t] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xo + t * half + j), bsum[t]);
         }
       }
       const __m512 s = _mm512_set1_ps(absmax(n * bpr + b));
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(bsum[t], s, acc[t]);
     }
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+void rows_avx512(const float* xe, const float* xo, int64_t T, int64_t K, const nf4::QuantizedWeight& w,
+                 const Absmax& absmax, int64_t n0, int64_t n1, int64_t ldy, float* y) {
+  switch (T) {
+#define GRAFT_NF4_T(N) \
+  case N: return rows_avx512_t<N>(xe, xo, T, K, w, absmax, n0, n1, ldy, y);
+    GRAFT_NF4_T(1) GRAFT_NF4_T(2) GRAFT_NF4_T(3) GRAFT_NF4_T(4) GRAFT_NF4_T(5) GRAFT_NF4_T(6) GRAFT_NF4_T(7)
+    GRAFT_NF4_T(8) GRAFT_NF4_T(9) GRAFT_NF4_T(10) GRAFT_NF4_T(11) GRAFT_NF4_T(12) GRAFT_NF4_T(13) GRAFT_NF4_T(14)
+    GRAFT_NF4_T(15) GRAFT_NF4_T(16)
+#undef GRAFT_NF4_T
+    default: return rows_avx512_t<0>(xe, xo, T, K, w, absmax, n0, n1, ldy, y);
   }
 }
 

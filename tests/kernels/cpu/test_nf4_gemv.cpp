@@ -35,7 +35,8 @@ TEST(CpuNf4Gemv, EqualsDequantizeThenMatmulOnEveryIsa) {
                           {1, 19, 100, 64, true},   {5, 7, 33, 64, true},      {2, 40, 192, 32, true},
                           {16, 9, 128, 128, true},  {4, 513, 64, 64, true},
                           {1, 64, 172, 64, true},   {3, 21, 172, 64, false},   {1, 6, 384, 64, false},
-                          {1, 1, 128, 64, true}};
+                          {1, 1, 128, 64, true},    {7, 9, 64, 64, false},     {11, 23, 128, 64, true},
+                          {13, 5, 256, 64, true}};
   int paths = 0;
   for (Nf4Isa isa : {Nf4Isa::Portable, Nf4Isa::Avx2, Nf4Isa::Avx512}) {
     if (!nf4_isa_supported(isa)) continue;
