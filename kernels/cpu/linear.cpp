@@ -84,13 +84,14 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   const int64_t panels = (N + rows - 1) / rows;
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
+  const SmallGemmX xt(x.data<float>(), T, K);  // x transposed once for every panel
 #pragma omp parallel for schedule(dynamic) if (threads > 1 && panels > 1)
   for (int64_t p = 0; p < panels; ++p) {
     thread_local std::vector<float> buf;
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);
     buf.resize(static_cast<size_t>(n * K));
     nf4_dequant_rows(w, r0, r0 + n, buf.data());
-    if (!small_gemm(x.data<float>(), T, K, buf.data(), n, y.data<float>() + r0, N))
+    if (!small_gemm(xt, buf.data(), n, y.data<float>() + r0, N))
       Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
   }
 }

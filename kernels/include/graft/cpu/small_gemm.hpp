@@ -1,14 +1,17 @@
-// Y = X · Wᵀ reading the weight rows in place, for T >= 9 rows of X (the MoE experts of a prefill have ~32 rows each
+// Y = X · Wᵀ reading the weight rows in place, for T >= 2 rows of X (the MoE experts of a prefill have ~32 rows each
 // at T = 128, top-2 of 8). A GEMM library packs W into its own layout on every call, which at T ≈ 32 costs
 // about half as much as the multiply itself (perf, Qwen3-MoE small prefill: Eigen's gemm_pack_lhs 19% of the
 // samples); here X is transposed once per call instead (T·K values) and W is streamed once.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace graft::cpu {
 
-constexpr int64_t kSmallGemmMinT = 9;  // below, a GEMV-shaped product (Eigen's) is as fast
+// T = 1 is a GEMV (Eigen's streams W at the memory bandwidth). N = K = 512, 1 thread, 2026-12-06: small_gemm vs
+// Eigen 68 vs 76 us at T = 2, 69 vs 88 at T = 8, 71 vs 108 at T = 12.
+constexpr int64_t kSmallGemmMinT = 2;
 
 // Whether small_gemm runs for T rows here (an AVX-512 CPU and T >= kSmallGemmMinT).
 bool small_gemm_runs(int64_t T);
@@ -16,5 +19,23 @@ bool small_gemm_runs(int64_t T);
 // Returns true when it ran (small_gemm_runs(T)); otherwise writes nothing and returns false (the caller uses its
 // GEMM). Single-threaded: callers split N.
 bool small_gemm(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy);
+
+// x [T, K] transposed once (in chunks of 64 rows, zero-padded to 16) for several small_gemm calls on slices or
+// panels of one weight; read-only afterwards, so threads share it. Not ready() when small_gemm_runs(T) is false.
+class SmallGemmX {
+ public:
+  SmallGemmX(const float* x, int64_t T, int64_t K);
+  ~SmallGemmX();
+  SmallGemmX(const SmallGemmX&) = delete;
+  SmallGemmX& operator=(const SmallGemmX&) = delete;
+  bool ready() const { return !xt_.empty(); }
+
+ private:
+  friend bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy);
+  int64_t T_, K_;
+  std::vector<float> xt_;
+};
+// As above, for a prepared x: y[t * ldy + n] = Σ_k x[t, k] · w[n * K + k]. False (nothing written) if !x.ready().
+bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy);
 
 }  // namespace graft::cpu
