@@ -164,6 +164,24 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string transport() const override { return "mpi"; }
 
+  void start_allreduce_sum(double* data, int64_t n) override {
+    for (int64_t off = 0; off < n; off += kChunk) {
+      pending_.push_back(MPI_REQUEST_NULL);
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + off, static_cast<int>(std::min<int64_t>(kChunk, n - off)), MPI_DOUBLE, MPI_SUM,
+                           comm_, &pending_.back()),
+            "MPI_Iallreduce", rank_, size_);
+    }
+  }
+  void progress() override {
+    if (pending_.empty()) return;
+    int done = 0;
+    check(MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall", rank_,
+          size_);
+  }
+  void wait_all() override {
+    for (MPI_Request& r : pending_) wait_idle(r, "MPI_Iallreduce");
+    pending_.clear();
+  }
   void allreduce_sum(float* data, int64_t n) override { allreduce(data, n, MPI_FLOAT, sizeof(float)); }
   void allreduce_sum(double* data, int64_t n) override { allreduce(data, n, MPI_DOUBLE, sizeof(double)); }
 
@@ -278,6 +296,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   bool finalized_ = false;
   bool sub_ = false;  // made by split(): finalize() belongs to the world communicator
+  std::vector<MPI_Request> pending_;  // started by start_allreduce_sum, completed by wait_all
   std::vector<Peer> peers_;
   std::string stopped_;
   std::atomic<bool> stop_{false};

@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 #include <tuple>
 
@@ -85,29 +86,42 @@ std::pair<int64_t, int64_t> shard_range(int64_t n, int rank, int size) {
   return {begin, begin + base + (rank < extra ? 1 : 0)};
 }
 
-GradientAccumulator::GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values) : grads_(std::move(grads)) {
+GradientAccumulator::GradientAccumulator(std::vector<Tensor*> grads, int64_t bucket_values, std::vector<int> stages)
+    : grads_(std::move(grads)), stages_(std::move(stages)) {
+  if (stages_.empty()) stages_.assign(grads_.size(), 0);
+  GRAFT_CHECK(stages_.size() == grads_.size(), "GradientAccumulator: {} stages for {} gradients", stages_.size(), grads_.size());
+  for (size_t i = 1; i < stages_.size(); ++i)
+    GRAFT_CHECK(stages_[i] <= stages_[i - 1], "GradientAccumulator: gradients must be listed by decreasing stage");
   int64_t total = 0, bucket_start = 0;
-  for (Tensor* g : grads_) {
-    offset_[g] = total;
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    Tensor* g = grads_[i];
     if (total > bucket_start && total + g->numel() - bucket_start > bucket_values) {
       bucket_end_.push_back(total);
+      bucket_last_.push_back(i - 1);
       bucket_start = total;
     }
+    offset_[g] = total;
+    tensor_offset_.push_back(total);
     total += g->numel();
   }
-  if (total > bucket_start) bucket_end_.push_back(total);
+  if (total > bucket_start) {
+    bucket_end_.push_back(total);
+    bucket_last_.push_back(grads_.size() - 1);
+  }
   sum_.assign(static_cast<size_t>(total), 0.0);
 }
 
 void GradientAccumulator::zero() { std::fill(sum_.begin(), sum_.end(), 0.0); }
 
+void GradientAccumulator::add_tensor(size_t i) {
+  double* out = sum_.data() + tensor_offset_[i];
+  const Tensor* g = grads_[i];
+  const float* in = g->data<float>();
+  for (int64_t j = 0; j < g->numel(); ++j) out[j] += static_cast<double>(in[j]);
+}
+
 void GradientAccumulator::add() {
-  double* out = sum_.data();
-  for (Tensor* g : grads_) {
-    const float* in = g->data<float>();
-    for (int64_t i = 0; i < g->numel(); ++i) out[i] += static_cast<double>(in[i]);
-    out += g->numel();
-  }
+  for (size_t i = 0; i < grads_.size(); ++i) add_tensor(i);
 }
 
 void GradientAccumulator::add_and_zero(Tensor& grad) {
@@ -129,6 +143,56 @@ void GradientAccumulator::allreduce_sum(dist::Communicator& comm) {
     comm.allreduce_sum(sum_.data() + first, end - first);
     first = end;
   }
+}
+
+void GradientAccumulator::begin_last(dist::Communicator& comm) {
+  comm_ = &comm;
+  added_.assign(grads_.size(), 0);
+  added_prefix_ = 0;
+  started_ = 0;
+  early_ = 0;
+}
+
+void GradientAccumulator::start_ready_buckets() {
+  while (added_prefix_ < grads_.size() && added_[added_prefix_]) ++added_prefix_;
+  while (started_ < bucket_end_.size() && bucket_last_[started_] < added_prefix_) {
+    const int64_t first = started_ == 0 ? 0 : bucket_end_[started_ - 1];
+    if (comm_->size() > 1) comm_->start_allreduce_sum(sum_.data() + first, bucket_end_[started_] - first);
+    ++started_;
+    ++early_;
+  }
+  comm_->progress();
+}
+
+void GradientAccumulator::ready(int stage) {
+  if (!comm_) return;  // not the last sequence of the step
+  // The tensors of one stage are contiguous (listed by decreasing stage).
+  const auto lo = std::lower_bound(stages_.begin(), stages_.end(), stage, std::greater<int>());
+  const auto hi = std::upper_bound(stages_.begin(), stages_.end(), stage, std::greater<int>());
+  for (auto i = static_cast<size_t>(lo - stages_.begin()); i < static_cast<size_t>(hi - stages_.begin()); ++i)
+    if (!added_[i]) {
+      add_tensor(i);
+      added_[i] = 1;
+    }
+  start_ready_buckets();
+}
+
+void GradientAccumulator::finish(dist::Communicator& comm) {
+  if (comm_) {  // this rank ran a last sequence: add what no ready() covered
+    for (size_t i = 0; i < grads_.size(); ++i)
+      if (!added_[i]) add_tensor(i), added_[i] = 1;
+  } else {      // no sequence on this rank this step: nothing to add
+    comm_ = &comm;
+    added_.assign(grads_.size(), 1);
+    started_ = 0;
+    early_ = 0;
+  }
+  const int64_t early = early_;
+  added_prefix_ = 0;
+  start_ready_buckets();
+  early_ = early;
+  if (comm.size() > 1) comm.wait_all();
+  comm_ = nullptr;
 }
 
 void GradientAccumulator::store() {

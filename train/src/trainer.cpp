@@ -378,11 +378,20 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (root) std::fprintf(stderr, "resumed from %s at step %lld\n", resume_path.c_str(), static_cast<long long>(step));
   }
   shuffle_for(epoch);
-  // The step's gradient sum, over sequences and ranks, in double (optimizer order on every rank).
+  // The step's gradient sum, over sequences and ranks, in double. Listed in the order the backward
+  // finishes them (lm_head copy, layers last to first, embedding copy), so that during each rank's last
+  // sequence of a step a bucket's all-reduce starts as soon as its layers are done (overlap).
+  std::vector<std::pair<int, Tensor*>> staged;
+  const int n_layers = static_cast<int>(m.layers().size());
+  for (auto& [k, p] : ad.params()) staged.insert(staged.end(), {{k.first, &p.da}, {k.first, &p.db}});
+  for (auto& [k, p] : ad.expert_params()) staged.insert(staged.end(), {{std::get<0>(k), &p.da}, {std::get<0>(k), &p.db}});
+  for (auto& [n, f] : flist) staged.emplace_back(n == "lm_head" ? n_layers : -1, &f->grad);  // modules_to_save
+  std::stable_sort(staged.begin(), staged.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<Tensor*> grads;
-  for (auto& [n, p] : plist) grads.insert(grads.end(), {&p->da, &p->db});
-  for (auto& [n, f] : flist) grads.push_back(&f->grad);  // modules_to_save: full embed / lm_head gradients
-  GradientAccumulator grad_sum(grads);
+  std::vector<int> stages;
+  for (auto& [st, t] : staged) grads.push_back(t), stages.push_back(st);
+  GradientAccumulator grad_sum(grads, int64_t{1} << 21, stages);
+  const std::function<void(int)> grads_ready = [&grad_sum](int stage) { grad_sum.ready(stage); };
   // Expert parallel: each group of rows this rank's experts computed goes into the sum on its own.
   const std::function<void(LoraParam&)> flush = [&grad_sum](LoraParam& p) {
     grad_sum.add_and_zero(p.da);
@@ -452,6 +461,8 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     // Every rank walks the whole global batch (the data position stays global); it computes only its
     // shard [mb_first, mb_last) of the step's sequences.
     const auto [mb_first, mb_last] = shard_range(per_step, comm.rank(), comm.size());
+    // Expert parallel: a rank with a sequence fewer than rank 0 runs a filler pass (below).
+    const bool needs_filler = ep && mb_last - mb_first < shard_range(per_step, 0, comm.size()).second;
     for (int64_t mb = 0; mb < per_step; ++mb) {
       if (opt.should_stop && opt.should_stop()) {
         abandoned = true;
@@ -473,24 +484,30 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.dropout_draw = static_cast<uint64_t>(step * per_step + mb);  // restored by --resume with the step
       if (ep) so.flush_expert_grads = flush;
+      const bool last = mb + 1 == mb_last && !needs_filler;  // this rank's last pass of the step
+      if (last && comm.size() > 1) {
+        grad_sum.begin_last(comm);
+        so.on_gradients_ready = grads_ready;
+      }
       ad.zero_grad();  // this sequence's gradient alone, then added to the step's sum
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
-      grad_sum.add();
+      if (!last || comm.size() == 1) grad_sum.add();
     }
     // Expert parallel: every rank of the group runs as many forward/backward passes as rank 0 (the
     // largest share), since each pass also computes the group's rows for this rank's experts. A rank
     // with one sequence fewer runs a one-token pass with no label: its own gradient is exactly zero.
-    if (ep && !abandoned && mb_last - mb_first < shard_range(per_step, 0, comm.size()).second) {
+    if (needs_filler && !abandoned) {
       StepOptions so;
       so.backend = be.get();
       so.gradient_checkpointing = r.gradient_checkpointing();
       so.lora_dropout = r.lora_dropout();
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.flush_expert_grads = flush;
+      grad_sum.begin_last(comm);  // the rank's last pass of the step
+      so.on_gradients_ready = grads_ready;
       ad.zero_grad();
       const int32_t id0 = 0, no_label = -100;
       forward_backward(m, std::span<const int32_t>(&id0, 1), std::span<const int32_t>(&no_label, 1), ad, {}, {}, so);
-      grad_sum.add();
     }
     if (abandoned) {
       if (epoch != epoch0) shuffle_for(epoch0);
@@ -500,6 +517,16 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       sum.stopped = true;
       return sum;
     }
+    // The step's sums over every rank's sequences. The last pass of each rank already started the
+    // all-reduce of the buckets it finished; `reduce_wait_s` is what is left: waiting for the slowest
+    // rank plus the part of the reduction the backward did not hide (rank 0's, in metrics.jsonl).
+    double reduce_wait_s = 0;
+    if (comm.size() > 1) {
+      const auto c0 = std::chrono::steady_clock::now();
+      grad_sum.finish(comm);  // the buckets the last pass did not start, then wait for all
+      comm.allreduce_sum(&loss, 1);
+      reduce_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+    }
     // Expert parallel: bytes every rank sent to the others in this step's expert all-to-alls (forward,
     // recompute and backward), summed over the ranks.
     double ep_bytes = 0;
@@ -508,16 +535,6 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       ep_bytes = static_cast<double>(now - ep_sent);
       ep_sent = now;
       comm.allreduce_sum(&ep_bytes, 1);
-    }
-    double wait_s = 0, allreduce_s = 0;  // waiting for the slowest rank; the reduction itself
-    if (comm.size() > 1) {                // the step's sums over every rank's sequences
-      const auto c0 = std::chrono::steady_clock::now();
-      comm.barrier();
-      const auto c1 = std::chrono::steady_clock::now();
-      grad_sum.allreduce_sum(comm);
-      comm.allreduce_sum(&loss, 1);
-      wait_s = std::chrono::duration<double>(c1 - c0).count();
-      allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c1).count();
     }
     grad_sum.store();
     loss /= static_cast<double>(per_step);
@@ -545,7 +562,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lrate}, {"grad_norm", gnorm}, {"tokens_per_s", log.tokens_per_s},
                         {"elapsed_s", el}};
     if (log.eval_loss >= 0) j["eval_loss"] = log.eval_loss;
-    if (comm.size() > 1) j["wait_s"] = wait_s, j["allreduce_s"] = allreduce_s;  // rank 0's
+    if (comm.size() > 1)  // rank 0's
+      j["reduce_wait_s"] = reduce_wait_s, j["buckets"] = grad_sum.buckets(),
+      j["buckets_overlapped"] = grad_sum.buckets_started_early();
     if (ep) j["expert_alltoall_bytes"] = ep_bytes, j["step_tokens"] = tokens - tokens0;
     if (root) metrics << j.dump() << "\n" << std::flush;
     if (root && opt.progress && (step % std::max(1, r.logging_steps()) == 0 || step == total || log.eval_loss >= 0)) {

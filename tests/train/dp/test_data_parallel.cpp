@@ -179,6 +179,47 @@ TEST(DataParallel, GradientAccumulatorSumsInDoubleAndReducesInBuckets) {
   EXPECT_EQ(ts[0].data<float>()[1], 0.0f);
 }
 
+// The overlapped reduction: tensors listed by the stage at which the backward finishes them; during
+// the last pass a bucket's all-reduce starts as soon as every tensor in it is ready, later stages wait
+// for finish(), and the result equals the blocking reduction.
+TEST(DataParallel, GradientAccumulatorStartsEachBucketWhenItsLayersAreDone) {
+  std::vector<Tensor> ts;
+  for (int64_t n : {3, 5, 2, 7, 4, 1}) ts.push_back(Tensor::zeros({n}, DType::F32));
+  std::vector<Tensor*> ptrs;
+  for (auto& t : ts) ptrs.push_back(&t);
+  const std::vector<int> stages = {4, 2, 2, 1, 0, -1};  // lm_head copy, layers 2, 1, 0, embedding copy
+  GradientAccumulator acc(ptrs, 8, stages);             // buckets: [3+5] (stages 4, 2), [2] (2), [7] (1), [4+1] (0, -1)
+  ASSERT_EQ(acc.buckets(), 4);
+  EXPECT_THROW(GradientAccumulator(ptrs, 8, {0, 1, 2, 3, 4, 5}), graft::Error);  // not by decreasing stage
+  ScriptedComm c(0, {"", ""});
+  c.peer_value = 0.5f;
+  acc.zero();
+  for (auto& t : ts) std::fill_n(t.data<float>(), t.numel(), 1.0f);
+  acc.add();  // an earlier pass of the step
+  for (auto& t : ts) std::fill_n(t.data<float>(), t.numel(), 2.0f);
+  acc.begin_last(c);  // the last pass: the backward reports its stages
+  acc.ready(4);
+  EXPECT_EQ(c.double_allreduces, 0) << "bucket 0 also holds stage 2";
+  acc.ready(2);
+  EXPECT_EQ(c.double_allreduces, 2) << "buckets 0 and 1 are complete";
+  acc.ready(1);
+  EXPECT_EQ(c.double_allreduces, 3);
+  acc.ready(0);
+  EXPECT_EQ(c.double_allreduces, 3) << "bucket 3 also holds the embedding";
+  acc.finish(c);  // the embedding was never reported (e.g. no such stage ran): added and reduced here
+  EXPECT_EQ(c.double_allreduces, 4);
+  EXPECT_EQ(acc.buckets_started_early(), 3);
+  acc.store();
+  for (auto& t : ts)
+    for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t.data<float>()[i], 3.5f);
+  // A rank without a sequence this step reduces every bucket in finish().
+  acc.zero();
+  ScriptedComm idle(1, {"", ""});
+  acc.finish(idle);
+  EXPECT_EQ(idle.double_allreduces, 4);
+  EXPECT_EQ(acc.buckets_started_early(), 0);
+}
+
 TEST(DataParallel, ReplicaCheckNamesTheDivergedRank) {
   Tensor t = Tensor::zeros({4}, DType::F32);
   const uint64_t fp = fingerprint({&t});

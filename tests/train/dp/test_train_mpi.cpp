@@ -290,49 +290,54 @@ bool gone(pid_t pid) {
 }
 
 TEST_F(TrainMpi, KillingOneRankStopsEveryRankNamingIt) {
-  const std::string err = d("kill.err");
-  const std::string cmd = "exec " + mpirun(3) + kGraft + " train " + d("r.yaml") + " --set output_dir=" + d("kill") +
-                          " --set max_steps=100000 --set save_steps=3 >/dev/null 2>" + err;
-  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
-  pid_t launcher = 0;
-  ASSERT_EQ(posix_spawn(&launcher, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
-  // Wait until the run is stepping (4 metrics lines: a checkpoint is written at step 3).
-  const auto t0 = std::chrono::steady_clock::now();
-  std::map<int, pid_t> ranks;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120)) {
-    ranks = ranks_of(launcher);
-    if (ranks.size() == 3 && metric(d("kill"), "loss").size() >= 4) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_EQ(ranks.size(), 3u) << graft::read_text_file(err);
-  ASSERT_GE(metric(d("kill"), "loss").size(), 4u) << graft::read_text_file(err);
-  ASSERT_EQ(::kill(ranks[1], SIGKILL), 0);
-  const auto killed = std::chrono::steady_clock::now();
-  int status = 0;
-  pid_t w = 0;
-  const auto ranks_gone = [&] {
-    return std::all_of(ranks.begin(), ranks.end(), [](const auto& rp) { return gone(rp.second); });
+  // Data parallel, and expert parallel (the ranks then meet in an all-to-all at every MoE layer).
+  auto kill_one_rank = [](const std::string& out, const std::string& extra) {
+    const std::string err = d(out + ".err");
+    const std::string cmd = "exec " + mpirun(3) + kGraft + " train " + d("r.yaml") + " --set output_dir=" + d(out) +
+                            " --set max_steps=100000 --set save_steps=3 " + extra + " >/dev/null 2>" + err;
+    const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+    pid_t launcher = 0;
+    ASSERT_EQ(posix_spawn(&launcher, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+    // Wait until the run is stepping (4 metrics lines: a checkpoint is written at step 3).
+    const auto t0 = std::chrono::steady_clock::now();
+    std::map<int, pid_t> ranks;
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120)) {
+      ranks = ranks_of(launcher);
+      if (ranks.size() == 3 && metric(d(out), "loss").size() >= 4) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_EQ(ranks.size(), 3u) << graft::read_text_file(err);
+    ASSERT_GE(metric(d(out), "loss").size(), 4u) << graft::read_text_file(err);
+    ASSERT_EQ(::kill(ranks[1], SIGKILL), 0);
+    const auto killed = std::chrono::steady_clock::now();
+    int status = 0;
+    pid_t w = 0;
+    const auto ranks_gone = [&] {
+      return std::all_of(ranks.begin(), ranks.end(), [](const auto& rp) { return gone(rp.second); });
+    };
+    while (((w == 0 && (w = ::waitpid(launcher, &status, WNOHANG)) == 0) || !ranks_gone()) &&
+           std::chrono::steady_clock::now() - killed < std::chrono::seconds(30))
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    if (w == 0) {  // still running after 30 s: fail, and do not leave the job behind
+      ::kill(launcher, SIGKILL);
+      ::waitpid(launcher, &status, 0);
+      for (auto [r, pid] : ranks) ::kill(pid, SIGKILL);
+      FAIL() << "mpirun still running 30 s after rank 1 was killed";
+    }
+    if (!ranks_gone()) {
+      for (auto [r, pid] : ranks) ::kill(pid, SIGKILL);
+      FAIL() << "a rank is still running 30 s after rank 1 was killed";
+    }
+    std::printf("%s: every rank gone %.2f s after SIGKILL of rank 1\n", out.c_str(), secs);
+    EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << "mpirun exited 0";
+    const std::string text = graft::read_text_file(err);
+    EXPECT_NE(text.find("lost rank 1 (pid " + std::to_string(ranks[1])), std::string::npos) << text;
+    // The step-3 checkpoint written before the kill is whole (the save is atomic).
+    EXPECT_TRUE(fs::exists(d(out + "/checkpoints/step-00000003.h5")));
   };
-  while (((w == 0 && (w = ::waitpid(launcher, &status, WNOHANG)) == 0) || !ranks_gone()) &&
-         std::chrono::steady_clock::now() - killed < std::chrono::seconds(30))
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
-  if (w == 0) {  // still running after 30 s: fail, and do not leave the job behind
-    ::kill(launcher, SIGKILL);
-    ::waitpid(launcher, &status, 0);
-    for (auto [r, pid] : ranks) ::kill(pid, SIGKILL);
-    FAIL() << "mpirun still running 30 s after rank 1 was killed";
-  }
-  if (!ranks_gone()) {
-    for (auto [r, pid] : ranks) ::kill(pid, SIGKILL);
-    FAIL() << "a rank is still running 30 s after rank 1 was killed";
-  }
-  std::printf("every rank gone %.2f s after SIGKILL of rank 1\n", secs);
-  EXPECT_TRUE(!WIFEXITED(status) || WEXITSTATUS(status) != 0) << "mpirun exited 0";
-  const std::string text = graft::read_text_file(err);
-  EXPECT_NE(text.find("lost rank 1 (pid " + std::to_string(ranks[1])), std::string::npos) << text;
-  // The step-3 checkpoint written before the kill is whole (the save is atomic).
-  EXPECT_TRUE(fs::exists(d("kill/checkpoints/step-00000003.h5")));
+  kill_one_rank("kill", "");
+  kill_one_rank("kill_ep", "--set expert_parallel_size=3");
 }
 
 }  // namespace

@@ -88,6 +88,7 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
   // ---------------- backward
   Tensor dxf = lin_bwd(c.be, xf, dlogits, head);
   lm_head_grad(ad, xf, dlogits);
+  if (opt.on_gradients_ready) opt.on_gradients_ready(L);
   Tensor dh = act(c.be, T, H);
   c.be.rmsnorm_bwd(h, m.final_norm(), dxf, c.eps, dh);
   for (int l = L - 1; l >= 0; --l) {
@@ -98,10 +99,12 @@ double forward_backward(const model::Model& m, std::span<const int32_t> ids, std
       peak = std::max(peak, held + A.bytes());
     }
     dh = layer_bwd(c, l, dh, A);
+    if (opt.on_gradients_ready) opt.on_gradients_ready(l);
     held -= bytes_of(A.h_in) + (ckpt ? 0 : A.bytes());
     A = LayerActs{};
   }
   embedding_grad(ad, ids, dh);  // dh = d(embedding output)
+  if (opt.on_gradients_ready) opt.on_gradients_ready(-1);
   if (stats) stats->peak_saved_activation_bytes = peak;
   return loss;
 }

@@ -19,6 +19,13 @@ class Communicator {
   // In place: data[i] = sum over ranks of data[i]. Every rank gets the same bits.
   virtual void allreduce_sum(float* data, int64_t n) = 0;   // data [n]
   virtual void allreduce_sum(double* data, int64_t n) = 0;  // data [n]
+  // Non-blocking all-reduce (MPI_Iallreduce): starts data[i] = Σ ranks data[i]; data must stay untouched
+  // until wait_all(). Every rank starts the same reductions in the same order. progress() lets started
+  // reductions advance while the caller computes (call it now and then); wait_all() completes them all.
+  // Defaults: the blocking allreduce_sum, nothing to progress or wait for.
+  virtual void start_allreduce_sum(double* data, int64_t n) { allreduce_sum(data, n); }
+  virtual void progress() {}
+  virtual void wait_all() {}
   // data [bytes] of `root` copied to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;

@@ -87,6 +87,10 @@ struct StepOptions {
   // parameter; the trainer moves its gradient into the step's double-precision sum and zeroes it, so
   // the sum is the single-process one. Null: the gradients accumulate in the parameter.
   std::function<void(LoraParam&)> flush_expert_grads;
+  // Called during the backward when gradients become final in this call, so that their reduction can
+  // start while the backward goes on (GradientAccumulator::ready): `stage` = num_layers after the lm_head
+  // (modules_to_save lm_head), then each layer's index after its backward, then -1 after the embedding.
+  std::function<void(int stage)> on_gradients_ready;
 };
 struct StepStats {
   // Peak bytes held in saved activations (per-layer tensors kept for the backward, including the
