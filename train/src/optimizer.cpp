@@ -42,13 +42,15 @@ void AdamW::step(double lr) {
   }
 }
 
-double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
+double grad_sq_sum(const Tensor& grad) {
   double ss = 0;
-  for (const auto& p : params) {
-    const float* g = p.grad->data<float>();
-    for (int64_t j = 0; j < p.grad->numel(); ++j) ss += double(g[j]) * g[j];
-  }
-  const double norm = std::sqrt(ss);
+  const float* g = grad.data<float>();
+  for (int64_t j = 0; j < grad.numel(); ++j) ss += double(g[j]) * g[j];
+  return ss;
+}
+
+double clip_grad_norm_given(const std::vector<ParamRef>& params, double max_norm, double total_sq) {
+  const double norm = std::sqrt(total_sq);
   if (max_norm > 0) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0)
@@ -58,6 +60,12 @@ double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
       }
   }
   return norm;
+}
+
+double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm) {
+  double ss = 0;  // per tensor, then summed in order (grad_sq_sum)
+  for (const auto& p : params) ss += grad_sq_sum(*p.grad);
+  return clip_grad_norm_given(params, max_norm, ss);
 }
 
 Schedule parse_schedule(const std::string& n) {

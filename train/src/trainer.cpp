@@ -10,6 +10,7 @@
 #include <deque>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -270,6 +271,28 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   }
   GRAFT_CHECK_FIX(!names.empty(), "set lora_target_modules (e.g. [q_proj, v_proj]) or lora_target_linear: true",
                   "the recipe's LoRA targets match no module of this {} model", cfg.model_type);
+  // Expert parallel: a rank keeps only its experts' LoRA (and so their gradients and optimizer state);
+  // the replicas of one expert shard (the same rank of every expert group) reduce its gradients.
+  std::vector<std::tuple<int, ExpertProj, int>> expert_keys;  // every expert LoRA of the run, map order
+  std::unique_ptr<dist::Communicator> ep_comm, replica_comm;
+  int64_t unheld_params = 0;  // trainable parameters held by the other ranks of the expert group
+  if (ep) {
+    const int P = layout.expert_parallel;
+    ep_comm = comm.split(comm.rank() / P, comm.rank() % P);
+    replica_comm = comm.split(comm.rank() % P, comm.rank() / P);
+    for (auto it = ad.expert_params().begin(); it != ad.expert_params().end();) {
+      expert_keys.push_back(it->first);
+      if (model::expert_owner(std::get<2>(it->first), cfg.moe.num_experts, P) == comm.rank() % P) {
+        ++it;
+        continue;
+      }
+      LoraParam* p = &it->second;
+      const bool tied_up = std::any_of(tied.begin(), tied.end(), [&](auto& t) { return t.second == p; });
+      unheld_params += (tied_up ? 0 : p->f.a.numel()) + p->f.b.numel();
+      tied.erase(std::remove_if(tied.begin(), tied.end(), [&](auto& t) { return t.first == p || t.second == p; }), tied.end());
+      it = ad.expert_params().erase(it);
+    }
+  }
   // modules_to_save: fp32 copies of the embedding table / lm_head, trained fully (after the LoRA
   // parameters in the optimizer and checkpoint order).
   if (adapters::saves_module(pc, "embed_tokens")) ad.add_embed_tokens(m.embedding());
@@ -304,7 +327,9 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     adam.add({&f->w.dense, &f->grad});
     sum.trainable_params += f->w.dense.numel();
   }
+  sum.trainable_params += unheld_params;
   const size_t full0 = 2 * plist.size();  // optimizer index of the first modules_to_save weight
+  const size_t dense_params = ad.params().size();  // plist: dense modules first, then (held) experts
   // ---- schedule
   const int64_t per_step = static_cast<int64_t>(r.micro_batch_size()) * r.gradient_accumulation_steps();
   const int64_t total =
@@ -381,27 +406,113 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   // The step's gradient sum, over sequences and ranks, in double. Listed in the order the backward
   // finishes them (lm_head copy, layers last to first, embedding copy), so that during each rank's last
   // sequence of a step a bucket's all-reduce starts as soon as its layers are done (overlap).
-  std::vector<std::pair<int, Tensor*>> staged;
+  // Expert parallel: the experts' gradients have their own sum, reduced over the shard's replicas only.
+  std::vector<std::pair<int, Tensor*>> staged, staged_experts;
   const int n_layers = static_cast<int>(m.layers().size());
   for (auto& [k, p] : ad.params()) staged.insert(staged.end(), {{k.first, &p.da}, {k.first, &p.db}});
-  for (auto& [k, p] : ad.expert_params()) staged.insert(staged.end(), {{std::get<0>(k), &p.da}, {std::get<0>(k), &p.db}});
+  for (auto& [k, p] : ad.expert_params())
+    (ep ? staged_experts : staged).insert((ep ? staged_experts : staged).end(), {{std::get<0>(k), &p.da}, {std::get<0>(k), &p.db}});
   for (auto& [n, f] : flist) staged.emplace_back(n == "lm_head" ? n_layers : -1, &f->grad);  // modules_to_save
-  std::stable_sort(staged.begin(), staged.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::vector<Tensor*> grads;
-  std::vector<int> stages;
-  for (auto& [st, t] : staged) grads.push_back(t), stages.push_back(st);
-  GradientAccumulator grad_sum(grads, int64_t{1} << 21, stages);
-  const std::function<void(int)> grads_ready = [&grad_sum](int stage) { grad_sum.ready(stage); };
-  // Expert parallel: each group of rows this rank's experts computed goes into the sum on its own.
-  const std::function<void(LoraParam&)> flush = [&grad_sum](LoraParam& p) {
-    grad_sum.add_and_zero(p.da);
-    grad_sum.add_and_zero(p.db);
+  const auto accumulator = [](std::vector<std::pair<int, Tensor*>> v) {
+    std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    std::vector<Tensor*> grads;
+    std::vector<int> stages;
+    for (auto& [st, t] : v) grads.push_back(t), stages.push_back(st);
+    return GradientAccumulator(grads, int64_t{1} << 21, stages);
   };
-  std::vector<const Tensor*> weights;
-  for (const auto& pr : adam.params()) weights.push_back(pr.value);
+  GradientAccumulator grad_sum = accumulator(staged), expert_sum = accumulator(staged_experts);
+  dist::Communicator& expert_reduce = ep ? *replica_comm : comm;  // over which expert_sum is reduced
+  const std::function<void(int)> grads_ready = [&](int stage) {
+    grad_sum.ready(stage);
+    expert_sum.ready(stage);
+  };
+  // Expert parallel: each group of rows this rank's experts computed goes into the sum on its own.
+  const std::function<void(LoraParam&)> flush = [&expert_sum](LoraParam& p) {
+    expert_sum.add_and_zero(p.da);
+    expert_sum.add_and_zero(p.db);
+  };
+  // Weights every replica holds (checked over all ranks) and this rank's experts (checked over the
+  // shard's replicas).
+  std::vector<const Tensor*> weights, expert_weights;
+  for (size_t i = 0; i < adam.params().size(); ++i)
+    (ep && i >= 2 * dense_params && i < full0 ? expert_weights : weights).push_back(adam.params()[i].value);
+  // Expert parallel: rank 0 writes checkpoints and the export, so the expert group sends it the
+  // experts it does not hold: (name, A, B, scale, Adam m/v of A and B) per held expert, in map order.
+  const auto gather_experts = [&]() {
+    std::vector<std::string> blobs;
+    if (!ep) return blobs;
+    std::string mine;
+    const auto put_tensor = [&mine](const Tensor& t) {
+      const int64_t n = t.numel();
+      mine.append(reinterpret_cast<const char*>(&n), sizeof n);
+      mine.append(reinterpret_cast<const char*>(t.data<float>()), static_cast<size_t>(n) * sizeof(float));
+    };
+    for (size_t i = dense_params; i < plist.size(); ++i) {
+      const auto& [n, p] = plist[i];
+      const int32_t len = static_cast<int32_t>(n.size());
+      mine.append(reinterpret_cast<const char*>(&len), sizeof len);
+      mine += n;
+      mine.append(reinterpret_cast<const char*>(&p->f.scale), sizeof p->f.scale);
+      for (const Tensor* t : {&p->f.a, &p->f.b, &adam.m()[2 * i], &adam.v()[2 * i], &adam.m()[2 * i + 1], &adam.v()[2 * i + 1]})
+        put_tensor(*t);
+    }
+    return ep_comm->allgather(mine);
+  };
+  struct HeldElsewhere {
+    std::string name;
+    float scale;
+    Tensor a, b, ma, va, mb, vb;
+  };
+  // The experts of ranks 1.. of the expert group, unpacked with the shapes of rank 0's copy of the key.
+  const auto unpack_experts = [&](const std::vector<std::string>& blobs) {
+    std::vector<HeldElsewhere> out;
+    for (size_t r = 1; r < blobs.size(); ++r) {
+      const std::string& b = blobs[r];
+      size_t at = 0;
+      const auto get = [&](void* dst, size_t bytes) {
+        GRAFT_CHECK(at + bytes <= b.size(), "expert parallel: rank {}'s experts are truncated ({} bytes)", r, b.size());
+        std::memcpy(dst, b.data() + at, bytes);
+        at += bytes;
+      };
+      while (at < b.size()) {
+        HeldElsewhere h;
+        int32_t len = 0;
+        get(&len, sizeof len);
+        h.name.resize(static_cast<size_t>(len));
+        get(h.name.data(), h.name.size());
+        get(&h.scale, sizeof h.scale);
+        for (Tensor* t : {&h.a, &h.b, &h.ma, &h.va, &h.mb, &h.vb}) {
+          int64_t n = 0;
+          get(&n, sizeof n);
+          *t = Tensor::empty({n}, DType::F32);
+          get(t->data<float>(), static_cast<size_t>(n) * sizeof(float));
+        }
+        out.push_back(std::move(h));
+      }
+    }
+    return out;
+  };
+  // "layer/eE/proj" -> its key
+  const auto expert_key_of = [](const std::string& n) {
+    int l = 0, e = 0, pj = 0;
+    GRAFT_CHECK(std::sscanf(n.c_str(), "%d/e%d/%d", &l, &e, &pj) == 3, "expert parallel: bad parameter name '{}'", n);
+    return std::tuple<int, ExpertProj, int>{l, static_cast<ExpertProj>(pj), e};
+  };
+  // LoRA shapes of every expert key, from the model: A [r, in], B [out, r].
+  const auto expert_shapes = [&](const std::tuple<int, ExpertProj, int>& k, int64_t numel_a, int64_t numel_b) {
+    const auto& ex = m.layers()[static_cast<size_t>(std::get<0>(k))].moe.experts;
+    const auto e = static_cast<size_t>(std::get<2>(k));
+    const LinearWeight& w = std::get<1>(k) == ExpertProj::Gate ? ex.gate[e] : std::get<1>(k) == ExpertProj::Up ? ex.up[e] : ex.down[e];
+    const int64_t r = numel_a / std::max<int64_t>(w.in, 1);
+    GRAFT_CHECK(r * w.in == numel_a && numel_b == w.out * r, "expert parallel: expert LoRA sizes {} / {} do not fit {}x{}",
+                numel_a, numel_b, w.out, w.in);
+    return std::pair<Dims, Dims>{Dims{r, w.in}, Dims{w.out, r}};
+  };
   // Rank 0 writes the checkpoint; every rank first checks that the replicas agree, then waits for it.
   auto save = [&](const fs::path& path) {
     check_replicas_agree(comm, fingerprint(weights), step);
+    if (ep) check_replicas_agree(*replica_comm, fingerprint(expert_weights), step);
+    const std::vector<std::string> blobs = gather_experts();
     if (!root) {
       comm.barrier();
       return;
@@ -416,6 +527,15 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       ck.tensors["adam_v/" + n + "/A"] = adam.v()[2 * i].clone();
       ck.tensors["adam_m/" + n + "/B"] = adam.m()[2 * i + 1].clone();
       ck.tensors["adam_v/" + n + "/B"] = adam.v()[2 * i + 1].clone();
+    }
+    for (auto& h : unpack_experts(blobs)) {  // expert parallel: the other ranks' experts
+      const auto [da, db] = expert_shapes(expert_key_of(h.name), h.a.numel(), h.b.numel());
+      ck.tensors["lora/" + h.name + "/A"] = h.a.reshape(da);
+      ck.tensors["lora/" + h.name + "/B"] = h.b.reshape(db);
+      ck.tensors["adam_m/" + h.name + "/A"] = h.ma.reshape(da);
+      ck.tensors["adam_v/" + h.name + "/A"] = h.va.reshape(da);
+      ck.tensors["adam_m/" + h.name + "/B"] = h.mb.reshape(db);
+      ck.tensors["adam_v/" + h.name + "/B"] = h.vb.reshape(db);
     }
     for (size_t j = 0; j < flist.size(); ++j) {
       ck.tensors["full/" + flist[j].first] = flist[j].second->w.dense.clone();
@@ -453,6 +573,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     }
     if (opt.before_step) opt.before_step();
     grad_sum.zero();
+    expert_sum.zero();
     double loss = 0;
     // A stop requested during the step abandons it (no update) and rewinds the data cursor, so the run
     // stops within one micro-batch and a resume still continues bit-exactly.
@@ -487,11 +608,12 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       const bool last = mb + 1 == mb_last && !needs_filler;  // this rank's last pass of the step
       if (last && comm.size() > 1) {
         grad_sum.begin_last(comm);
+        if (ep) expert_sum.begin_last(expert_reduce);
         so.on_gradients_ready = grads_ready;
       }
       ad.zero_grad();  // this sequence's gradient alone, then added to the step's sum
       loss += forward_backward(m, s.ids, s.labels, ad, s.positions, s.segments, so);
-      if (!last || comm.size() == 1) grad_sum.add();
+      if (!last || comm.size() == 1) grad_sum.add(), expert_sum.add();
     }
     // Expert parallel: every rank of the group runs as many forward/backward passes as rank 0 (the
     // largest share), since each pass also computes the group's rows for this rank's experts. A rank
@@ -504,6 +626,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       so.dropout_seed = static_cast<uint64_t>(r.seed());
       so.flush_expert_grads = flush;
       grad_sum.begin_last(comm);  // the rank's last pass of the step
+      expert_sum.begin_last(expert_reduce);
       so.on_gradients_ready = grads_ready;
       ad.zero_grad();
       const int32_t id0 = 0, no_label = -100;
@@ -524,6 +647,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (comm.size() > 1) {
       const auto c0 = std::chrono::steady_clock::now();
       grad_sum.finish(comm);  // the buckets the last pass did not start, then wait for all
+      if (ep) expert_sum.finish(expert_reduce);
       comm.allreduce_sum(&loss, 1);
       reduce_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
     }
@@ -537,6 +661,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
       comm.allreduce_sum(&ep_bytes, 1);
     }
     grad_sum.store();
+    expert_sum.store();
     loss /= static_cast<double>(per_step);
     for (auto& [g, u] : tied) {  // the shared A gets the sum of both uses' gradients
       for (int64_t i = 0; i < g->da.numel(); ++i) g->da.data<float>()[i] += u->da.data<float>()[i];
@@ -548,7 +673,21 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     }
     for (auto& [n, f] : flist)
       for (int64_t i = 0; i < f->grad.numel(); ++i) f->grad.data<float>()[i] /= static_cast<float>(per_step);
-    const double gnorm = clip_grad_norm(adam.params(), r.max_grad_norm());
+    double gnorm = 0;
+    if (!ep) {
+      gnorm = clip_grad_norm(adam.params(), r.max_grad_norm());
+    } else {  // Σ g² per tensor in the single-process order, the experts' from the ranks holding them
+      double total = 0;
+      for (size_t i = 0; i < 2 * dense_params; ++i) total += grad_sq_sum(*adam.params()[i].grad);
+      std::vector<double> es(2 * expert_keys.size(), 0.0);
+      for (size_t i = 0; i < expert_keys.size(); ++i)
+        if (auto it = ad.expert_params().find(expert_keys[i]); it != ad.expert_params().end())
+          es[2 * i] = grad_sq_sum(it->second.da), es[2 * i + 1] = grad_sq_sum(it->second.db);
+      ep_comm->allreduce_sum(es.data(), static_cast<int64_t>(es.size()));  // one non-zero term each: exact
+      for (double v : es) total += v;
+      for (size_t i = full0; i < adam.params().size(); ++i) total += grad_sq_sum(*adam.params()[i].grad);
+      gnorm = clip_grad_norm_given(adam.params(), r.max_grad_norm(), total);
+    }
     const double lrate = lr_at(sched, r.learning_rate(), step, warmup, total);
     adam.step(lrate);
     ++step;
@@ -588,6 +727,7 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   save(out / "checkpoints" / fmt::format("step-{:08}.h5", step));
   if (!vseqs.empty()) sum.eval_loss = eval_loss(m, *be, vseqs, &ad, comm);
   sum.adapter_dir = out.string();
+  const std::vector<std::string> final_blobs = gather_experts();
   if (!root) {  // rank 0 exports; the others wait until the adapter and the plot are written
     comm.barrier();
     return sum;
@@ -597,6 +737,11 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
   exported.config = pc;
   for (auto& [k, p] : ad.params()) exported.modules[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
   for (auto& [k, p] : ad.expert_params()) exported.experts[k] = LoraFactors{p.f.a.clone(), p.f.b.clone(), p.f.scale};
+  for (auto& h : unpack_experts(final_blobs)) {  // expert parallel: the other ranks' experts
+    const auto k = expert_key_of(h.name);
+    const auto [da, db] = expert_shapes(k, h.a.numel(), h.b.numel());
+    exported.experts[k] = LoraFactors{h.a.reshape(da), h.b.reshape(db), h.scale};
+  }
   if (const Tensor* e = ad.embed_tokens()) exported.embed_tokens_weight = e->clone();
   if (const LinearWeight* h = ad.lm_head()) exported.lm_head_weight = LinearWeight{h->out, h->in, h->dense.clone(), nullptr, {}};
   adapters::make_targets_explicit(exported, cfg);  // PEFT rewrites all-linear on MoE families (peft.hpp)

@@ -46,6 +46,13 @@ class AdamW {
 // Scales all gradients so their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
 // coef = max_norm / (norm + 1e-6), applied when < 1). Returns the norm before clipping.
 double clip_grad_norm(const std::vector<ParamRef>& params, double max_norm);
+// Σ g² of one gradient tensor, in double, element order. The global norm is the sum of these per
+// tensor in optimizer order, so ranks that hold different tensors (expert parallel) can add the same
+// per-tensor values in the same order and clip exactly like one process.
+double grad_sq_sum(const Tensor& grad);
+// clip_grad_norm with the global Σ g² given (expert parallel: over every rank's tensors); scales
+// `params` (this rank's) and returns the norm.
+double clip_grad_norm_given(const std::vector<ParamRef>& params, double max_norm, double total_sq);
 
 enum class Schedule { Constant, Linear, Cosine };
 Schedule parse_schedule(const std::string& name);  // throws naming the valid choices
