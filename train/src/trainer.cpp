@@ -176,10 +176,12 @@ TrainSummary run_training(const LoadedRecipe& lr, const TrainOptions& opt) {
     if (root) {
       const int64_t E = cfg.moe.num_experts, most = (E + layout.expert_parallel - 1) / layout.expert_parallel,
                     least = E / layout.expert_parallel;
-      std::fprintf(stderr, "expert parallel: %d group%s of %d ranks; each rank holds %s of %lld experts per MoE layer\n",
+      std::fprintf(stderr,
+                   "expert parallel: %d group%s of %d ranks; each rank holds %s of %lld experts per MoE layer (rank 0: "
+                   "%.1f MiB of base weights)\n",
                    layout.data_parallel, layout.data_parallel == 1 ? "" : "s", layout.expert_parallel,
                    (least == most ? std::to_string(most) : fmt::format("{}-{}", least, most)).c_str(),
-                   static_cast<long long>(E));
+                   static_cast<long long>(E), static_cast<double>(m.weight_bytes()) / (1 << 20));
     }
   }
   const std::string tok_dir = r.has_tokenizer() ? r.tokenizer() : r.base_model();
