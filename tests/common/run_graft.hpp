@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -18,10 +19,10 @@ struct RunResult {
   std::string out, err;
 };
 
-inline RunResult run_graft(const std::string& args) {
-  static const std::string kGraft = std::string(GRAFT_BINARY_DIR) + "/bin/graft";
+// Runs `cmd` through /bin/sh: exit code (128 + the signal when one ended it), stdout and stderr.
+inline RunResult run_shell(const std::string& cmd) {
   const auto err = std::filesystem::temp_directory_path() / ("graft_test_err_" + std::to_string(::getpid()));
-  FILE* p = popen((kGraft + " " + args + " 2>" + err.string()).c_str(), "r");
+  FILE* p = popen((cmd + " 2>" + err.string()).c_str(), "r");
   std::string out;
   std::array<char, 4096> buf{};
   size_t n;
@@ -29,7 +30,25 @@ inline RunResult run_graft(const std::string& args) {
   const int rc = pclose(p);
   std::string e = std::filesystem::exists(err) ? graft::read_text_file(err.string()) : "";
   std::filesystem::remove(err);
-  return {WEXITSTATUS(rc), out, e};
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out, e};
+}
+
+inline RunResult run_graft(const std::string& args) {
+  static const std::string kGraft = std::string(GRAFT_BINARY_DIR) + "/bin/graft";
+  return run_shell(kGraft + " " + args);
+}
+
+// `mpirun` for N ranks on this machine: oversubscribed, unbound, one OpenMP thread per rank. Tests
+// call allow_mpirun_as_root() once first (containers and CI run as root; OpenMPI refuses that unless told).
+inline std::string mpirun(int np) {
+  return "mpirun --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " + std::to_string(np) + " ";
+}
+inline void allow_mpirun_as_root() {
+  if (::geteuid() == 0) {
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  }
+  ::setenv("OMP_NUM_THREADS", "1", 1);
 }
 
 }  // namespace graft::testing

@@ -28,11 +28,6 @@ int expert_owner(int64_t expert, int64_t num_experts, int size) {
 
 namespace {
 
-Tensor host_f32(Backend& be, const Tensor& t) {
-  Tensor h = t.device().is_cpu() ? t : be.to_host(t);
-  return h.dtype() == DType::F32 ? h.contiguous() : h.to(DType::F32);
-}
-
 template <class T>
 void append(std::string& s, const T* p, size_t n) {
   s.append(reinterpret_cast<const char*>(p), n * sizeof(T));
@@ -240,23 +235,10 @@ int64_t serve_expert_rows(const Model& m, Backend& be, ExpertParallel& ep,
     GRAFT_CHECK_FIX(l >= 0 && l < static_cast<int>(m.layers().size()) && m.layers()[static_cast<size_t>(l)].kind.moe,
                     "start every rank with the same model", "expert parallel: rank 0 sent rows of layer {}, not a MoE layer here", l);
     const ExpertWeights& ex = m.layers()[static_cast<size_t>(l)].moe.experts;
-    const int64_t E = ex.num_experts();
-    ExpertLora el;
+    std::vector<const LoraSource*> slots;
+    for (const std::string& o : lead.origins) slots.push_back(o.empty() ? nullptr : adapter(o));
     bool any = false;
-    for (const std::string& o : lead.origins) {
-      const LoraSource* a = o.empty() ? nullptr : adapter(o);
-      std::vector<const LoraFactors*> g(static_cast<size_t>(E)), u(static_cast<size_t>(E)), d(static_cast<size_t>(E));
-      for (int64_t e = 0; a && e < E; ++e) {
-        if (!ep.owns(e, E)) continue;
-        g[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Gate, static_cast<int>(e));
-        u[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Up, static_cast<int>(e));
-        d[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Down, static_cast<int>(e));
-        any |= g[static_cast<size_t>(e)] || u[static_cast<size_t>(e)] || d[static_cast<size_t>(e)];
-      }
-      el.gate.push_back(std::move(g));
-      el.up.push_back(std::move(u));
-      el.down.push_back(std::move(d));
-    }
+    const ExpertLora el = expert_lora(slots, l, ex.num_experts(), any);
     ep.exchange(run_owned_rows(be, ep, blocks, H, ex, any ? &el : nullptr, scale_input));
   }
 }
@@ -267,9 +249,23 @@ void stop_expert_workers(ExpertParallel& ep) {
   ep.exchange(std::vector<std::string>(static_cast<size_t>(P), make_block(kStop, {}, {}, {}, 0)));
 }
 
-}  // namespace graft::model
-
-namespace graft::model {
+ExpertLora expert_lora(std::span<const LoraSource* const> adapters, int layer, int64_t num_experts, bool& any) {
+  ExpertLora el;
+  for (const LoraSource* a : adapters) {
+    const auto E = static_cast<size_t>(num_experts);
+    std::vector<const LoraFactors*> g(E), u(E), d(E);
+    for (size_t e = 0; a && e < E; ++e) {
+      g[e] = a->find_expert(layer, ExpertProj::Gate, static_cast<int>(e));
+      u[e] = a->find_expert(layer, ExpertProj::Up, static_cast<int>(e));
+      d[e] = a->find_expert(layer, ExpertProj::Down, static_cast<int>(e));
+      any |= g[e] || u[e] || d[e];
+    }
+    el.gate.push_back(std::move(g));
+    el.up.push_back(std::move(u));
+    el.down.push_back(std::move(d));
+  }
+  return el;
+}
 
 void Model::set_expert_parallel(std::shared_ptr<ExpertParallel> ep) {
   if (ep) {

@@ -346,22 +346,8 @@ struct Forward {
     rp.correction_bias = mw.correction_bias.defined() ? mw.correction_bias.data<float>() : nullptr;
     Tensor ids = be.empty({T, rp.top_k}, DType::I32), w = be.empty({T, rp.top_k}, DType::F32);
     be.moe_route(logits, rp, ids, w);
-    ExpertLora el;
     bool any = false;
-    const int64_t E = mw.experts.num_experts();
-    for (const LoraSource* a : b.adapters) {
-      std::vector<const LoraFactors*> g(static_cast<size_t>(E)), u(static_cast<size_t>(E)), d(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e) {
-        if (!a) break;
-        g[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Gate, static_cast<int>(e));
-        u[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Up, static_cast<int>(e));
-        d[static_cast<size_t>(e)] = a->find_expert(l, ExpertProj::Down, static_cast<int>(e));
-        any |= g[static_cast<size_t>(e)] || u[static_cast<size_t>(e)] || d[static_cast<size_t>(e)];
-      }
-      el.gate.push_back(std::move(g));
-      el.up.push_back(std::move(u));
-      el.down.push_back(std::move(d));
-    }
+    const ExpertLora el = expert_lora(b.adapters, l, mw.experts.num_experts(), any);
     Tensor out = t2(T, x.size(1));
     if (ExpertParallel* ep = m.expert_parallel(); ep && ep->size() > 1) {  // experts sharded over ranks
       std::vector<std::string> origins;

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "../cuda_common/cuda_test_util.hpp"
+#include "../../common/random_lora.hpp"
 #include "graft/config/model_config.hpp"
 #include "graft/cpu/cpu_backend.hpp"
 #include "graft/cuda/cuda_backend.hpp"
@@ -31,31 +32,7 @@ using model::Module;
   if (!kSimt && cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: " << cuda::no_device_reason()
 
 // LoRA on every projection and expert; B non-zero so every gradient path carries signal.
-train::TrainableAdapter adapter_for(const model::Model& m) {
-  train::TrainableAdapter ad;
-  std::mt19937_64 rng(3);
-  std::normal_distribution<float> gb(0, 0.05f);
-  auto fill_b = [&](train::LoraParam& p) {
-    for (int64_t i = 0; i < p.f.b.numel(); ++i) p.f.b.data<float>()[i] = gb(rng);
-  };
-  for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
-    const auto& L = m.layers()[static_cast<size_t>(l)];
-    for (Module mod : model::kDenseModules) {
-      const LinearWeight* w = model::dense_weight(L, mod);
-      if (w && w->defined()) fill_b(ad.add(l, mod, w->in, w->out, 4, 8.0f, rng));
-    }
-    if (!L.kind.moe) continue;
-    const auto& ex = L.moe.experts;
-    for (int e = 0; e < static_cast<int>(ex.num_experts()); ++e)
-      for (ExpertProj pj : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) {
-        const LinearWeight& w = pj == ExpertProj::Gate ? ex.gate[static_cast<size_t>(e)]
-                                : pj == ExpertProj::Up ? ex.up[static_cast<size_t>(e)]
-                                                       : ex.down[static_cast<size_t>(e)];
-        fill_b(ad.add_expert(l, pj, e, w.in, w.out, 3, 6.0f, rng));
-      }
-  }
-  return ad;
-}
+train::TrainableAdapter adapter_for(const model::Model& m) { return testing::random_lora(m); }
 
 // ‖a − b‖ / ‖b‖ over every dA and dB of two adapters with the same modules.
 double grad_rel(train::TrainableAdapter& a, train::TrainableAdapter& b) {

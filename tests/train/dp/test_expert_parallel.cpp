@@ -20,6 +20,7 @@
 #include <random>
 #include <thread>
 
+#include "../../common/random_lora.hpp"
 #include "graft/adapters/combine.hpp"
 #include "graft/adapters/origin.hpp"
 #include "graft/adapters/peft.hpp"
@@ -69,32 +70,7 @@ class ThreadGroup final : public model::ExpertParallel {
   bool driven_;
 };
 
-// Same LoRA modules and values on any shard (the init reads only the modules' shapes).
-train::TrainableAdapter adapter_for(const model::Model& m) {
-  train::TrainableAdapter ad;
-  std::mt19937_64 rng(3);
-  std::normal_distribution<float> gb(0, 0.05f);
-  auto fill_b = [&](train::LoraParam& p) {
-    for (int64_t i = 0; i < p.f.b.numel(); ++i) p.f.b.data<float>()[i] = gb(rng);
-  };
-  for (int l = 0; l < static_cast<int>(m.layers().size()); ++l) {
-    const auto& L = m.layers()[static_cast<size_t>(l)];
-    for (Module mod : model::kDenseModules) {
-      const LinearWeight* w = model::dense_weight(L, mod);
-      if (w && w->defined()) fill_b(ad.add(l, mod, w->in, w->out, 4, 8.0f, rng));
-    }
-    if (!L.kind.moe) continue;
-    const auto& ex = L.moe.experts;
-    for (int e = 0; e < static_cast<int>(ex.num_experts()); ++e)
-      for (ExpertProj pj : {ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down}) {
-        const LinearWeight& w = pj == ExpertProj::Gate ? ex.gate[static_cast<size_t>(e)]
-                                : pj == ExpertProj::Up ? ex.up[static_cast<size_t>(e)]
-                                                       : ex.down[static_cast<size_t>(e)];
-        fill_b(ad.add_expert(l, pj, e, w.in, w.out, 3, 6.0f, rng));
-      }
-  }
-  return ad;
-}
+train::TrainableAdapter adapter_for(const model::Model& m) { return testing::random_lora(m); }
 
 std::vector<Tensor*> grads_of(train::TrainableAdapter& ad) {
   std::vector<Tensor*> g;

@@ -42,22 +42,11 @@ namespace {
 
 const std::string kGraft = std::string(GRAFT_BINARY_DIR) + "/bin/graft";
 
-RunResult shell(const std::string& cmd) {
-  const auto err = fs::temp_directory_path() / ("graft_mpi_err_" + std::to_string(::getpid()));
-  FILE* p = popen((cmd + " 2>" + err.string()).c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int rc = pclose(p);
-  std::string e = fs::exists(err) ? graft::read_text_file(err.string()) : "";
-  fs::remove(err);
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), out, e};
-}
+using graft::testing::allow_mpirun_as_root;
+using graft::testing::mpirun;
+RunResult shell(const std::string& cmd) { return graft::testing::run_shell(cmd); }
 
-std::string mpirun(int np) {
-  return "mpirun --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " + std::to_string(np) + " ";
-}
+
 
 // ||a - b|| / ||a|| over every tensor of two adapter files (same names, f32).
 double relative_difference(const std::string& a_path, const std::string& b_path) {
@@ -90,11 +79,7 @@ std::vector<double> metric(const std::string& dir, const char* key) {
 class TrainMpi : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (::geteuid() == 0) {  // containers and CI run as root; OpenMPI refuses that unless told
-      ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-      ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    }
-    ::setenv("OMP_NUM_THREADS", "1", 1);
+    allow_mpirun_as_root();
     have_mpirun_ = shell("command -v mpirun").rc == 0;
     if (!have_mpirun_ || !GRAFT_TEST_HAVE_MPI) return;
     dir_ = fs::temp_directory_path() / ("graft_train_mpi_" + std::to_string(::getpid()));

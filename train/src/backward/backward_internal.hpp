@@ -125,6 +125,11 @@ Tensor mla_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tens
 // MoE block output [T, H] from x2 [T, H]; backward returns dx2 (=).
 Tensor moe_fwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, MoeActs& A);
 Tensor moe_bwd(const Ctx& c, int layer, const model::LayerWeights& L, const Tensor& x2, const Tensor& dout, MoeActs& A);
+// The rows of expert e in a routing plan, as the MoE forward gathers them: X.flat (token·k + slot) and
+// X.tok of each row, X.w [n, 1] their combine weights (fp32) from w_flat [T·k, 1]; returns the expert's
+// input rows [n, H] from x [T, H] (scaled by w for Llama 4's input-side weighting).
+Tensor expert_rows(const Ctx& c, const ops::MoePermutation& plan, int64_t e, int k, const Tensor& x, const Tensor& w_flat,
+                   ExpertActs& X);
 // The routed experts of a MoE block sharded over the model's expert group (expert parallel): rows go to
 // their expert's rank and come back (model::ExpertParallel::exchange). Forward: out [T, H] (=) =
 // Σ (w or 1)·expert(x or w·x) over the routing in A (router_fwd already ran). Backward: dx [T, H] (=) of

@@ -13,6 +13,20 @@ using model::Module;
 void shared_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, MoeActs& A, Tensor& out);
 }  // namespace
 
+Tensor expert_rows(const Ctx& c, const ops::MoePermutation& plan, int64_t e, int k, const Tensor& x, const Tensor& w_flat,
+                   ExpertActs& X) {
+  const int32_t n = plan.counts[static_cast<size_t>(e)];
+  for (int32_t i = 0; i < n; ++i) {
+    X.flat.push_back(plan.order[static_cast<size_t>(plan.offsets[static_cast<size_t>(e)] + i)]);
+    X.tok.push_back(X.flat.back() / k);
+  }
+  X.w = f32(c.be, n, 1);
+  c.be.gather_rows(w_flat, X.flat, Tensor(), X.w);  // combine weight of each row
+  Tensor xe = act(c.be, n, x.size(1));
+  c.be.gather_rows(x, X.tok, c.spec.scale_expert_input ? X.w : Tensor(), xe);
+  return xe;
+}
+
 Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor& x, MoeActs& A) {
   const int64_t T = c.T, H = x.size(1), E = LW.moe.experts.num_experts();
   router_fwd(c, LW, x, A);
@@ -32,14 +46,7 @@ Tensor moe_fwd(const Ctx& c, int l, const model::LayerWeights& LW, const Tensor&
     const int32_t n = plan.counts[static_cast<size_t>(e)];
     if (n == 0) continue;
     ExpertActs& X = A.experts[static_cast<size_t>(e)];
-    for (int32_t i = 0; i < n; ++i) {
-      X.flat.push_back(plan.order[static_cast<size_t>(plan.offsets[static_cast<size_t>(e)] + i)]);
-      X.tok.push_back(X.flat.back() / k);
-    }
-    X.w = f32(c.be, n, 1);
-    c.be.gather_rows(w_flat, X.flat, Tensor(), X.w);  // combine weight of each row
-    X.x = act(c.be, n, H);
-    c.be.gather_rows(x, X.tok, scale_in ? X.w : Tensor(), X.x);
+    X.x = expert_rows(c, plan, e, k, x, w_flat, X);
     const int ei = static_cast<int>(e);
     const auto& ex = LW.moe.experts;
     X.g = lin_fwd(c.be, X.x, c.expert_lin(l, ex.gate[static_cast<size_t>(e)], ExpertProj::Gate, ei, X.tok));

@@ -17,11 +17,6 @@ namespace graft::train::detail {
 namespace {
 using model::ExpertProj;
 
-Tensor host_f32(Backend& be, const Tensor& t) {
-  Tensor h = t.device().is_cpu() ? t : be.to_host(t);
-  return h.dtype() == DType::F32 ? h.contiguous() : h.to(DType::F32);
-}
-
 template <class V>
 void put(std::string& s, const V* p, size_t n) {
   s.append(reinterpret_cast<const char*>(p), n * sizeof(V));
@@ -72,14 +67,7 @@ Tensor moe_routed_fwd_sharded(const Ctx& c, int l, const model::LayerWeights& LW
     const int32_t n = plan.counts[static_cast<size_t>(e)];
     if (n == 0) continue;
     ExpertActs& X = A.experts[static_cast<size_t>(e)];
-    for (int32_t i = 0; i < n; ++i) {
-      X.flat.push_back(plan.order[static_cast<size_t>(plan.offsets[static_cast<size_t>(e)] + i)]);
-      X.tok.push_back(X.flat.back() / k);
-    }
-    X.w = f32(c.be, n, 1);
-    c.be.gather_rows(w_flat, X.flat, Tensor(), X.w);
-    Tensor xe = act(c.be, n, H);
-    c.be.gather_rows(x, X.tok, scale_in ? X.w : Tensor(), xe);
+    const Tensor xe = expert_rows(c, plan, e, k, x, w_flat, X);
     const int r = model::expert_owner(e, E, P);
     std::string& g = groups[static_cast<size_t>(r)];
     const GroupHead gh{static_cast<int32_t>(e), n};

@@ -195,4 +195,8 @@ class Backend {
   [[noreturn]] void missing(const char* op) const;
 };
 
+// `t` as a contiguous host F32 tensor: `t` itself (made contiguous) when it already is host F32, else a
+// host copy (Backend::to_host; float dtypes become F32). For host-side exchanges (expert parallel).
+Tensor host_f32(Backend& be, const Tensor& t);
+
 }  // namespace graft

@@ -129,6 +129,10 @@ struct LayerWeights {
   MoeWeights moe;  // MoE layers
 };
 
+// The expert LoRA of MoE layer `layer` for a batch's adapter slots (null slots and experts without
+// LoRA give null factors), as Backend::moe_experts takes it. `any` = some factor is set.
+ExpertLora expert_lora(std::span<const LoraSource* const> adapters, int layer, int64_t num_experts, bool& any);
+
 // The non-expert linear modules a LoRA can adapt, and the weight behind each in a layer (nullptr for
 // an expert module; an undefined LinearWeight where the layer lacks the module).
 inline constexpr Module kDenseModules[] = {Module::Q,    Module::K,          Module::V,        Module::O,
