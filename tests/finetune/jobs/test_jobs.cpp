@@ -530,3 +530,19 @@ TEST_F(Jobs, FailedJobsStayFailedAcrossRestarts) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(jm->get("alice", over).status, "failed");
 }
+
+// --lm-head-dtype nf4 is inference only: a job on a base loaded that way is refused, naming the flag.
+TEST_F(Jobs, BaseWithAQuantizedLmHeadIsRefused) {
+  model::LoadOptions o;
+  o.lm_head_dtype = model::LmHeadDtype::NF4;
+  const auto quantized = model::Model::load(base_.string(), o);
+  nlohmann::ordered_json r = {{"base_model", base_.string()}, {"output_dir", (dir_ / "o").string()},
+                              {"datasets", nlohmann::ordered_json::array({{{"path", (dir_ / "d.jsonl").string()}}})},
+                              {"lora_target_modules", {"q_proj", "v_proj"}}};
+  const auto recipe = train::parse_recipe_text(r.dump()).proto;
+  std::string msg, param;
+  EXPECT_EQ(status_of([&] { finetune::check_job_recipe(recipe, quantized, {}); }, &msg, &param), 400);
+  EXPECT_EQ(param, "model");
+  EXPECT_NE(msg.find("--lm-head-dtype"), std::string::npos) << msg;
+  EXPECT_NO_THROW(finetune::check_job_recipe(recipe, *model_, {}));  // the f32 lm_head of the same base is fine
+}
