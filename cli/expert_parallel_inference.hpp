@@ -1,8 +1,9 @@
 // Inference with the routed experts sharded over the ranks of `mpirun -np N graft generate|eval|serve`
 // (docs/distributed.md, "Expert-parallel inference"). Rank r loads only expert shard r of N; rank 0 runs
 // the command as usual (the HTTP front, the scheduler, sampling) and sends each MoE layer's rows to the
-// ranks holding their experts; ranks 1..N-1 answer those rows (model::serve_expert_rows), loading the
-// adapters rank 0 names by their origin, until rank 0 is done. Without mpirun (or with one rank) it is a
+// ranks holding their experts; ranks 1..N-1 hold only their experts (LoadOptions::experts_only) and answer
+// those rows (model::serve_expert_rows), loading the adapters rank 0 names by their origin, until rank 0
+// is done. Without mpirun (or with one rank) it is a
 // plain Model::load.
 #pragma once
 
@@ -41,6 +42,7 @@ class InferenceGroup {
                     "{} ranks for {} routed experts per layer", w.size(), cfg.moe.num_experts);
     lo.expert_shard_rank = w.rank();
     lo.expert_shard_count = w.size();
+    lo.experts_only = w.rank() > 0;  // a worker needs its experts only
     auto m = model::Model::load(dir, lo);
     ep_ = dist::expert_parallel_over(w.split(0, w.rank()), /*driven=*/true);
     m.set_expert_parallel(ep_);

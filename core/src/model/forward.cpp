@@ -552,6 +552,7 @@ size_t Model::block_bytes(int64_t block_size) const {
 Tensor Model::forward_paged(Backend& be, std::span<const int32_t> ids, std::span<const SeqChunk> seqs,
                             std::span<const LoraSource* const> adapters, PagedKvCache& cache,
                             std::span<const int32_t> logit_rows) const {
+  check_runnable("forward_paged");
   GRAFT_CHECK(cache.k.size() == layers_.size(), "paged KV cache has {} layers, model has {}", cache.k.size(),
               layers_.size());
   Batch b;
@@ -564,7 +565,13 @@ Tensor Model::forward_paged(Backend& be, std::span<const int32_t> ids, std::span
   return f.run();
 }
 
+void Model::check_runnable(const char* what) const {
+  GRAFT_CHECK(!experts_only_, "Model::{}: this model holds only routed experts (LoadOptions::experts_only, an "
+              "expert-parallel worker) and cannot run", what);
+}
+
 Tensor Model::forward(Backend& be, const Batch& batch, KvCache* cache) const {
+  check_runnable("forward");
   Forward f{*this, be, batch, cache, family_spec(cfg_), 0, {}, {}, {}, {}};
   if (cache) {
     GRAFT_CHECK(cache->k.size() == layers_.size(), "KV cache has {} layers, model has {}", cache->k.size(), layers_.size());

@@ -426,6 +426,18 @@ struct Loader {
                     "config has hidden_size {}, vocab_size {}, num_hidden_layers {}", H, V, cfg.num_hidden_layers);
     if (!src.has("model.embed_tokens.weight") && src.has("language_model.model.embed_tokens.weight"))
       prefix = "language_model.";
+    if (opts.experts_only) {  // an expert-parallel worker: its routed experts, nothing else is read
+      m.experts_only_ = true;
+      m.layers_.resize(static_cast<size_t>(cfg.num_hidden_layers));
+      for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+        LayerWeights& L = m.layers_[static_cast<size_t>(i)];
+        L.kind = cfg.layer_kind(i);
+        if (L.kind.moe)
+          experts(fmt::format("model.layers.{}.", i) + spec.moe, cfg.moe.num_experts, H, cfg.expert_intermediate_size(),
+                  L.moe.experts);
+      }
+      return;
+    }
     m.embed_ = dense("model.embed_tokens.weight", Dims{V, H});
     m.final_norm_ = dense("model.norm.weight", Dims{H});
     if (src.has(full("lm_head.weight")) || !cfg.tie_word_embeddings) {
@@ -553,17 +565,18 @@ QuantizedCheckpoint quantize_checkpoint(const std::string& dir, bool double_quan
 }
 
 size_t Model::weight_bytes() const {
-  size_t b = embed_.nbytes() + final_norm_.nbytes();
+  const auto nb = [](const Tensor& t) -> size_t { return t.defined() ? t.nbytes() : 0; };  // undefined: not held
+  size_t b = nb(embed_) + nb(final_norm_);
   if (lm_head_.dense.raw() != embed_.raw()) b += lm_head_.bytes();
   for (const auto& L : layers_) {
-    b += L.input_norm.nbytes() + L.post_norm.nbytes();
+    b += nb(L.input_norm) + nb(L.post_norm);
     for (const LinearWeight* w : {&L.attn.q, &L.attn.k, &L.attn.v, &L.attn.o, &L.attn.q_a, &L.attn.q_b, &L.attn.kv_a,
                                   &L.attn.kv_b, &L.mlp.gate, &L.mlp.up, &L.mlp.down, &L.moe.shared.gate,
                                   &L.moe.shared.up, &L.moe.shared.down})
       b += w->bytes();
     for (const auto* v : {&L.moe.experts.gate, &L.moe.experts.up, &L.moe.experts.down})
       for (const auto& w : *v) b += w.bytes();
-    b += L.moe.router.defined() ? L.moe.router.nbytes() : 0;
+    b += nb(L.moe.router);
   }
   return b;
 }

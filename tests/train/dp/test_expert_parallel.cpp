@@ -272,6 +272,25 @@ TEST(ExpertShard, ShardedLoadHoldsOnlyItsExperts) {
     EXPECT_EQ(ex.down[static_cast<size_t>(e)].out, cfg.hidden_size) << "shape kept for " << e;
   }
   EXPECT_LT(half.weight_bytes(), full.weight_bytes());
+  // An expert-parallel inference worker: its experts and nothing else; it cannot run the model.
+  o.experts_only = true;
+  auto worker = model::Model::from_tensors(cfg, tensors, o);
+  size_t expert_bytes = 0;
+  for (const auto& L : half.layers())
+    for (const auto* v : {&L.moe.experts.gate, &L.moe.experts.up, &L.moe.experts.down})
+      for (const auto& w : *v) expert_bytes += w.bytes();
+  EXPECT_EQ(worker.weight_bytes(), expert_bytes);
+  EXPECT_TRUE(worker.experts_only());
+  auto be = cpu::make_backend();
+  const std::vector<int32_t> ids = {1, 2};
+  model::Batch b;
+  b.ids = ids;
+  try {
+    worker.forward(*be, b);
+    FAIL() << "a worker model ran a forward";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds only routed experts"), std::string::npos) << e.what();
+  }
   // A group whose rank or size differs from the loaded shard is refused, naming both.
   Mailbox box(2);
   try {
@@ -370,6 +389,7 @@ TEST(ExpertParallelInference, DrivenGroupEqualsTheUnshardedModel) {
       model::LoadOptions o;
       o.expert_shard_rank = r;
       o.expert_shard_count = P;
+      o.experts_only = r > 0;  // the workers hold their experts only
       shard.push_back(model::Model::from_tensors(cfg, tensors, o));
       shard.back().set_expert_parallel(std::make_shared<ThreadGroup>(box, r, /*driven=*/true));
     }

@@ -35,6 +35,9 @@ struct LoadOptions {
   // (model::expert_shard); the others keep their shapes but no weights. 1 = every expert.
   int expert_shard_rank = 0;
   int expert_shard_count = 1;
+  // An expert-parallel inference worker (model::serve_expert_rows): load the shard's routed experts and
+  // nothing else (no embedding, attention, router, shared expert); such a model cannot run a forward.
+  bool experts_only = false;
   // JSON object whose keys replace config.json's before the model is built (Axolotl's
   // overrides_of_model_config; config::apply_config_overrides). Empty = config.json as it is.
   std::string config_overrides_json;
@@ -166,6 +169,7 @@ class Model {
   void set_expert_parallel(std::shared_ptr<ExpertParallel> ep);
   ExpertParallel* expert_parallel() const { return ep_.get(); }
   int expert_shard_rank() const { return shard_rank_; }
+  bool experts_only() const { return experts_only_; }  // LoadOptions::experts_only
   int expert_shard_count() const { return shard_count_; }
   // Bytes held by weights (NF4 counted packed).
   size_t weight_bytes() const;
@@ -194,6 +198,8 @@ class Model {
   LinearWeight lm_head_;
   LmHeadDtype lm_head_dtype_ = LmHeadDtype::F32;
   int shard_rank_ = 0, shard_count_ = 1;
+  bool experts_only_ = false;
+  void check_runnable(const char* what) const;  // throws for an experts_only model
   std::shared_ptr<ExpertParallel> ep_;
   std::vector<LayerWeights> layers_;
   std::vector<ops::RopeTable> rope_;  // per layer kind: [0] = main
