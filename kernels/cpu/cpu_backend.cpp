@@ -21,8 +21,9 @@ using Map = Eigen::Map<RowMat>;
 
 void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   GRAFT_CHECK(w.defined(), "linear: weight [{}, {}] is not loaded", w.out, w.in);
-  if (w.quantized()) {
-    linear_nf4(x, *w.nf4, y);
+  if (w.quantized() || w.q8) {
+    if (w.q8) linear_q8(x, *w.q8, y);
+    else linear_nf4(x, *w.nf4, y);
     if (w.bias.defined()) {
       Map Y(y.data<float>(), y.size(0), y.size(1));
       Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(w.bias.data<float>(), w.out);

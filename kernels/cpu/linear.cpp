@@ -4,10 +4,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/q8_gemv.hpp"
 #include "graft/cpu/small_gemm.hpp"
 #include "graft/parallel.hpp"
 
@@ -62,21 +64,13 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   }
 }
 
-void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
-  check_f32_2d(x, "linear_nf4: x");
-  check_f32_2d(y, "linear_nf4: y");
-  GRAFT_CHECK(w.shape.size() == 2, "linear_nf4: weight must be 2-d, got {}", w.shape.str());
-  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
-  GRAFT_CHECK(w.shape[1] == K, "linear_nf4: x {} and NF4 weight {} disagree on K", x.describe(), w.shape.str());
-  GRAFT_CHECK(y.size(0) == T && y.size(1) == N, "linear_nf4: y {} must be [{}, {}]", y.describe(), T, N);
-  if (T == 0 || N == 0) return;
-  if (T <= 16) {
-    // Decode: codes decoded in registers, the packed weight streamed once (nf4_gemv.cpp).
-    nf4_gemv(x.data<float>(), T, K, w, y.data<float>());
-    return;
-  }
-  // Prefill: panels of W dequantized (vectorized, nf4_dequant_rows) into a per-thread buffer of about 512 KiB,
-  // which stays in L2 while the GEMM multiplies every row of x by it. At least one panel per thread.
+namespace {
+// y[T, N] (=) x[T, K] · Wᵀ for T > 16, W known only through dequant(r0, r1, out) (rows [r0, r1) as f32): panels of
+// W dequantized into a per-thread buffer of about 512 KiB, which stays in L2 while the GEMM multiplies every row of
+// x by it. At least one panel per thread.
+template <class DequantRows>
+void panel_gemm(const Tensor& x, int64_t N, Tensor& y, const DequantRows& dequant) {
+  const int64_t T = x.size(0), K = x.size(1);
   const int64_t threads = graft::parallel_worth(N * K * (T + 2)) ? omp_get_max_threads() : 1;
   int64_t rows = std::max<int64_t>(16, (int64_t{1} << 17) / std::max<int64_t>(K, 1));
   rows = std::min(rows, (N + threads - 1) / threads);
@@ -90,10 +84,44 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
     thread_local std::vector<float> buf;
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);
     buf.resize(static_cast<size_t>(n * K));
-    nf4_dequant_rows(w, r0, r0 + n, buf.data());
+    dequant(r0, r0 + n, buf.data());
     if (!small_gemm(xt, buf.data(), n, y.data<float>() + r0, N))
       Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
   }
+}
+
+void check_quantized_linear(const Tensor& x, const Dims& w_shape, const Tensor& y, const char* what) {
+  check_f32_2d(x, (std::string(what) + ": x").c_str());
+  check_f32_2d(y, (std::string(what) + ": y").c_str());
+  GRAFT_CHECK(w_shape.size() == 2, "{}: weight must be 2-d, got {}", what, w_shape.str());
+  GRAFT_CHECK(w_shape[1] == x.size(1), "{}: x {} and weight {} disagree on K", what, x.describe(), w_shape.str());
+  GRAFT_CHECK(y.size(0) == x.size(0) && y.size(1) == w_shape[0], "{}: y {} must be [{}, {}]", what, y.describe(),
+              x.size(0), w_shape[0]);
+}
+}  // namespace
+
+void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
+  check_quantized_linear(x, w.shape, y, "linear_nf4");
+  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
+  if (T == 0 || N == 0) return;
+  if (T <= 16) {
+    // Decode: codes decoded in registers, the packed weight streamed once (nf4_gemv.cpp).
+    nf4_gemv(x.data<float>(), T, K, w, y.data<float>());
+    return;
+  }
+  // Prefill: NF4 panels dequantized with SIMD (nf4_dequant_rows), then multiplied in f32.
+  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { nf4_dequant_rows(w, r0, r1, out); });
+}
+
+void linear_q8(const Tensor& x, const q8::QuantizedWeight& w, Tensor& y) {
+  check_quantized_linear(x, w.shape, y, "linear_q8");
+  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
+  if (T == 0 || N == 0) return;
+  if (T <= 16) {
+    q8_gemv(x.data<float>(), T, K, w, y.data<float>());
+    return;
+  }
+  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { q8_dequant_rows(w, r0, r1, out); });
 }
 
 void lora_acc(const Tensor& x, const Tensor& a, const Tensor& b, float scale, Tensor& y) {

@@ -17,6 +17,7 @@
 #include "graft/io/safetensors.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/expert_parallel.hpp"
+#include "graft/quant/q8.hpp"
 
 namespace graft::model {
 namespace {
@@ -459,6 +460,14 @@ struct Loader {
       m.lm_head_.nf4 = std::make_shared<nf4::QuantizedWeight>(std::move(q));
       m.lm_head_.dense = Tensor();
     }
+    if (opts.lm_head_dtype == LmHeadDtype::Q8) {
+      // Inference only, like NF4 above; an lm_head stored in NF4 by the checkpoint (bnb) is dequantized first.
+      const Tensor w = m.lm_head_.quantized() ? nf4::dequantize(*m.lm_head_.nf4) : m.lm_head_.dense;
+      m.lm_head_.q8 = std::make_shared<q8::QuantizedWeight>(
+          q8::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape()));
+      m.lm_head_.dense = Tensor();
+      m.lm_head_.nf4 = nullptr;
+    }
     m.lm_head_dtype_ = opts.lm_head_dtype;
     m.layers_.resize(static_cast<size_t>(cfg.num_hidden_layers));
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
@@ -514,11 +523,19 @@ Model Model::load(const std::string& dir, const LoadOptions& opts) {
 LmHeadDtype parse_lm_head_dtype(const std::string& value, const std::string& what) {
   if (value == "f32") return LmHeadDtype::F32;
   if (value == "nf4") return LmHeadDtype::NF4;
-  GRAFT_FAIL(fmt::format("pass {} f32 (exact, the default) or nf4 (4-bit, inference only)", what),
-             "{} '{}' is not one of: f32, nf4", what, value);
+  if (value == "q8") return LmHeadDtype::Q8;
+  GRAFT_FAIL(fmt::format("pass {} f32 (exact, the default), q8 (8-bit, inference only, CPU) or nf4 (4-bit, inference "
+                         "only)", what),
+             "{} '{}' is not one of: f32, q8, nf4", what, value);
 }
 
-const char* lm_head_dtype_name(LmHeadDtype d) { return d == LmHeadDtype::NF4 ? "nf4" : "f32"; }
+const char* lm_head_dtype_name(LmHeadDtype d) {
+  switch (d) {
+    case LmHeadDtype::NF4: return "nf4";
+    case LmHeadDtype::Q8: return "q8";
+    default: return "f32";
+  }
+}
 
 Model Model::from_tensors(const config::ModelConfig& cfg, const std::vector<std::pair<std::string, Tensor>>& tensors,
                           const LoadOptions& opts) {

@@ -1,4 +1,4 @@
-// LoadOptions::lm_head_dtype (--lm-head-dtype): an NF4 lm_head gives exactly the logits of an f32 lm_head holding
+// LoadOptions::lm_head_dtype (--lm-head-dtype): an NF4 or Q8 lm_head gives the logits of an f32 lm_head holding
 // the dequantized weights, keeps the embedding lookup f32 on tied models, and its quality against the exact f32
 // lm_head (top-1 agreement, logit error, greedy continuation) is measured on stories260K and a tiny preset.
 #include <gtest/gtest.h>
@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "graft/cpu/cpu_backend.hpp"
@@ -14,6 +15,7 @@
 #include "graft/model/model.hpp"
 #include "graft/model/presets.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q8.hpp"
 
 using namespace graft;
 namespace fs = std::filesystem;
@@ -75,6 +77,12 @@ Quality compare(const Tensor& exact, const Tensor& q) {
   return r;
 }
 
+// W as the quantized head holds it: dequantize(quantize(W)) in the format `d` names.
+Tensor round_trip(const Tensor& w, model::LmHeadDtype d) {
+  if (d == model::LmHeadDtype::NF4) return nf4::dequantize(nf4::quantize(w, /*double_quant=*/true, 64));
+  return q8::dequantize(q8::quantize(std::span<const float>(w.data<float>(), size_t(w.numel())), w.shape()));
+}
+
 size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   size_t i = 0;
   while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
@@ -82,93 +90,109 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 }
 }  // namespace
 
-// Tied (the projection reads an NF4 copy of the embedding table; the lookup stays f32) and untied.
-TEST(LmHeadDtype, Nf4LogitsEqualDequantizedF32Head) {
+// Tied (the projection reads a quantized copy of the embedding table; the lookup stays f32) and untied.
+TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
   auto be = cpu::make_backend();
-  for (bool tied : {true, false}) {
-    SCOPED_TRACE(tied ? "tied" : "untied");
-    const auto cfg = tiny_cfg("qwen3_moe", tied);
-    auto tensors = model::random_checkpoint(cfg, 7, 1.0f / std::sqrt(float(cfg.hidden_size)));
-    model::LoadOptions o;
-    o.lm_head_dtype = model::LmHeadDtype::NF4;
-    const auto q = model::Model::from_tensors(cfg, tensors, o);
-    ASSERT_TRUE(q.lm_head().quantized());
-    EXPECT_EQ(q.lm_head_dtype(), model::LmHeadDtype::NF4);
-    // Reference: an untied model whose f32 lm_head holds dequantize(quantize(W)), same embedding table.
-    const std::string head = tied ? "model.embed_tokens.weight" : "lm_head.weight";
-    Tensor w;
-    for (auto& [n, t] : tensors)
-      if (n == head) w = t;
-    ASSERT_TRUE(w.defined());
-    Tensor deq = nf4::dequantize(nf4::quantize(w, /*double_quant=*/true, 64));
-    auto ref_tensors = tensors;
-    std::erase_if(ref_tensors, [](const auto& p) { return p.first == "lm_head.weight"; });
-    ref_tensors.emplace_back("lm_head.weight", deq);
-    auto ref_cfg = cfg;
-    ref_cfg.tie_word_embeddings = false;
-    const auto ref = model::Model::from_tensors(ref_cfg, ref_tensors);
-    // The embedding lookup of the quantized model is still the exact f32 table.
-    ASSERT_EQ(q.embedding().numel(), ref.embedding().numel());
-    EXPECT_EQ(0, std::memcmp(q.embedding().raw(), ref.embedding().raw(), q.embedding().nbytes()));
-    for (int T : {1, 5, 40}) {  // decode GEMV (T <= 16) and prefill paths of the NF4 kernels
-      auto [d, mx] = max_diff(logits(q, *be, ids(T, cfg.vocab_size)), logits(ref, *be, ids(T, cfg.vocab_size)));
-      EXPECT_LE(d, 2e-5f * std::max(1.0f, mx)) << "T=" << T << " max |logit| " << mx;
-      EXPECT_GT(mx, 0.1f);
+  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8})
+    for (bool tied : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << model::lm_head_dtype_name(dtype) << (tied ? " tied" : " untied"));
+      const auto cfg = tiny_cfg("qwen3_moe", tied);
+      auto tensors = model::random_checkpoint(cfg, 7, 1.0f / std::sqrt(float(cfg.hidden_size)));
+      model::LoadOptions o;
+      o.lm_head_dtype = dtype;
+      const auto q = model::Model::from_tensors(cfg, tensors, o);
+      EXPECT_EQ(q.lm_head().quantized(), dtype == model::LmHeadDtype::NF4);
+      EXPECT_EQ(q.lm_head().q8 != nullptr, dtype == model::LmHeadDtype::Q8);
+      EXPECT_FALSE(q.lm_head().dense.defined());
+      EXPECT_EQ(q.lm_head_dtype(), dtype);
+      // Reference: an untied model whose f32 lm_head holds dequantize(quantize(W)), same embedding table.
+      const std::string head = tied ? "model.embed_tokens.weight" : "lm_head.weight";
+      Tensor w;
+      for (auto& [n, t] : tensors)
+        if (n == head) w = t;
+      ASSERT_TRUE(w.defined());
+      auto ref_tensors = tensors;
+      std::erase_if(ref_tensors, [](const auto& p) { return p.first == "lm_head.weight"; });
+      ref_tensors.emplace_back("lm_head.weight", round_trip(w, dtype));
+      auto ref_cfg = cfg;
+      ref_cfg.tie_word_embeddings = false;
+      const auto ref = model::Model::from_tensors(ref_cfg, ref_tensors);
+      // The embedding lookup of the quantized model is still the exact f32 table.
+      ASSERT_EQ(q.embedding().numel(), ref.embedding().numel());
+      EXPECT_EQ(0, std::memcmp(q.embedding().raw(), ref.embedding().raw(), q.embedding().nbytes()));
+      for (int T : {1, 5, 40}) {  // decode GEMV (T <= 16) and prefill paths of the quantized kernels
+        auto [d, mx] = max_diff(logits(q, *be, ids(T, cfg.vocab_size)), logits(ref, *be, ids(T, cfg.vocab_size)));
+        EXPECT_LE(d, 2e-5f * std::max(1.0f, mx)) << "T=" << T << " max |logit| " << mx;
+        EXPECT_GT(mx, 0.1f);
+      }
+      // The default keeps the f32 lm_head (tied: the embedding table itself).
+      const auto f = model::Model::from_tensors(cfg, tensors);
+      EXPECT_FALSE(f.lm_head().quantized());
+      EXPECT_EQ(f.lm_head().q8, nullptr);
+      EXPECT_EQ(f.lm_head_dtype(), model::LmHeadDtype::F32);
     }
-    // The default keeps the f32 lm_head (tied: the embedding table itself).
-    const auto f = model::Model::from_tensors(cfg, tensors);
-    EXPECT_FALSE(f.lm_head().quantized());
-    EXPECT_EQ(f.lm_head_dtype(), model::LmHeadDtype::F32);
-  }
 }
 
-// Quality against the exact f32 lm_head (figures quoted in docs/performance.md, "NF4 lm_head").
-TEST(LmHeadDtype, Nf4QualityOnStories260kAndTinyPreset) {
+// Quality against the exact f32 lm_head (figures quoted in docs/models.md and docs/performance.md).
+TEST(LmHeadDtype, QualityOnStories260kAndTinyPreset) {
   auto be = cpu::make_backend();
   const fs::path dir = fs::path(GRAFT_SOURCE_DIR) / ".." / "shared" / "assets" / "models" / "stories260K_hf_llama";
-  struct Case {
-    std::string name;
-    model::Model f32, nf4;
-    std::vector<int32_t> prompt;
-  };
-  std::vector<Case> cases;
-  model::LoadOptions o;
-  o.lm_head_dtype = model::LmHeadDtype::NF4;
-  if (fs::exists(dir / "config.json")) {
-    cases.push_back({"stories260K", model::Model::load(dir.string()), model::Model::load(dir.string(), o),
-                     {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426}});
-  }
-  {
-    const auto cfg = tiny_cfg("qwen3_moe", true);
-    auto t = model::random_checkpoint(cfg, 3, 1.0f / std::sqrt(float(cfg.hidden_size)));
-    cases.push_back({"qwen3_moe tiny (tied, unit-scale logits)", model::Model::from_tensors(cfg, t),
-                     model::Model::from_tensors(cfg, t, o), ids(16, cfg.vocab_size)});
-  }
-  for (auto& c : cases) {
-    SCOPED_TRACE(c.name);
-    model::GenerateOptions go;
-    go.max_tokens = 40;
-    const auto g32 = model::generate(c.f32, *be, c.prompt, go);
-    const auto g4 = model::generate(c.nf4, *be, c.prompt, go);
-    const size_t same = common_prefix(g32, g4);
-    // Teacher-forced on the f32 model's own text (prompt + its greedy continuation): per-position top-1 agreement.
-    auto text = c.prompt;
-    text.insert(text.end(), g32.begin(), g32.end());
-    const Quality qq = compare(logits(c.f32, *be, text), logits(c.nf4, *be, text));
-    std::printf("[lm_head nf4 vs f32] %s: top-1 agreement %.1f%% of %zu positions, logit error max %.4f rms %.4f "
-                "(f32 logit std %.3f), greedy 40 tokens: first %zu identical\n",
-                c.name.c_str(), 100 * qq.top1_agree, text.size(), qq.max_err, qq.rms_err, qq.logit_std, same);
-    // NF4's step is ~1/8 of a block's range: the logit error stays a small fraction of the logits' spread, and most
-    // positions keep their top-1 token (figures quoted in the docs; stories260K's hidden 64 is one NF4 block a row).
-    EXPECT_LT(qq.rms_err, 0.1 * qq.logit_std);
-    EXPECT_GE(qq.top1_agree, 0.75);
-    EXPECT_GT(qq.rms_err, 0.0);  // it is a different (quantized) head
+  if (!fs::exists(dir / "config.json")) std::printf("stories260K rows skipped: ../shared/assets is absent\n");
+  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8}) {
+    struct Case {
+      std::string name;
+      model::Model f32, quant;
+      std::vector<int32_t> prompt;
+    };
+    std::vector<Case> cases;
+    model::LoadOptions o;
+    o.lm_head_dtype = dtype;
+    if (fs::exists(dir / "config.json")) {
+      cases.push_back({"stories260K", model::Model::load(dir.string()), model::Model::load(dir.string(), o),
+                       {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426}});
+    }
+    {
+      const auto cfg = tiny_cfg("qwen3_moe", true);
+      auto t = model::random_checkpoint(cfg, 3, 1.0f / std::sqrt(float(cfg.hidden_size)));
+      cases.push_back({"qwen3_moe tiny (tied, unit-scale logits)", model::Model::from_tensors(cfg, t),
+                       model::Model::from_tensors(cfg, t, o), ids(16, cfg.vocab_size)});
+    }
+    for (auto& c : cases) {
+      SCOPED_TRACE(::testing::Message() << model::lm_head_dtype_name(dtype) << " " << c.name);
+      model::GenerateOptions go;
+      go.max_tokens = 40;
+      const auto g32 = model::generate(c.f32, *be, c.prompt, go);
+      const auto gq = model::generate(c.quant, *be, c.prompt, go);
+      const size_t same = common_prefix(g32, gq);
+      // Teacher-forced on the f32 model's own text (prompt + its greedy continuation): per-position top-1 agreement.
+      auto text = c.prompt;
+      text.insert(text.end(), g32.begin(), g32.end());
+      const Quality qq = compare(logits(c.f32, *be, text), logits(c.quant, *be, text));
+      std::printf("[lm_head %s vs f32] %s: top-1 agreement %.1f%% of %zu positions, logit error max %.4f rms %.4f "
+                  "(f32 logit std %.3f), greedy 40 tokens: first %zu identical\n",
+                  model::lm_head_dtype_name(dtype), c.name.c_str(), 100 * qq.top1_agree, text.size(), qq.max_err,
+                  qq.rms_err, qq.logit_std, same);
+      EXPECT_GT(qq.rms_err, 0.0);  // it is a different (quantized) head
+      if (dtype == model::LmHeadDtype::NF4) {
+        // NF4's step is ~1/8 of a block's range: the logit error stays a small fraction of the logits' spread, and
+        // most positions keep their top-1 token (stories260K's hidden 64 is one NF4 block a row).
+        EXPECT_LT(qq.rms_err, 0.1 * qq.logit_std);
+        EXPECT_GE(qq.top1_agree, 0.75);
+      } else {
+        // Q8's step is 1/127 of a block's absmax: ~16x finer than NF4; the greedy text is the f32 model's.
+        EXPECT_LT(qq.rms_err, 0.01 * qq.logit_std);
+        EXPECT_GE(qq.top1_agree, 0.95);
+      }
+    }
   }
 }
 
 TEST(LmHeadDtype, ParseNamesTheFlagAndTheChoices) {
   EXPECT_EQ(model::parse_lm_head_dtype("f32"), model::LmHeadDtype::F32);
   EXPECT_EQ(model::parse_lm_head_dtype("nf4"), model::LmHeadDtype::NF4);
+  EXPECT_EQ(model::parse_lm_head_dtype("q8"), model::LmHeadDtype::Q8);
+  for (auto d : {model::LmHeadDtype::F32, model::LmHeadDtype::NF4, model::LmHeadDtype::Q8})
+    EXPECT_EQ(model::parse_lm_head_dtype(model::lm_head_dtype_name(d)), d);
   try {
     model::parse_lm_head_dtype("q4", "--lm-head-dtype");
     FAIL() << "no throw";
@@ -176,6 +200,6 @@ TEST(LmHeadDtype, ParseNamesTheFlagAndTheChoices) {
     const std::string w = e.what();
     EXPECT_NE(w.find("--lm-head-dtype"), std::string::npos) << w;
     EXPECT_NE(w.find("'q4'"), std::string::npos) << w;
-    EXPECT_NE(w.find("f32, nf4"), std::string::npos) << w;
+    EXPECT_NE(w.find("f32, q8, nf4"), std::string::npos) << w;
   }
 }

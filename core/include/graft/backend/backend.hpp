@@ -14,6 +14,7 @@
 
 #include "graft/backend/ops_desc.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q8.hpp"
 #include "graft/tensor.hpp"
 
 namespace graft {
@@ -24,7 +25,9 @@ struct LinearWeight {
   Tensor dense;                                      // [out, in] (backend compute dtype) or undefined
   std::shared_ptr<const nf4::QuantizedWeight> nf4;   // [out, in] NF4 or null
   Tensor bias;                                       // [out] or undefined
-  bool defined() const { return dense.defined() && dense.numel() > 0 ? true : nf4 != nullptr; }
+  // [out, in] 8-bit or null: only the inference-only lm_head (LmHeadDtype::Q8); CPU backend only, never trained.
+  std::shared_ptr<const q8::QuantizedWeight> q8;
+  bool defined() const { return dense.defined() && dense.numel() > 0 ? true : nf4 != nullptr || q8 != nullptr; }
   bool quantized() const { return nf4 != nullptr; }
   size_t bytes() const;
 };

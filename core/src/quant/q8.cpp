@@ -1,0 +1,58 @@
+#include "graft/quant/q8.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "graft/error.hpp"
+
+namespace graft::q8 {
+
+QuantizedWeight quantize(std::span<const float> w, const Dims& shape, int64_t blocksize) {
+  GRAFT_CHECK(shape.size() == 2, "q8::quantize: the weight must be 2-d [N, K], got {}", shape.str());
+  GRAFT_CHECK(static_cast<int64_t>(w.size()) == shape.numel(), "q8::quantize: {} values for a weight of shape {}",
+              w.size(), shape.str());
+  GRAFT_CHECK(blocksize >= 1 && blocksize <= 4096, "q8::quantize: blocksize {} is outside [1, 4096]", blocksize);
+  QuantizedWeight out;
+  out.shape = shape;
+  out.blocksize = blocksize;
+  const int64_t N = shape[0], K = shape[1], nb = out.blocks_per_row();
+  out.q.resize(static_cast<size_t>(N * K));
+  out.scale.resize(static_cast<size_t>(N * nb));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * blocksize, k1 = std::min(K, k0 + blocksize);
+      const float* src = w.data() + n * K;
+      float amax = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) {
+        GRAFT_CHECK(std::isfinite(src[k]), "q8::quantize: weight [{}, {}] of {} is {}: the checkpoint holds a "
+                    "non-finite value", n, k, shape.str(), src[k]);
+        amax = std::max(amax, std::fabs(src[k]));
+      }
+      const float s = amax / 127.0f;
+      out.scale[static_cast<size_t>(n * nb + b)] = s;
+      const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+      int8_t* dst = out.q.data() + n * K;
+      for (int64_t k = k0; k < k1; ++k)
+        dst[k] = static_cast<int8_t>(std::clamp(std::lround(src[k] * inv), -127L, 127L));
+    }
+  }
+  return out;
+}
+
+void dequantize(const QuantizedWeight& w, std::span<float> out) {
+  const int64_t N = w.rows(), K = w.cols(), nb = w.blocks_per_row();
+  GRAFT_CHECK(static_cast<int64_t>(out.size()) == N * K, "q8::dequantize: {} outputs for a weight of shape {}",
+              out.size(), w.shape.str());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      out[static_cast<size_t>(n * K + k)] =
+          static_cast<float>(w.q[static_cast<size_t>(n * K + k)]) * w.scale[static_cast<size_t>(n * nb + k / w.blocksize)];
+}
+
+Tensor dequantize(const QuantizedWeight& w) {
+  Tensor t = Tensor::empty(w.shape, DType::F32);
+  dequantize(w, std::span<float>(t.data<float>(), static_cast<size_t>(t.numel())));
+  return t;
+}
+
+}  // namespace graft::q8

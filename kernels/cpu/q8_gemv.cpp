@@ -1,0 +1,250 @@
+// Q8 × f32 matmul with the int8 codes widened in registers (AVX-512, AVX2+FMA, portable); the weight layout is in
+// graft/quant/q8.hpp (row-major int8, one f32 scale per block of a row; blocks never straddle rows).
+// Each block is summed unscaled, then multiplied by its scale once: y = Σ_b scale_b · Σ_{k in b} q_k · x_k.
+// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 headers when they are inlined (see nf4_gemv.cpp).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include "graft/cpu/q8_gemv.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "graft/error.hpp"
+#include "graft/parallel.hpp"
+
+namespace graft::cpu {
+namespace {
+
+constexpr int64_t kMaxT = 16;
+constexpr int64_t kRows = 16;  // output rows per parallel chunk
+
+void rows_portable(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                   int64_t ldy, float* y) {
+  const int64_t bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.q.data() + n * K;
+    float acc[kMaxT] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * bs, k1 = std::min(K, k0 + bs);
+      float bsum[kMaxT] = {};
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = static_cast<float>(row[k]);
+        for (int64_t t = 0; t < T; ++t) bsum[t] += v * x[t * K + k];
+      }
+      const float s = w.scale[static_cast<size_t>(n * nb + b)];
+      for (int64_t t = 0; t < T; ++t) acc[t] += bsum[t] * s;
+    }
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = acc[t];
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 widen8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// Any T <= 16; blocksize % 16 == 0, K % 16 == 0 (so every block, also a row's last, is a multiple of 8 long).
+__attribute__((target("avx2,fma"))) void rows_avx2(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
+                                                   int64_t n0, int64_t n1, int64_t ldy, float* y) {
+  const int64_t bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.q.data() + n * K;
+    __m256 acc[kMaxT];
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k1 = std::min(K, (b + 1) * bs);
+      __m256 bsum[kMaxT];
+      for (int64_t t = 0; t < T; ++t) bsum[t] = _mm256_setzero_ps();
+      for (int64_t k = b * bs; k < k1; k += 8) {
+        const __m256 wv = widen8(row + k);
+        for (int64_t t = 0; t < T; ++t) bsum[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), bsum[t]);
+      }
+      const __m256 s = _mm256_set1_ps(w.scale[static_cast<size_t>(n * nb + b)]);
+      for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(bsum[t], s, acc[t]);
+    }
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
+  }
+}
+
+__attribute__((target("avx512f"), always_inline)) inline __m512 widen16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// TT > 0: T fixed at compile time so the accumulators stay in registers (cf. nf4_gemv.cpp); TT = 0: run-time T.
+template <int TT>
+__attribute__((target("avx512f"))) void rows_avx512_t(const float* x, int64_t T_, int64_t K,
+                                                      const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                                                      int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
+  const int64_t bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.q.data() + n * K;
+    __m512 acc[kMaxT];
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k1 = std::min(K, (b + 1) * bs);
+      __m512 bsum[kMaxT];
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) bsum[t] = _mm512_setzero_ps();
+      for (int64_t k = b * bs; k < k1; k += 16) {
+        const __m512 wv = widen16(row + k);
+#pragma GCC unroll 16
+        for (int64_t t = 0; t < T; ++t) bsum[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * K + k), bsum[t]);
+      }
+      const __m512 s = _mm512_set1_ps(w.scale[static_cast<size_t>(n * nb + b)]);
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(bsum[t], s, acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+// T == 1 (decode, and the last position of a prefill): four rows at a time, so each x load serves four rows, with
+// two accumulation chains per row (even / odd 16-element steps) to hide the FMA latency.
+__attribute__((target("avx512f"))) void gemv1_avx512(const float* x, int64_t K, const q8::QuantizedWeight& w,
+                                                     int64_t n0, int64_t n1, float* y) {
+  const int64_t bs = w.blocksize, nb = w.blocks_per_row();
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const int8_t* r0 = w.q.data() + n * K;
+    const int8_t *r1 = r0 + K, *r2 = r1 + K, *r3 = r2 + K;
+    const float* s0 = w.scale.data() + n * nb;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * bs, k1 = std::min(K, k0 + bs);
+      __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+      int64_t k = k0;
+      for (; k + 32 <= k1; k += 32) {
+        const __m512 xe = _mm512_loadu_ps(x + k), xo = _mm512_loadu_ps(x + k + 16);
+        e0 = _mm512_fmadd_ps(widen16(r0 + k), xe, e0);
+        e1 = _mm512_fmadd_ps(widen16(r1 + k), xe, e1);
+        e2 = _mm512_fmadd_ps(widen16(r2 + k), xe, e2);
+        e3 = _mm512_fmadd_ps(widen16(r3 + k), xe, e3);
+        o0 = _mm512_fmadd_ps(widen16(r0 + k + 16), xo, o0);
+        o1 = _mm512_fmadd_ps(widen16(r1 + k + 16), xo, o1);
+        o2 = _mm512_fmadd_ps(widen16(r2 + k + 16), xo, o2);
+        o3 = _mm512_fmadd_ps(widen16(r3 + k + 16), xo, o3);
+      }
+      if (k < k1) {  // a last 16 elements
+        const __m512 xe = _mm512_loadu_ps(x + k);
+        e0 = _mm512_fmadd_ps(widen16(r0 + k), xe, e0);
+        e1 = _mm512_fmadd_ps(widen16(r1 + k), xe, e1);
+        e2 = _mm512_fmadd_ps(widen16(r2 + k), xe, e2);
+        e3 = _mm512_fmadd_ps(widen16(r3 + k), xe, e3);
+      }
+      a0 = _mm512_fmadd_ps(_mm512_add_ps(e0, o0), _mm512_set1_ps(s0[b]), a0);
+      a1 = _mm512_fmadd_ps(_mm512_add_ps(e1, o1), _mm512_set1_ps(s0[nb + b]), a1);
+      a2 = _mm512_fmadd_ps(_mm512_add_ps(e2, o2), _mm512_set1_ps(s0[2 * nb + b]), a2);
+      a3 = _mm512_fmadd_ps(_mm512_add_ps(e3, o3), _mm512_set1_ps(s0[3 * nb + b]), a3);
+    }
+    y[n] = _mm512_reduce_add_ps(a0);
+    y[n + 1] = _mm512_reduce_add_ps(a1);
+    y[n + 2] = _mm512_reduce_add_ps(a2);
+    y[n + 3] = _mm512_reduce_add_ps(a3);
+  }
+  if (n < n1) rows_avx512_t<1>(x, 1, K, w, n, n1, 0, y);
+}
+
+void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                 int64_t ldy, float* y) {
+  switch (T) {
+#define GRAFT_Q8_T(N) \
+  case N: return rows_avx512_t<N>(x, T, K, w, n0, n1, ldy, y);
+    GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7) GRAFT_Q8_T(8)
+    GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14) GRAFT_Q8_T(15)
+    GRAFT_Q8_T(16)
+#undef GRAFT_Q8_T
+    case 1: return gemv1_avx512(x, K, w, n0, n1, y);
+    default: return rows_avx512_t<0>(x, T, K, w, n0, n1, ldy, y);
+  }
+}
+
+// Rows [n0, n1) dequantized into out[(n1 - n0) * K].
+void dequant_portable(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float* out) {
+  const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      out[(n - n0) * K + k] = static_cast<float>(w.q[static_cast<size_t>(n * K + k)]) *
+                              w.scale[static_cast<size_t>(n * nb + k / bs)];
+}
+
+__attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                                                      float* out) {
+  const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t k = 0; k < K; k += 8)
+      _mm256_storeu_ps(out + (n - n0) * K + k,
+                       _mm256_mul_ps(widen8(w.q.data() + n * K + k), _mm256_set1_ps(w.scale[static_cast<size_t>(n * nb + k / bs)])));
+}
+
+__attribute__((target("avx512f"))) void dequant_avx512(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                                                       float* out) {
+  const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t k = 0; k < K; k += 16)
+      _mm512_storeu_ps(out + (n - n0) * K + k,
+                       _mm512_mul_ps(widen16(w.q.data() + n * K + k), _mm512_set1_ps(w.scale[static_cast<size_t>(n * nb + k / bs)])));
+}
+
+void check_weight(const q8::QuantizedWeight& w, const char* what) {
+  GRAFT_CHECK(w.shape.size() == 2 && w.blocksize >= 1, "{}: Q8 weight {} (blocksize {}) must be 2-d", what,
+              w.shape.str(), w.blocksize);
+  GRAFT_CHECK(static_cast<int64_t>(w.q.size()) == w.shape.numel() &&
+                  static_cast<int64_t>(w.scale.size()) == w.rows() * w.blocks_per_row(),
+              "{}: Q8 weight {} holds {} codes and {} scales (re-quantize it)", what, w.shape.str(), w.q.size(),
+              w.scale.size());
+}
+
+// The ISA a call runs: `isa` resolved and checked; Portable when the layout does not suit the SIMD paths.
+Nf4Isa resolve(Nf4Isa isa, const q8::QuantizedWeight& w, const char* what) {
+  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
+  GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
+  return w.blocksize % 16 != 0 || w.cols() % 16 != 0 ? Nf4Isa::Portable : isa;
+}
+
+}  // namespace
+
+void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa) {
+  check_weight(w, "q8_gemv");
+  GRAFT_CHECK(w.cols() == K, "q8_gemv: Q8 weight {} must be [N, {}]", w.shape.str(), K);
+  GRAFT_CHECK(T >= 0 && T <= kMaxT, "q8_gemv: T = {} rows, at most {} (use linear_q8 for more)", T, kMaxT);
+  isa = resolve(isa, w, "q8_gemv");
+  const int64_t N = w.rows();
+  if (T == 0 || N == 0) return;
+  if (K == 0) {
+    std::fill(y, y + T * N, 0.0f);
+    return;
+  }
+  const int64_t chunks = (N + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
+    switch (isa) {
+      case Nf4Isa::Avx512: rows_avx512(x, T, K, w, n0, n1, N, y); break;
+      case Nf4Isa::Avx2: rows_avx2(x, T, K, w, n0, n1, N, y); break;
+      default: rows_portable(x, T, K, w, n0, n1, N, y); break;
+    }
+  }
+}
+
+void q8_dequant_rows(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa) {
+  check_weight(w, "q8_dequant_rows");
+  GRAFT_CHECK(n0 >= 0 && n0 <= n1 && n1 <= w.rows(), "q8_dequant_rows: rows [{}, {}) of Q8 weight {}", n0, n1,
+              w.shape.str());
+  isa = resolve(isa, w, "q8_dequant_rows");
+  if (isa == Nf4Isa::Avx512) dequant_avx512(w, n0, n1, out);
+  else if (isa == Nf4Isa::Avx2) dequant_avx2(w, n0, n1, out);
+  else dequant_portable(w, n0, n1, out);
+}
+
+}  // namespace graft::cpu
