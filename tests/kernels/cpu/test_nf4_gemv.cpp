@@ -12,18 +12,7 @@ namespace graft::cpu {
 namespace {
 
 // y_ref[T, N] in double from the dequantized weight.
-std::vector<double> reference(const Tensor& x, const nf4::QuantizedWeight& q) {
-  const Tensor wd = nf4::dequantize(q);
-  const int64_t T = x.size(0), K = x.size(1), N = q.shape[0];
-  std::vector<double> y(static_cast<size_t>(T * N));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0;
-      for (int64_t k = 0; k < K; ++k) s += double(x.data<float>()[t * K + k]) * wd.data<float>()[n * K + k];
-      y[t * N + n] = s;
-    }
-  return y;
-}
+std::vector<double> reference(const Tensor& x, const nf4::QuantizedWeight& q) { return graft::testing::matmul_ref(x, nf4::dequantize(q)); }
 
 struct Shape {
   int64_t T, N, K, blocksize;

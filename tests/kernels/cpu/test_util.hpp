@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <vector>
 #include <random>
 
 #include "graft/tensor.hpp"
@@ -35,6 +36,20 @@ inline double rel_err(const float* a, const double* b, int64_t n) {
     den += b[i] * b[i];
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// y[T, N] = x[T, K] · wᵀ (w [N, K] f32, e.g. a dequantized weight), accumulated in double: the reference of the
+// quantized matmul kernels.
+inline std::vector<double> matmul_ref(const Tensor& x, const Tensor& w) {
+  const int64_t T = x.size(0), K = x.size(1), N = w.size(0);
+  std::vector<double> y(static_cast<size_t>(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += double(x.data<float>()[t * K + k]) * w.data<float>()[n * K + k];
+      y[static_cast<size_t>(t * N + n)] = s;
+    }
+  return y;
 }
 
 }  // namespace graft::testing
