@@ -22,6 +22,7 @@
 
 #include "graft/parallel.hpp"
 #include "graft/tensor.hpp"
+#include "simd_reduce.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -95,12 +96,7 @@ void rows_portable(const float* x, int64_t T, int64_t K, const nf4::QuantizedWei
   }
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using simd::hsum256;
 
 // The 16 NF4 values looked up by 8 codes (0..15 in each 32-bit lane).
 struct Lut256 {

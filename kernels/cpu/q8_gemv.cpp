@@ -13,6 +13,7 @@
 
 #include "graft/error.hpp"
 #include "graft/parallel.hpp"
+#include "simd_reduce.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -40,12 +41,7 @@ void rows_portable(const float* x, int64_t T, int64_t K, const q8::QuantizedWeig
   }
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using simd::hsum256;
 
 __attribute__((target("avx2,fma"))) inline __m256 widen8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
