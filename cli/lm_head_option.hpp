@@ -14,7 +14,7 @@ namespace graft::cli {
 inline void add_lm_head_dtype_option(CLI::App* sub, std::string& value) {
   sub->add_option("--lm-head-dtype", value,
                   "Storage of the lm_head projection: f32 (default, exact), q8 (8-bit, CPU only: 3.8x fewer bytes per "
-                  "decoded token, logits within ~0.3%) or nf4 (4-bit: 7.7x fewer, logits change more); inference "
+                  "decoded token, logits close to f32) or nf4 (4-bit: 7.7x fewer, logits change more); inference "
                   "only, see docs/models.md");
 }
 

@@ -165,15 +165,6 @@ void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight
   }
 }
 
-// Rows [n0, n1) dequantized into out[(n1 - n0) * K].
-void dequant_portable(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float* out) {
-  const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t k = 0; k < K; ++k)
-      out[(n - n0) * K + k] = static_cast<float>(w.q[static_cast<size_t>(n * K + k)]) *
-                              w.scale[static_cast<size_t>(n * nb + k / bs)];
-}
-
 __attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                                                       float* out) {
   const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
@@ -240,7 +231,7 @@ void q8_dequant_rows(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float
   isa = resolve(isa, w, "q8_dequant_rows");
   if (isa == Nf4Isa::Avx512) dequant_avx512(w, n0, n1, out);
   else if (isa == Nf4Isa::Avx2) dequant_avx2(w, n0, n1, out);
-  else dequant_portable(w, n0, n1, out);
+  else q8::dequantize_rows(w, n0, n1, out);
 }
 
 }  // namespace graft::cpu

@@ -39,14 +39,18 @@ QuantizedWeight quantize(std::span<const float> w, const Dims& shape, int64_t bl
   return out;
 }
 
-void dequantize(const QuantizedWeight& w, std::span<float> out) {
-  const int64_t N = w.rows(), K = w.cols(), nb = w.blocks_per_row();
-  GRAFT_CHECK(static_cast<int64_t>(out.size()) == N * K, "q8::dequantize: {} outputs for a weight of shape {}",
-              out.size(), w.shape.str());
-  for (int64_t n = 0; n < N; ++n)
+void dequantize_rows(const QuantizedWeight& w, int64_t n0, int64_t n1, float* out) {
+  const int64_t K = w.cols(), nb = w.blocks_per_row();
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t k = 0; k < K; ++k)
-      out[static_cast<size_t>(n * K + k)] =
+      out[(n - n0) * K + k] =
           static_cast<float>(w.q[static_cast<size_t>(n * K + k)]) * w.scale[static_cast<size_t>(n * nb + k / w.blocksize)];
+}
+
+void dequantize(const QuantizedWeight& w, std::span<float> out) {
+  GRAFT_CHECK(static_cast<int64_t>(out.size()) == w.shape.numel(), "q8::dequantize: {} outputs for a weight of shape {}",
+              out.size(), w.shape.str());
+  dequantize_rows(w, 0, w.rows(), out.data());
 }
 
 Tensor dequantize(const QuantizedWeight& w) {

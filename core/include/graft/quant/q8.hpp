@@ -28,10 +28,12 @@ struct QuantizedWeight {
 };
 
 // Quantizes w (numel = shape.numel(), f32, row-major 2-d shape). Throws on a non-2-d shape, a size mismatch,
-// a blocksize outside [1, 4096] or a non-finite weight (naming the row).
+// a blocksize outside [1, 4096] or a non-finite weight (naming the element).
 QuantizedWeight quantize(std::span<const float> w, const Dims& shape, int64_t blocksize = 64);
 // out[numel]: q * scale, element by element.
 void dequantize(const QuantizedWeight& w, std::span<float> out);
+// out[(n1 - n0) * K]: rows [n0, n1) of the same (the portable path of the CPU kernels' panel dequantization).
+void dequantize_rows(const QuantizedWeight& w, int64_t n0, int64_t n1, float* out);
 Tensor dequantize(const QuantizedWeight& w);  // f32 tensor of w.shape
 
 }  // namespace graft::q8
