@@ -10,6 +10,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "graft/error.hpp"
 #include "graft/parallel.hpp"
@@ -165,6 +169,86 @@ void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight
   }
 }
 
+// ---- Int8 dot (Q8Dot::Int8, AVX-512 VNNI) ----
+
+// x quantized per weight block: codes [T, K], scale [T, nb] and, per (t, b), corr = -128 · Σ xq: vpdpbusd multiplies
+// unsigned by signed bytes, so the weights enter as q + 128 (sign bit flipped) and corr takes the 128 · Σ xq back out.
+struct XInt8 {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> corr;
+};
+
+void quantize_x(const float* x, int64_t T, int64_t K, int64_t bs, XInt8& out) {
+  const int64_t nb = K / bs;
+  out.q.resize(static_cast<size_t>(T * K));
+  out.scale.resize(static_cast<size_t>(T * nb));
+  out.corr.resize(static_cast<size_t>(T * nb));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * K + b * bs;
+      int8_t* qb = out.q.data() + t * K + b * bs;
+      float amax = 0.0f;
+      for (int64_t k = 0; k < bs; ++k) amax = std::max(amax, std::fabs(xb[k]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < bs; ++k) {
+        const float r = std::nearbyint(xb[k] * inv);  // the default rounding mode: to nearest, ties to even
+        qb[k] = static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
+        sum += qb[k];
+      }
+      out.scale[static_cast<size_t>(t * nb + b)] = amax / 127.0f;
+      out.corr[static_cast<size_t>(t * nb + b)] = -128 * sum;
+    }
+}
+
+// TT > 0: T fixed at compile time (accumulators in registers); TT = 0: run-time T. bs % 64 == 0, K % bs == 0.
+template <int TT>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni_t(const XInt8& xq, int64_t T_, int64_t K,
+                                                                        const q8::QuantizedWeight& w, int64_t n0,
+                                                                        int64_t n1, int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
+  const int64_t bs = w.blocksize, nb = K / bs;
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.q.data() + n * K;
+    const float* ws = w.scale.data() + n * nb;
+    __m512 acc[kMaxT];
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512i isum[kMaxT];
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) isum[t] = _mm512_maskz_set1_epi32(1, xq.corr[static_cast<size_t>(t * nb + b)]);
+      for (int64_t k = b * bs; k < (b + 1) * bs; k += 64) {
+        const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512(row + k), flip);
+#pragma GCC unroll 16
+        for (int64_t t = 0; t < T; ++t)
+          isum[t] = _mm512_dpbusd_epi32(isum[t], wu, _mm512_loadu_si512(xq.q.data() + t * K + k));
+      }
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t)
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]),
+                                 _mm512_set1_ps(ws[b] * xq.scale[static_cast<size_t>(t * nb + b)]), acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
+void rows_vnni(const XInt8& xq, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+               int64_t ldy, float* y) {
+  switch (T) {
+#define GRAFT_Q8_T(N) \
+  case N: return rows_vnni_t<N>(xq, T, K, w, n0, n1, ldy, y);
+    GRAFT_Q8_T(1) GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7)
+    GRAFT_Q8_T(8) GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14)
+    GRAFT_Q8_T(15) GRAFT_Q8_T(16)
+#undef GRAFT_Q8_T
+    default: return rows_vnni_t<0>(xq, T, K, w, n0, n1, ldy, y);
+  }
+}
+
 __attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                                                       float* out) {
   const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
@@ -199,13 +283,36 @@ Nf4Isa resolve(Nf4Isa isa, const q8::QuantizedWeight& w, const char* what) {
   return w.blocksize % 16 != 0 || w.cols() % 16 != 0 ? Nf4Isa::Portable : isa;
 }
 
+Q8Dot parse_dot() {
+  const char* v = std::getenv("GRAFT_Q8_DOT");
+  if (!v || !*v) return Q8Dot::Int8;
+  const std::string s(v);
+  if (s == "int8") return Q8Dot::Int8;
+  if (s == "exact") return Q8Dot::Exact;
+  GRAFT_FAIL("", "GRAFT_Q8_DOT={} is not one of int8, exact", s);
+}
+
 }  // namespace
 
-void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa) {
+bool q8_int8_dot_supported() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+// Not cached (one getenv per call, once per lm_head product), so a test can switch it with setenv.
+Q8Dot q8_dot_detect() {
+  return parse_dot() == Q8Dot::Int8 && q8_int8_dot_supported() && nf4_isa_detect() == Nf4Isa::Avx512 ? Q8Dot::Int8
+                                                                                                    : Q8Dot::Exact;
+}
+
+void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa, Q8Dot dot) {
   check_weight(w, "q8_gemv");
   GRAFT_CHECK(w.cols() == K, "q8_gemv: Q8 weight {} must be [N, {}]", w.shape.str(), K);
   GRAFT_CHECK(T >= 0 && T <= kMaxT, "q8_gemv: T = {} rows, at most {} (use linear_q8 for more)", T, kMaxT);
+  GRAFT_CHECK(dot != Q8Dot::Int8 || q8_int8_dot_supported(),
+              "q8_gemv: Q8Dot::Int8 needs AVX-512 VNNI, which this CPU lacks; use Q8Dot::Auto");
   isa = resolve(isa, w, "q8_gemv");
+  if (dot == Q8Dot::Auto) dot = q8_dot_detect();
   const int64_t N = w.rows();
   if (T == 0 || N == 0) return;
   if (K == 0) {
@@ -213,6 +320,14 @@ void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
     return;
   }
   const int64_t chunks = (N + kRows - 1) / kRows;
+  if (dot == Q8Dot::Int8 && isa == Nf4Isa::Avx512 && w.blocksize % 64 == 0 && K % w.blocksize == 0) {
+    thread_local XInt8 buf;  // this (calling) thread's; the workers must see it through `xq`, not by name
+    quantize_x(x, T, K, w.blocksize, buf);
+    const XInt8& xq = buf;
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
+    for (int64_t c = 0; c < chunks; ++c) rows_vnni(xq, T, K, w, c * kRows, std::min(N, (c + 1) * kRows), N, y);
+    return;
+  }
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);

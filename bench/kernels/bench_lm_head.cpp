@@ -1,0 +1,115 @@
+// The lm_head product of one decode step (T = 1, and small serving batches) in every head format graft has, side by
+// side with a plain read of the same bytes (the memory ceiling), on the Qwen3-MoE `small` shape (vocab 151,936 ×
+// hidden 512) by default. Each row reports the weight bytes streamed per call as GB/s; "of read" in
+// docs/performance.md is that divided by BM_ReadCeiling's.
+//   env -u OPENBLAS_CORETYPE OMP_NUM_THREADS=1 build/bench/bench_lm_head
+// Rows: f32 (graft::cpu::linear, graft's default head), NF4 (nf4_gemv), Q8 exact (codes widened to f32) and Q8 int8 (x
+// quantized per block, AVX-512 VNNI; skipped on a CPU without it).
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "graft/cpu/nf4_gemv.hpp"
+#include "graft/cpu/ops.hpp"
+#include "graft/cpu/q8_gemv.hpp"
+#include "graft/quant/nf4.hpp"
+#include "graft/quant/q8.hpp"
+#include "graft/tensor.hpp"
+
+namespace {
+constexpr int64_t kVocab = 151936, kHidden = 512;
+
+struct Head {
+  graft::Tensor w;  // [vocab, hidden] f32
+  graft::q8::QuantizedWeight q8;
+  graft::nf4::QuantizedWeight nf4;
+  Head() : w(graft::Tensor::empty({kVocab, kHidden}, graft::DType::F32)) {
+    std::mt19937 r(1);
+    std::normal_distribution<float> g(0.f, 0.05f);
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = g(r);
+    const std::span<const float> all(w.data<float>(), size_t(w.numel()));
+    q8 = graft::q8::quantize(all, {kVocab, kHidden});
+    nf4 = graft::nf4::quantize(all, {kVocab, kHidden}, /*double_quant=*/true, 64);
+  }
+};
+const Head& head() {
+  static const Head h;
+  return h;
+}
+graft::Tensor activations(int64_t T) {  // [T, hidden]
+  graft::Tensor x = graft::Tensor::empty({T, kHidden}, graft::DType::F32);
+  std::mt19937 r(2);
+  std::normal_distribution<float> g;
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = g(r);
+  return x;
+}
+void rate(benchmark::State& st, double bytes) {
+  st.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate,
+                                           benchmark::Counter::kIs1000);
+}
+// The ceiling: the f32 head's bytes summed once (a streaming read, vectorized by the compiler).
+void BM_ReadCeiling(benchmark::State& st) {
+  const float* w = head().w.data<float>();
+  const int64_t n = head().w.numel();
+  for (auto _ : st) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = 0; i < n; i += 4) {
+      s0 += w[i];
+      s1 += w[i + 1];
+      s2 += w[i + 2];
+      s3 += w[i + 3];
+    }
+    benchmark::DoNotOptimize(s0 + s1 + s2 + s3);
+  }
+  rate(st, double(n) * sizeof(float));
+}
+
+// graft::cpu::linear, the f32 head's product (row panels per thread, small_gemm).
+void BM_F32Head(benchmark::State& st) {
+  const graft::Tensor x = activations(st.range(0));
+  graft::Tensor y = graft::Tensor::empty({x.size(0), kVocab}, graft::DType::F32);
+  for (auto _ : st) {
+    graft::cpu::linear(x, head().w, graft::Tensor(), y);
+    benchmark::DoNotOptimize(y.data<float>());
+  }
+  rate(st, double(head().w.nbytes()));
+}
+
+void BM_Nf4Head(benchmark::State& st) {
+  const int64_t T = st.range(0);
+  const graft::Tensor x = activations(T);
+  std::vector<float> y(size_t(T * kVocab));
+  for (auto _ : st) {
+    graft::cpu::nf4_gemv(x.data<float>(), T, kHidden, head().nf4, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  rate(st, double(head().nf4.bytes()));
+}
+
+void q8_head(benchmark::State& st, graft::cpu::Q8Dot dot) {
+  if (dot == graft::cpu::Q8Dot::Int8 && !graft::cpu::q8_int8_dot_supported()) {
+    st.SkipWithError("this CPU lacks AVX-512 VNNI");
+    return;
+  }
+  const int64_t T = st.range(0);
+  const graft::Tensor x = activations(T);
+  std::vector<float> y(size_t(T * kVocab));
+  for (auto _ : st) {
+    graft::cpu::q8_gemv(x.data<float>(), T, kHidden, head().q8, y.data(), graft::cpu::Nf4Isa::Auto, dot);
+    benchmark::DoNotOptimize(y.data());
+  }
+  rate(st, double(head().q8.bytes()));
+}
+void BM_Q8HeadExact(benchmark::State& st) { q8_head(st, graft::cpu::Q8Dot::Exact); }
+void BM_Q8HeadInt8(benchmark::State& st) { q8_head(st, graft::cpu::Q8Dot::Int8); }
+
+}  // namespace
+
+BENCHMARK(BM_ReadCeiling)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_F32Head)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Nf4Head)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Q8HeadExact)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Q8HeadInt8)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
