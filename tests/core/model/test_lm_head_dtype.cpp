@@ -156,7 +156,9 @@ TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
           std::printf("[lm_head q8, %s dot] T=%d: max |logit diff| %.2e of max |logit| %.3f\n", int8 ? "int8" : "exact",
                       T, double(d), double(mx));
           EXPECT_LE(d, (int8 ? 2e-2f : 2e-5f) * std::max(1.0f, mx)) << "T=" << T << " max |logit| " << mx;
-          if (int8) EXPECT_GT(d, 2e-5f * std::max(1.0f, mx)) << "the Int8 dot ran (it is not the exact product)";
+          if (int8) {
+            EXPECT_GT(d, 2e-5f * std::max(1.0f, mx)) << "the Int8 dot ran (it is not the exact product)";
+          }
         }
       }
       // The default keeps the f32 lm_head (tied: the embedding table itself).
