@@ -36,6 +36,15 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   Map Y(y.data<float>(), T, N);
   if (K == 0) {
     Y.setZero();
+  } else if (T == 1 && small_gemv_runs()) {
+    // Decode: one slice of W's rows per thread, each streamed once by the AVX-512 GEMV (small_gemm.hpp).
+    const int64_t threads = graft::parallel_worth(N * K) ? omp_get_max_threads() : 1;
+    const int64_t rows = (N + threads - 1) / threads;
+#pragma omp parallel for schedule(static) if (threads > 1)
+    for (int64_t b = 0; b < threads; ++b) {
+      const int64_t n0 = std::min(N, b * rows), n1 = std::min(N, n0 + rows);
+      small_gemv(x.data<float>(), K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0);
+    }
   } else if (T <= 64 || small_gemm_runs(T)) {
     // Decode-shaped and small batches (a serving step's decode rows): split W's rows into panels
     // across threads; each thread streams its own slice of W once and multiplies all T rows by it.

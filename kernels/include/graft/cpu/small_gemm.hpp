@@ -9,9 +9,16 @@
 
 namespace graft::cpu {
 
-// T = 1 is a GEMV (Eigen's streams W at the memory bandwidth). N = K = 512, 1 thread, 2026-12-06: small_gemm vs
-// Eigen 68 vs 76 us at T = 2, 69 vs 88 at T = 8, 71 vs 108 at T = 12.
+// T = 1 is a GEMV: small_gemv below. N = K = 512, 1 thread, 2026-12-06: small_gemm vs Eigen 68 vs 76 us at T = 2,
+// 69 vs 88 at T = 8, 71 vs 108 at T = 12.
 constexpr int64_t kSmallGemmMinT = 2;
+
+// y[n] = Σ_k x[k] · w[n * K + k] for n < N (x: [K], w: [N, K] row-major f32): the T = 1 product (decode), each
+// weight row one sequential stream, any K (masked tail). Returns false (nothing written) without AVX-512
+// (small_gemv_runs()). Single-threaded: callers split N. (1 thread, the 151,669 × 512 lm_head, 2026-12-06:
+// 16-18 GB/s vs Eigen's GEMV 14.7 GB/s, of a 21-22 GB/s read; build/bench/bench_lm_head.)
+bool small_gemv(const float* x, int64_t K, const float* w, int64_t N, float* y);
+bool small_gemv_runs();
 
 // Whether small_gemm runs for T rows here (an AVX-512 CPU and T >= kSmallGemmMinT).
 bool small_gemm_runs(int64_t T);
