@@ -1,5 +1,7 @@
 #include "graft/tensor.hpp"
 
+#include "graft/huge_pages.hpp"
+
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -52,8 +54,12 @@ static void check_shape(const Dims& shape) {
 Tensor Tensor::empty(const Dims& shape, DType dtype) {
   check_shape(shape);
   size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  size_t alloc = (bytes + 63) / 64 * 64;
-  void* p = alloc ? std::aligned_alloc(64, alloc) : nullptr;
+  // Large buffers (weights, KV caches) start on a 2 MiB boundary and are advised for huge pages before any touch.
+  const bool huge = bytes >= 2 * kHugePageBytes;
+  const size_t align = huge ? kHugePageBytes : 64;
+  size_t alloc = (bytes + align - 1) / align * align;
+  void* p = alloc ? std::aligned_alloc(align, alloc) : nullptr;
+  if (huge && p) advise_huge_pages(p, alloc);
   GRAFT_CHECK_FIX(alloc == 0 || p, "free host memory or use a smaller model", "out of host memory allocating {} bytes for {}{}",
                   bytes, dtype_name(dtype), shape.str());
   Tensor t;

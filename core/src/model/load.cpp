@@ -14,6 +14,7 @@
 
 #include "family_spec.hpp"
 #include "graft/error.hpp"
+#include "graft/huge_pages.hpp"
 #include "graft/io/safetensors.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/expert_parallel.hpp"
@@ -237,7 +238,8 @@ struct Loader {
     GRAFT_CHECK_FIX(packed.dtype() == DType::U8 && packed.numel() == (out * in + 1) / 2, kFixWeights,
                     "'{}' is {}, expected {} packed NF4 bytes", full(wname), packed.describe(), (out * in + 1) / 2);
     const uint8_t* pp = static_cast<const uint8_t*>(packed.raw());
-    w->packed.assign(pp, pp + packed.numel());
+    resize_huge(w->packed, static_cast<size_t>(packed.numel()));  // streamed every token (graft/huge_pages.hpp)
+    std::copy(pp, pp + packed.numel(), w->packed.begin());
     const int64_t nb = w->num_blocks();
     Tensor am = raw(wname + ".absmax");
     if (src.has(full(wname + ".quant_map"))) used.insert(full(wname + ".quant_map"));

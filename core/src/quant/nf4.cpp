@@ -1,4 +1,5 @@
 #include "graft/quant/nf4.hpp"
+#include "graft/huge_pages.hpp"
 
 #include <cmath>
 
@@ -80,7 +81,7 @@ QuantizedWeight quantize(std::span<const float> x, const Dims& shape, bool doubl
   q.double_quant = double_quant;
   const int64_t n = shape.numel();
   const int64_t nb = q.num_blocks();
-  q.packed.assign(static_cast<size_t>((n + 1) / 2), 0);
+  resize_huge(q.packed, static_cast<size_t>((n + 1) / 2));  // zeros; streamed every token (graft/huge_pages.hpp)
   std::vector<float> absmax(static_cast<size_t>(nb));
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(n * 8))
   for (int64_t b = 0; b < nb; ++b) {

@@ -1,4 +1,5 @@
 #include "graft/quant/q8.hpp"
+#include "graft/huge_pages.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +17,7 @@ QuantizedWeight quantize(std::span<const float> w, const Dims& shape, int64_t bl
   out.shape = shape;
   out.blocksize = blocksize;
   const int64_t N = shape[0], K = shape[1], nb = out.blocks_per_row();
-  out.q.resize(static_cast<size_t>(N * K));
+  resize_huge(out.q, static_cast<size_t>(N * K));  // streamed once a token: huge pages (graft/huge_pages.hpp)
   out.scale.resize(static_cast<size_t>(N * nb));
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < nb; ++b) {
