@@ -79,6 +79,9 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 widen16(const in
 }
 
 // TT > 0: T fixed at compile time so the accumulators stay in registers (cf. nf4_gemv.cpp); TT = 0: run-time T.
+// One weight row at a time, also for T = 1: a single sequential stream. (A T = 1 kernel that read four rows at once
+// to share each x load ran at 5-7 GB/s against this one's 19-20, 1 thread, the 151,669 × 512 head, 2026-12-06: the
+// interleaved row streams defeat the hardware prefetcher.)
 template <int TT>
 __attribute__((target("avx512f"))) void rows_avx512_t(const float* x, int64_t T_, int64_t K,
                                                       const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
@@ -109,62 +112,15 @@ __attribute__((target("avx512f"))) void rows_avx512_t(const float* x, int64_t T_
   }
 }
 
-// T == 1 (decode, and the last position of a prefill): four rows at a time, so each x load serves four rows, with
-// two accumulation chains per row (even / odd 16-element steps) to hide the FMA latency.
-__attribute__((target("avx512f"))) void gemv1_avx512(const float* x, int64_t K, const q8::QuantizedWeight& w,
-                                                     int64_t n0, int64_t n1, float* y) {
-  const int64_t bs = w.blocksize, nb = w.blocks_per_row();
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    const int8_t* r0 = w.q.data() + n * K;
-    const int8_t *r1 = r0 + K, *r2 = r1 + K, *r3 = r2 + K;
-    const float* s0 = w.scale.data() + n * nb;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t k0 = b * bs, k1 = std::min(K, k0 + bs);
-      __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
-      int64_t k = k0;
-      for (; k + 32 <= k1; k += 32) {
-        const __m512 xe = _mm512_loadu_ps(x + k), xo = _mm512_loadu_ps(x + k + 16);
-        e0 = _mm512_fmadd_ps(widen16(r0 + k), xe, e0);
-        e1 = _mm512_fmadd_ps(widen16(r1 + k), xe, e1);
-        e2 = _mm512_fmadd_ps(widen16(r2 + k), xe, e2);
-        e3 = _mm512_fmadd_ps(widen16(r3 + k), xe, e3);
-        o0 = _mm512_fmadd_ps(widen16(r0 + k + 16), xo, o0);
-        o1 = _mm512_fmadd_ps(widen16(r1 + k + 16), xo, o1);
-        o2 = _mm512_fmadd_ps(widen16(r2 + k + 16), xo, o2);
-        o3 = _mm512_fmadd_ps(widen16(r3 + k + 16), xo, o3);
-      }
-      if (k < k1) {  // a last 16 elements
-        const __m512 xe = _mm512_loadu_ps(x + k);
-        e0 = _mm512_fmadd_ps(widen16(r0 + k), xe, e0);
-        e1 = _mm512_fmadd_ps(widen16(r1 + k), xe, e1);
-        e2 = _mm512_fmadd_ps(widen16(r2 + k), xe, e2);
-        e3 = _mm512_fmadd_ps(widen16(r3 + k), xe, e3);
-      }
-      a0 = _mm512_fmadd_ps(_mm512_add_ps(e0, o0), _mm512_set1_ps(s0[b]), a0);
-      a1 = _mm512_fmadd_ps(_mm512_add_ps(e1, o1), _mm512_set1_ps(s0[nb + b]), a1);
-      a2 = _mm512_fmadd_ps(_mm512_add_ps(e2, o2), _mm512_set1_ps(s0[2 * nb + b]), a2);
-      a3 = _mm512_fmadd_ps(_mm512_add_ps(e3, o3), _mm512_set1_ps(s0[3 * nb + b]), a3);
-    }
-    y[n] = _mm512_reduce_add_ps(a0);
-    y[n + 1] = _mm512_reduce_add_ps(a1);
-    y[n + 2] = _mm512_reduce_add_ps(a2);
-    y[n + 3] = _mm512_reduce_add_ps(a3);
-  }
-  if (n < n1) rows_avx512_t<1>(x, 1, K, w, n, n1, 0, y);
-}
-
 void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                  int64_t ldy, float* y) {
   switch (T) {
 #define GRAFT_Q8_T(N) \
   case N: return rows_avx512_t<N>(x, T, K, w, n0, n1, ldy, y);
-    GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7) GRAFT_Q8_T(8)
-    GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14) GRAFT_Q8_T(15)
-    GRAFT_Q8_T(16)
+    GRAFT_Q8_T(1) GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7)
+    GRAFT_Q8_T(8) GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14)
+    GRAFT_Q8_T(15) GRAFT_Q8_T(16)
 #undef GRAFT_Q8_T
-    case 1: return gemv1_avx512(x, K, w, n0, n1, y);
     default: return rows_avx512_t<0>(x, T, K, w, n0, n1, ldy, y);
   }
 }

@@ -31,7 +31,7 @@ TEST(CpuQ8Gemv, EqualsDequantizeThenMatmulOnEveryIsa) {
   struct Shape {
     int64_t T, N, K, blocksize;
   };
-  // N not a multiple of the 4-row (T = 1) or 16-row groups; K with a short last block (K % bs != 0); K = 64 (one
+  // N not a multiple of the 16-row groups; K with a short last block (K % bs != 0); K = 64 (one
   // block a row, stories260K); K not a multiple of 16 and blocksize 24 (portable on every ISA); every T in 1..16.
   const Shape shapes[] = {{1, 37, 128, 64}, {1, 3, 512, 64},  {1, 1, 64, 64},   {1, 41, 208, 64}, {2, 19, 96, 64},
                           {3, 300, 512, 64}, {4, 9, 80, 32},  {5, 7, 48, 16},    {6, 17, 100, 64}, {7, 5, 72, 24},
