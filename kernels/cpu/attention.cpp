@@ -10,6 +10,7 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
+#include "masked_softmax_row.hpp"
 
 namespace graft::cpu {
 
@@ -54,18 +55,13 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
     MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
     RowMat P = (Q * K.transpose()) * scale;  // [T, S]
     for (int64_t t = 0; t < T; ++t) {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < S; ++j)
-        if (vis(t, j)) mx = std::max(mx, P(t, j));
-      if (mx == -std::numeric_limits<float>::infinity()) {  // nothing visible: zeros, lse = -inf
-        P.row(t).setZero();
-        if (lp) lp[t * Hq + h] = mx;
+      const SoftmaxRowStats r = masked_exp_row(P.data() + t * S, S, [&](int64_t j) { return vis(t, j); });
+      if (r.sum == 0.0f) {  // nothing visible: zeros, lse = -inf
+        if (lp) lp[t * Hq + h] = -std::numeric_limits<float>::infinity();
         continue;
       }
-      float z = 0;
-      for (int64_t j = 0; j < S; ++j) z += (P(t, j) = vis(t, j) ? std::exp(P(t, j) - mx) : 0.0f);
-      P.row(t) /= z;
-      if (lp) lp[t * Hq + h] = mx + std::log(z);
+      P.row(t) /= r.sum;
+      if (lp) lp[t * Hq + h] = r.max + std::log(r.sum);
     }
     MapS(out.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv)).noalias() = P * V;
   }

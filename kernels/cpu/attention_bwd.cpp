@@ -8,6 +8,7 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
+#include "masked_softmax_row.hpp"
 
 namespace graft::cpu {
 
@@ -40,11 +41,7 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     MapC dO(dout.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv));
     RowMat P = (Q * K.transpose()) * scale;
     for (int64_t t = 0; t < T; ++t) {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < S; ++j)
-        if (vis(t, j)) mx = std::max(mx, P(t, j));
-      float z = 0;
-      for (int64_t j = 0; j < S; ++j) z += (P(t, j) = vis(t, j) ? std::exp(P(t, j) - mx) : 0.0f);
+      const float z = masked_exp_row(P.data() + t * S, S, [&](int64_t j) { return vis(t, j); }).sum;
       if (z > 0) P.row(t) /= z;
     }
     RowMat dP = dO * V.transpose();
