@@ -39,13 +39,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
   if (T == 0) return;
   const int64_t group = Hq / Hkv;
   Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < S; ++j) {
-      const int64_t qp = q_pos[static_cast<size_t>(t)], kp = k_pos[static_cast<size_t>(j)];
-      vis(t, j) = !(mask.causal && kp > qp) && !(mask.sliding_window > 0 && qp - kp >= mask.sliding_window) &&
-                  !(mask.chunk_size > 0 && qp / mask.chunk_size != kp / mask.chunk_size) &&
-                  !(seg && mask.q_segments[static_cast<size_t>(t)] != mask.k_segments[static_cast<size_t>(j)]);
-    }
+  visibility(q_pos, k_pos, mask, vis.data());
   float* lp = lse ? lse->data<float>() : nullptr;
 #pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * Hq * S * (D + Dv)))
   for (int64_t h = 0; h < Hq; ++h) {
@@ -55,7 +49,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
     MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
     RowMat P = (Q * K.transpose()) * scale;  // [T, S]
     for (int64_t t = 0; t < T; ++t) {
-      const SoftmaxRowStats r = masked_exp_row(P.data() + t * S, S, [&](int64_t j) { return vis(t, j); });
+      const SoftmaxRowStats r = masked_exp_row(P.data() + t * S, S, vis.data() + t * S);
       if (r.sum == 0.0f) {  // nothing visible: zeros, lse = -inf
         if (lp) lp[t * Hq + h] = -std::numeric_limits<float>::infinity();
         continue;

@@ -23,13 +23,7 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   const int64_t g = Hq / Hkv;
   // Visibility is shared by every head.
   Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < S; ++j) {
-      const int64_t qp = q_pos[static_cast<size_t>(t)], kp = k_pos[static_cast<size_t>(j)];
-      vis(t, j) = !(m.causal && kp > qp) && !(m.sliding_window > 0 && qp - kp >= m.sliding_window) &&
-                  !(m.chunk_size > 0 && qp / m.chunk_size != kp / m.chunk_size) &&
-                  !(!m.q_segments.empty() && m.q_segments[static_cast<size_t>(t)] != m.k_segments[static_cast<size_t>(j)]);
-    }
+  visibility(q_pos, k_pos, m, vis.data());
   // Per query head: its dQ, and its contribution to dK/dV (summed over the group afterwards).
   std::vector<RowMat> dkh(static_cast<size_t>(Hq)), dvh(static_cast<size_t>(Hq));
 #pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * S * Hq * (D + Dv)))
@@ -41,7 +35,7 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     MapC dO(dout.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv));
     RowMat P = (Q * K.transpose()) * scale;
     for (int64_t t = 0; t < T; ++t) {
-      const float z = masked_exp_row(P.data() + t * S, S, [&](int64_t j) { return vis(t, j); }).sum;
+      const float z = masked_exp_row(P.data() + t * S, S, vis.data() + t * S).sum;
       if (z > 0) P.row(t) /= z;
     }
     RowMat dP = dO * V.transpose();
