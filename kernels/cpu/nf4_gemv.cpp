@@ -23,6 +23,7 @@
 #include "graft/parallel.hpp"
 #include "graft/tensor.hpp"
 #include "simd_reduce.hpp"
+#include "static_rows.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -178,15 +179,7 @@ __attribute__((target("avx512f"))) void rows_avx512_t(const float* xe, const flo
 
 void rows_avx512(const float* xe, const float* xo, int64_t T, int64_t K, const nf4::QuantizedWeight& w,
                  const Absmax& absmax, int64_t n0, int64_t n1, int64_t ldy, float* y) {
-  switch (T) {
-#define GRAFT_NF4_T(N) \
-  case N: return rows_avx512_t<N>(xe, xo, T, K, w, absmax, n0, n1, ldy, y);
-    GRAFT_NF4_T(1) GRAFT_NF4_T(2) GRAFT_NF4_T(3) GRAFT_NF4_T(4) GRAFT_NF4_T(5) GRAFT_NF4_T(6) GRAFT_NF4_T(7)
-    GRAFT_NF4_T(8) GRAFT_NF4_T(9) GRAFT_NF4_T(10) GRAFT_NF4_T(11) GRAFT_NF4_T(12) GRAFT_NF4_T(13) GRAFT_NF4_T(14)
-    GRAFT_NF4_T(15) GRAFT_NF4_T(16)
-#undef GRAFT_NF4_T
-    default: return rows_avx512_t<0>(xe, xo, T, K, w, absmax, n0, n1, ldy, y);
-  }
+  with_static_t(T, [&](auto tt) { rows_avx512_t<decltype(tt)::value>(xe, xo, T, K, w, absmax, n0, n1, ldy, y); });
 }
 
 // Absmax of blocks b (lanes 0..7) and b + 1 (lanes 8..15).

@@ -18,6 +18,7 @@
 #include "graft/error.hpp"
 #include "graft/parallel.hpp"
 #include "simd_reduce.hpp"
+#include "static_rows.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -114,15 +115,7 @@ __attribute__((target("avx512f"))) void rows_avx512_t(const float* x, int64_t T_
 
 void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                  int64_t ldy, float* y) {
-  switch (T) {
-#define GRAFT_Q8_T(N) \
-  case N: return rows_avx512_t<N>(x, T, K, w, n0, n1, ldy, y);
-    GRAFT_Q8_T(1) GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7)
-    GRAFT_Q8_T(8) GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14)
-    GRAFT_Q8_T(15) GRAFT_Q8_T(16)
-#undef GRAFT_Q8_T
-    default: return rows_avx512_t<0>(x, T, K, w, n0, n1, ldy, y);
-  }
+  with_static_t(T, [&](auto tt) { rows_avx512_t<decltype(tt)::value>(x, T, K, w, n0, n1, ldy, y); });
 }
 
 // ---- Int8 dot (Q8Dot::Int8, AVX-512 VNNI) ----
@@ -194,15 +187,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni_t(const XI
 
 void rows_vnni(const XInt8& xq, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                int64_t ldy, float* y) {
-  switch (T) {
-#define GRAFT_Q8_T(N) \
-  case N: return rows_vnni_t<N>(xq, T, K, w, n0, n1, ldy, y);
-    GRAFT_Q8_T(1) GRAFT_Q8_T(2) GRAFT_Q8_T(3) GRAFT_Q8_T(4) GRAFT_Q8_T(5) GRAFT_Q8_T(6) GRAFT_Q8_T(7)
-    GRAFT_Q8_T(8) GRAFT_Q8_T(9) GRAFT_Q8_T(10) GRAFT_Q8_T(11) GRAFT_Q8_T(12) GRAFT_Q8_T(13) GRAFT_Q8_T(14)
-    GRAFT_Q8_T(15) GRAFT_Q8_T(16)
-#undef GRAFT_Q8_T
-    default: return rows_vnni_t<0>(xq, T, K, w, n0, n1, ldy, y);
-  }
+  with_static_t(T, [&](auto tt) { rows_vnni_t<decltype(tt)::value>(xq, T, K, w, n0, n1, ldy, y); });
 }
 
 __attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
