@@ -62,7 +62,7 @@ void BM_ReadCeiling(benchmark::State& st) {
   rate(st, double(n) * sizeof(float));
 }
 
-// graft::cpu::linear, the f32 head's product (row panels per thread, small_gemm).
+// graft::cpu::linear, the f32 head's product (T <= 8: small_gemv, one stream of W per thread; more: small_gemm).
 void BM_F32Head(benchmark::State& st) {
   const graft::Tensor x = activations(st.range(0));
   graft::Tensor y = graft::Tensor::empty({x.size(0), kVocab}, graft::DType::F32);
@@ -104,7 +104,7 @@ void BM_Q8HeadInt8(benchmark::State& st) { q8_head(st, graft::cpu::Q8Dot::Int8);
 }  // namespace
 
 BENCHMARK(BM_ReadCeiling)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_F32Head)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_F32Head)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Nf4Head)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Q8HeadExact)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Q8HeadInt8)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -15,6 +15,10 @@
 
 namespace graft::cpu {
 namespace {
+// Up to this many rows linear streams W once through small_gemv; more rows use small_gemm's 12-row tiles. Measured
+// 2026-12-06, 1 thread, the 151,669 × 512 f32 lm_head (bench_lm_head): T = 4 14.5 vs 40.3 ms, T = 8 25.0 vs 39.4,
+// T = 16 62.4 vs 39.3 (there the FMAs, not the stream, bound it).
+constexpr int64_t kStreamMaxT = 8;
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MapC = Eigen::Map<const RowMat>;
 using Map = Eigen::Map<RowMat>;
@@ -36,14 +40,15 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   Map Y(y.data<float>(), T, N);
   if (K == 0) {
     Y.setZero();
-  } else if (T == 1 && small_gemv_runs()) {
-    // Decode: one slice of W's rows per thread, each streamed once by the AVX-512 GEMV (small_gemm.hpp).
-    const int64_t threads = graft::parallel_worth(N * K) ? omp_get_max_threads() : 1;
+  } else if (T <= kStreamMaxT && small_gemv_runs()) {
+    // Decode (and small decode batches): one slice of W's rows per thread, each streamed once by the AVX-512 GEMV
+    // for all T rows (small_gemm.hpp).
+    const int64_t threads = graft::parallel_worth(T * N * K) ? omp_get_max_threads() : 1;
     const int64_t rows = (N + threads - 1) / threads;
 #pragma omp parallel for schedule(static) if (threads > 1)
     for (int64_t b = 0; b < threads; ++b) {
       const int64_t n0 = std::min(N, b * rows), n1 = std::min(N, n0 + rows);
-      small_gemv(x.data<float>(), K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0);
+      small_gemv(x.data<float>(), T, K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0, N);
     }
   } else if (T <= 64 || small_gemm_runs(T)) {
     // Decode-shaped and small batches (a serving step's decode rows): split W's rows into panels

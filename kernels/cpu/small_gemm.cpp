@@ -13,6 +13,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+
+#include "static_rows.hpp"
 #include <vector>
 
 namespace graft::cpu {
@@ -66,6 +68,28 @@ __attribute__((target("avx512f"))) float gemv_row(const float* x, int64_t K, con
   return _mm512_reduce_add_ps(_mm512_add_ps(a, b));
 }
 
+// T = TT (compile time; 0: run-time T) rows of x against one weight row at a time: a single sequential stream of W
+// (cf. gemv_row), one accumulator per row of x, each weight vector loaded once for all of them.
+template <int TT>
+__attribute__((target("avx512f"))) void stream_rows(const float* x, int64_t T_, int64_t K, const float* w,
+                                                    int64_t N, float* y, int64_t ldy) {
+  const int64_t T = TT > 0 ? TT : T_;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* r = w + n * K;
+    __m512 acc[kSmallGemvMaxT];
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+      const __m512 wv = _mm512_maskz_loadu_ps(m, r + k);
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * K + k), acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = _mm512_reduce_add_ps(acc[t]);
+  }
+}
+
 }  // namespace
 
 bool small_gemv_runs() {
@@ -73,13 +97,17 @@ bool small_gemv_runs() {
   return avx512;
 }
 
-bool small_gemv(const float* x, int64_t K, const float* w, int64_t N, float* y) {
-  if (!small_gemv_runs()) return false;
+bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy) {
+  if (!small_gemv_runs() || T < 1 || T > kSmallGemvMaxT) return false;
   if (K <= 0) {
-    std::fill(y, y + N, 0.0f);
+    for (int64_t t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + N, 0.0f);
     return true;
   }
-  for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
+  if (T == 1) {
+    for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
+    return true;
+  }
+  with_static_t(T, [&](auto tt) { stream_rows<decltype(tt)::value>(x, T, K, w, N, y, ldy); });
   return true;
 }
 

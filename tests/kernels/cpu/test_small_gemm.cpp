@@ -39,28 +39,37 @@ TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
   }
 }
 
-// small_gemv (linear's T = 1 product on AVX-512 CPUs): K below, at and past the 32-element step and the 16-lane mask
-// (K = 1, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1, and nothing written past N.
+// small_gemv (linear's product for T <= 8 on AVX-512 CPUs): K below, at and past the 32-element step and the 16-lane
+// mask (K = 1, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1, T = 1 (its own two-accumulator kernel) and 2..16, a row
+// stride ldy > N with nothing written past N, and T outside [1, 16] refused.
 TEST(CpuSmallGemm, GemvEqualsReferenceOnRaggedShapes) {
   if (!small_gemv_runs()) GTEST_SKIP() << "no AVX-512 on this CPU: linear uses Eigen's GEMV";
   std::mt19937 g(6);
   std::normal_distribution<float> d;
-  for (int64_t K : {0, 1, 15, 16, 17, 31, 33, 512, 1000})
-    for (int64_t N : {0, 1, 5, 37}) {
-      SCOPED_TRACE(testing::Message() << "N=" << N << " K=" << K);
-      std::vector<float> x(K + 1), w(N * K + 1);  // + 1: a wrong mask reads these finite spares and shows as a wrong sum
-      for (auto& v : x) v = d(g);
-      for (auto& v : w) v = d(g);
-      std::vector<float> y(N + 1, -7.0f);
-      ASSERT_TRUE(small_gemv(x.data(), K, w.data(), N, y.data()));
-      for (int64_t n = 0; n < N; ++n) {
-        double ref = 0, mag = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          ref += double(x[k]) * w[n * K + k];
-          mag += std::abs(double(x[k]) * w[n * K + k]);
+  for (int64_t T : {1, 2, 3, 5, 8, 16})
+    for (int64_t K : {0, 1, 15, 16, 17, 31, 33, 512, 1000})
+      for (int64_t N : {0, 1, 5, 37}) {
+        SCOPED_TRACE(testing::Message() << "T=" << T << " N=" << N << " K=" << K);
+        std::vector<float> x(T * K + 1), w(N * K + 1);  // + 1: a wrong mask reads these finite spares, a wrong sum
+        for (auto& v : x) v = d(g);
+        for (auto& v : w) v = d(g);
+        const int64_t ldy = N + 2;
+        std::vector<float> y(T * ldy, -7.0f);
+        ASSERT_TRUE(small_gemv(x.data(), T, K, w.data(), N, y.data(), ldy));
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t n = 0; n < N; ++n) {
+            double ref = 0, mag = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              ref += double(x[t * K + k]) * w[n * K + k];
+              mag += std::abs(double(x[t * K + k]) * w[n * K + k]);
+            }
+            ASSERT_NEAR(y[t * ldy + n], ref, 1e-5 * mag + 1e-6) << "t=" << t << " n=" << n;
+          }
+          for (int64_t n = N; n < ldy; ++n) ASSERT_EQ(y[t * ldy + n], -7.0f) << "wrote past N at t=" << t;
         }
-        ASSERT_NEAR(y[n], ref, 1e-5 * mag + 1e-6) << "n=" << n;
       }
-      EXPECT_EQ(y[N], -7.0f) << "wrote past N";
-    }
+  std::vector<float> x(17 * 4, 1.0f), w(4, 1.0f), y(17, -7.0f);
+  EXPECT_FALSE(small_gemv(x.data(), 0, 4, w.data(), 1, y.data(), 1));
+  EXPECT_FALSE(small_gemv(x.data(), kSmallGemvMaxT + 1, 4, w.data(), 1, y.data(), 1));
+  EXPECT_EQ(y[0], -7.0f);
 }

@@ -13,11 +13,16 @@ namespace graft::cpu {
 // 69 vs 88 at T = 8, 71 vs 108 at T = 12.
 constexpr int64_t kSmallGemmMinT = 2;
 
-// y[n] = Σ_k x[k] · w[n * K + k] for n < N (x: [K], w: [N, K] row-major f32): the T = 1 product (decode), each
-// weight row one sequential stream, any K (masked tail). Returns false (nothing written) without AVX-512
-// (small_gemv_runs()). Single-threaded: callers split N. (1 thread, the 151,669 × 512 lm_head, 2026-12-06:
-// 16-18 GB/s vs Eigen's GEMV 14.7 GB/s, of a 21-22 GB/s read; build/bench/bench_lm_head.)
-bool small_gemv(const float* x, int64_t K, const float* w, int64_t N, float* y);
+// Rows of x the streaming GEMV takes (small_gemv); more rows go to small_gemm.
+constexpr int64_t kSmallGemvMaxT = 16;
+
+// y[t * ldy + n] = Σ_k x[t * K + k] · w[n * K + k] for t < T <= kSmallGemvMaxT, n < N (x: [T, K], w: [N, K], both
+// row-major f32): decode-shaped products, one weight row at a time (a single sequential stream of W, each weight
+// vector loaded once for all T rows), any K (masked tail). Returns false (nothing written) without AVX-512
+// (small_gemv_runs()) or for T outside [1, kSmallGemvMaxT]. Single-threaded: callers split N. (1 thread, the
+// 151,669 × 512 lm_head, 2026-12-06: T = 1 at 16-18 GB/s vs Eigen's GEMV 14.7 GB/s, of a 21-22 GB/s read; reading
+// several weight rows at once, as small_gemm does, halves it: the interleaved streams defeat the prefetcher.)
+bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy);
 bool small_gemv_runs();
 
 // Whether small_gemm runs for T rows here (an AVX-512 CPU and T >= kSmallGemmMinT).
