@@ -51,7 +51,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
       small_gemv(x.data<float>(), T, K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0, N);
     }
   } else if (T <= 64 || small_gemm_runs(T)) {
-    // Decode-shaped and small batches (a serving step's decode rows): split W's rows into panels
+    // Small batches (more than kStreamMaxT rows, e.g. a serving step's decode rows): split W's rows into panels
     // across threads; each thread streams its own slice of W once and multiplies all T rows by it.
     // Up to T = 64 this beats one Eigen GEMM over the whole W (K = 512, measured 2026-11-24 on the
     // 2-core box: N = 20000 T = 9 3.9 vs 6.2 ms, T = 64 9.5 vs 12.4 ms; N = 1536 T = 9 0.17 vs

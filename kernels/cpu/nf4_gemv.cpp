@@ -4,11 +4,7 @@
 // of `blocksize` weights is summed unscaled and scaled by its absmax once; the absmax of a block is decoded
 // from the (double-quantized) state when the block is reached, so a call allocates no absmax vector.
 // nf4_dequant_rows writes the same decode out as f32 rows: the panels of the prefill GEMM (linear_nf4, T > 16).
-// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 headers (the _mm512_undefined_* operand of the
-// masked builtins) when they are inlined here: a false positive of the compiler's headers, fatal under CI's -Werror.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "avx512_header_warnings.hpp"  // first: before <immintrin.h>
 #include "graft/cpu/nf4_gemv.hpp"
 
 #include <Eigen/Core>
@@ -333,8 +329,7 @@ Nf4Isa parse_cap() {
 
 // The ISA a call runs: `isa` resolved and checked; Portable when the blocks are not a multiple of 32 elements.
 Nf4Isa resolve(Nf4Isa isa, const nf4::QuantizedWeight& w, const char* what) {
-  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
-  GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
+  isa = nf4_isa_resolve(isa, what);
   return w.blocksize % 32 != 0 ? Nf4Isa::Portable : isa;
 }
 
@@ -348,6 +343,12 @@ bool nf4_isa_supported(Nf4Isa isa) {
     case Nf4Isa::Avx512: return __builtin_cpu_supports("avx512f");
   }
   return false;
+}
+
+Nf4Isa nf4_isa_resolve(Nf4Isa isa, const char* what) {
+  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
+  GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
+  return isa;
 }
 
 Nf4Isa nf4_isa_detect() {

@@ -1,10 +1,7 @@
 // Q8 × f32 matmul with the int8 codes widened in registers (AVX-512, AVX2+FMA, portable); the weight layout is in
 // graft/quant/q8.hpp (row-major int8, one f32 scale per block of a row; blocks never straddle rows).
 // Each block is summed unscaled, then multiplied by its scale once: y = Σ_b scale_b · Σ_{k in b} q_k · x_k.
-// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 headers when they are inlined (see nf4_gemv.cpp).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "avx512_header_warnings.hpp"  // first: before <immintrin.h>
 #include "graft/cpu/q8_gemv.hpp"
 
 #include <immintrin.h>
@@ -219,8 +216,7 @@ void check_weight(const q8::QuantizedWeight& w, const char* what) {
 
 // The ISA a call runs: `isa` resolved and checked; Portable when the layout does not suit the SIMD paths.
 Nf4Isa resolve(Nf4Isa isa, const q8::QuantizedWeight& w, const char* what) {
-  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
-  GRAFT_CHECK(nf4_isa_supported(isa), "{}: this CPU lacks the requested ISA; use Nf4Isa::Auto", what);
+  isa = nf4_isa_resolve(isa, what);
   return w.blocksize % 16 != 0 || w.cols() % 16 != 0 ? Nf4Isa::Portable : isa;
 }
 

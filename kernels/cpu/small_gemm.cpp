@@ -2,10 +2,9 @@
 // rounded up to 16, zero-padded); a tile of 12 weight rows x 32 (or 16) columns of T keeps 24 (12) zmm accumulators:
 // per k, two loads of xt, twelve broadcasts of W[o, k] (twelve sequential row streams) and 24 FMAs. Each tile is
 // transposed into y.
-// GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 headers (the _mm256_undefined_pd() of
-// _mm512_reduce_add_ps's extract) when they are inlined (see nf4_gemv.cpp).
+#include "avx512_header_warnings.hpp"  // first: before <immintrin.h>
+// Here GCC 12 also reports the same header false positive as -Wuninitialized (gemv_row's _mm512_reduce_add_ps).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include "graft/cpu/small_gemm.hpp"
@@ -13,9 +12,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "static_rows.hpp"
-#include <vector>
 
 namespace graft::cpu {
 namespace {

@@ -14,6 +14,8 @@ enum class Nf4Isa { Auto, Portable, Avx2, Avx512 };
 // Best ISA this CPU supports; GRAFT_NF4_ISA=portable|avx2|avx512 caps it (for tests and benches).
 Nf4Isa nf4_isa_detect();
 bool nf4_isa_supported(Nf4Isa isa);
+// `isa`, with Auto replaced by nf4_isa_detect(); throws, naming `what`, when this CPU does not support it.
+Nf4Isa nf4_isa_resolve(Nf4Isa isa, const char* what);
 
 // y[T, N] (=) x[T, K] · dequant(w)ᵀ for w NF4 [N, K], T <= 16. Each block's absmax is decoded from w's
 // (double-quantized) state inside the loop. SIMD paths need blocksize % 32 == 0, else the portable path runs (any
