@@ -1,10 +1,13 @@
-// CPU GEMM ceiling: Eigen (what graft's CPU backend uses) vs OpenBLAS sgemm on the shapes of the
-// model hot paths, side by side. Run with OPENBLAS_CORETYPE unset (the environment's Haswell
+// CPU GEMM ceiling: graft's f32 linear (small_gemv / small_gemm where the CPU has AVX2 or AVX-512, else Eigen), Eigen's
+// GEMM and OpenBLAS sgemm on the shapes of the model hot paths, side by side. Run with OPENBLAS_CORETYPE unset (the environment's Haswell
 // override slows OpenBLAS) and OMP/OPENBLAS threads equal to the cores you want to measure:
 //   env -u OPENBLAS_CORETYPE ./build/bench/bench_gemm
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+
+#include "graft/cpu/ops.hpp"
+#include "graft/tensor.hpp"
 
 #include <random>
 #include <vector>
@@ -40,6 +43,20 @@ void BM_EigenLinear(benchmark::State& st) {
                                               benchmark::Counter::kIs1000);
 }
 
+// graft::cpu::linear, as the models call it (T <= 8: small_gemv; more: small_gemm panels; Eigen without AVX2).
+void BM_GraftLinear(benchmark::State& st) {
+  Shapes s(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)), static_cast<int>(st.range(2)));
+  const graft::Tensor X = graft::Tensor::wrap(s.x.data(), {s.T, s.K}, graft::DType::F32);
+  const graft::Tensor W = graft::Tensor::wrap(s.w.data(), {s.N, s.K}, graft::DType::F32);
+  graft::Tensor Y = graft::Tensor::wrap(s.y.data(), {s.T, s.N}, graft::DType::F32);
+  for (auto _ : st) {
+    graft::cpu::linear(X, W, graft::Tensor(), Y);
+    benchmark::DoNotOptimize(s.y.data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * s.T * s.K * s.N, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
+}
+
 #ifdef GRAFT_HAVE_OPENBLAS
 void BM_OpenBlasLinear(benchmark::State& st) {
   Shapes s(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)), static_cast<int>(st.range(2)));
@@ -53,10 +70,12 @@ void BM_OpenBlasLinear(benchmark::State& st) {
 }
 #endif
 
-// {T, K, N}: decode (T=1), prefill (T=128), the small MoE preset (512 / 1536) and stories260K (64 / 172).
+// {T, K, N}: decode (T=1), prefill (T=128), the small MoE preset (512 / 1536; an expert's gate+up and down over the
+// ~32 rows top-2 of 8 routes to it at T = 128; a 4-row decode batch) and stories260K (64 / 172).
 #define SHAPES                                                                                              \
   ->Args({1, 512, 1536})->Args({128, 512, 1536})->Args({512, 512, 512})->Args({1, 64, 512})->Args({128, 64, 172}) \
-      ->Args({1, 512, 151669 / 8})->UseRealTime()
+      ->Args({1, 512, 151669 / 8})->Args({32, 512, 1024})->Args({32, 512, 512})->Args({4, 512, 1536})->UseRealTime()
+BENCHMARK(BM_GraftLinear) SHAPES;
 BENCHMARK(BM_EigenLinear) SHAPES;
 #ifdef GRAFT_HAVE_OPENBLAS
 BENCHMARK(BM_OpenBlasLinear) SHAPES;

@@ -86,7 +86,7 @@ void BM_Nf4Head(benchmark::State& st) {
 
 void q8_head(benchmark::State& st, graft::cpu::Q8Dot dot) {
   if (dot == graft::cpu::Q8Dot::Int8 && !graft::cpu::q8_int8_dot_supported()) {
-    st.SkipWithError("this CPU lacks AVX-512 VNNI");
+    st.SkipWithError("this CPU lacks AVX2");
     return;
   }
   const int64_t T = st.range(0);

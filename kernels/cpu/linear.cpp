@@ -41,7 +41,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   if (K == 0) {
     Y.setZero();
   } else if (T <= kStreamMaxT && small_gemv_runs()) {
-    // Decode (and small decode batches): one slice of W's rows per thread, each streamed once by the AVX-512 GEMV
+    // Decode (and small decode batches): one slice of W's rows per thread, each streamed once by the SIMD GEMV
     // for all T rows (small_gemm.hpp).
     const int64_t threads = graft::parallel_worth(T * N * K) ? omp_get_max_threads() : 1;
     const int64_t rows = (N + threads - 1) / threads;

@@ -106,33 +106,45 @@ struct Lut256 {
   }
 };
 
-// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0.
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* xe, const float* xo, int64_t T, int64_t K,
-                                                   const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
-                                                   int64_t n1, int64_t ldy, float* y) {
+// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0. TT as for rows_avx512_t below.
+template <int TT>
+__attribute__((target("avx2,fma"))) void rows_avx2_t(const float* xe, const float* xo, int64_t T_, int64_t K,
+                                                     const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
+                                                     int64_t n1, int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
   const Lut256 lut;
   const __m256i m4 = _mm256_set1_epi32(0x0f);
   const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.packed.data() + n * half;
     __m256 acc[kMaxT];
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < bpr; ++b) {
       __m256 bsum[kMaxT];
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) bsum[t] = _mm256_setzero_ps();
       for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; j += 8) {
         const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + j)));
         const __m256 we = lut(_mm256_srli_epi32(bytes, 4)), wo = lut(_mm256_and_si256(bytes, m4));
+#pragma GCC unroll 16
         for (int64_t t = 0; t < T; ++t) {
           bsum[t] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xe + t * half + j), bsum[t]);
           bsum[t] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xo + t * half + j), bsum[t]);
         }
       }
       const __m256 s = _mm256_set1_ps(absmax(n * bpr + b));
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(bsum[t], s, acc[t]);
     }
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
   }
+}
+
+void rows_avx2(const float* xe, const float* xo, int64_t T, int64_t K, const nf4::QuantizedWeight& w,
+               const Absmax& absmax, int64_t n0, int64_t n1, int64_t ldy, float* y) {
+  with_static_t(T, [&](auto tt) { rows_avx2_t<decltype(tt)::value>(xe, xo, T, K, w, absmax, n0, n1, ldy, y); });
 }
 
 // TT > 0: T is the compile-time TT, so the per-row accumulators live in registers (with a run-time T, GCC keeps

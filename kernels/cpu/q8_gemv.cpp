@@ -50,26 +50,40 @@ __attribute__((target("avx2,fma"))) inline __m256 widen8(const int8_t* p) {
 }
 
 // Any T <= 16; blocksize % 16 == 0, K % 16 == 0 (so every block, also a row's last, is a multiple of 8 long).
-__attribute__((target("avx2,fma"))) void rows_avx2(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
-                                                   int64_t n0, int64_t n1, int64_t ldy, float* y) {
+// TT > 0: T fixed at compile time (accumulators in registers); TT = 0: run-time T.
+template <int TT>
+__attribute__((target("avx2,fma"))) void rows_avx2_t(const float* x, int64_t T_, int64_t K,
+                                                     const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                                                     int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
   const int64_t bs = w.blocksize, nb = w.blocks_per_row();
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* row = w.q.data() + n * K;
     __m256 acc[kMaxT];
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t k1 = std::min(K, (b + 1) * bs);
       __m256 bsum[kMaxT];
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) bsum[t] = _mm256_setzero_ps();
       for (int64_t k = b * bs; k < k1; k += 8) {
         const __m256 wv = widen8(row + k);
+#pragma GCC unroll 16
         for (int64_t t = 0; t < T; ++t) bsum[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), bsum[t]);
       }
       const __m256 s = _mm256_set1_ps(w.scale[static_cast<size_t>(n * nb + b)]);
+#pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(bsum[t], s, acc[t]);
     }
+#pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
   }
+}
+
+void rows_avx2(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+               int64_t ldy, float* y) {
+  with_static_t(T, [&](auto tt) { rows_avx2_t<decltype(tt)::value>(x, T, K, w, n0, n1, ldy, y); });
 }
 
 __attribute__((target("avx512f"), always_inline)) inline __m512 widen16(const int8_t* p) {
@@ -115,10 +129,11 @@ void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight
   with_static_t(T, [&](auto tt) { rows_avx512_t<decltype(tt)::value>(x, T, K, w, n0, n1, ldy, y); });
 }
 
-// ---- Int8 dot (Q8Dot::Int8, AVX-512 VNNI) ----
+// ---- Int8 dot (Q8Dot::Int8: AVX-512 VNNI, or AVX2) ----
 
 // x quantized per weight block: codes [T, K], scale [T, nb] and, per (t, b), corr = -128 · Σ xq: vpdpbusd multiplies
-// unsigned by signed bytes, so the weights enter as q + 128 (sign bit flipped) and corr takes the 128 · Σ xq back out.
+// unsigned by signed bytes, so the weights enter as q + 128 (sign bit flipped) and corr takes the 128 · Σ xq back out
+// (the AVX2 kernel does not need corr).
 struct XInt8 {
   std::vector<int8_t> q;
   std::vector<float> scale;
@@ -187,6 +202,62 @@ void rows_vnni(const XInt8& xq, int64_t T, int64_t K, const q8::QuantizedWeight&
   with_static_t(T, [&](auto tt) { rows_vnni_t<decltype(tt)::value>(xq, T, K, w, n0, n1, ldy, y); });
 }
 
+// AVX2 (llama.cpp's Q8_0 · Q8_0 on AVX2): vpmaddubsw multiplies unsigned by signed bytes into pairwise int16 sums,
+// so it takes |q| and xq carrying q's sign (vpsignb; q = 0 gives 0). A pair sums to at most 2 · 128 · 127 = 32,512
+// < 32,767 (no saturation; codes are within ±127, -128 would still fit), and vpmaddwd by 1 widens to int32: the same
+// exact integer block sums as the VNNI kernel. TT as above; bs % 64 == 0, K % bs == 0.
+template <int TT>
+__attribute__((target("avx2,fma"))) void rows_int8_avx2_t(const XInt8& xq, int64_t T_, int64_t K,
+                                                          const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                                                          int64_t ldy, float* y) {
+  const int64_t T = TT > 0 ? TT : T_;
+  const int64_t bs = w.blocksize, nb = K / bs;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* row = w.q.data() + n * K;
+    const float* ws = w.scale.data() + n * nb;
+    __m256 acc[kMaxT];
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i isum[kMaxT];
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+      for (int64_t k = b * bs; k < (b + 1) * bs; k += 32) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
+        const __m256i wabs = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 16
+        for (int64_t t = 0; t < T; ++t) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq.q.data() + t * K + k));
+          const __m256i pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t)
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]),
+                                 _mm256_set1_ps(ws[b] * xq.scale[static_cast<size_t>(t * nb + b)]), acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
+  }
+}
+
+void rows_int8_avx2(const XInt8& xq, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
+                    int64_t ldy, float* y) {
+  with_static_t(T, [&](auto tt) { rows_int8_avx2_t<decltype(tt)::value>(xq, T, K, w, n0, n1, ldy, y); });
+}
+
+// The kernel the Int8 dot runs at for a resolved level: Avx512 (VNNI), Avx2 (also on AVX-512 CPUs without VNNI), or
+// Portable (it cannot run).
+Nf4Isa int8_level(Nf4Isa isa) {
+  static const bool vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vnni");
+  if (isa == Nf4Isa::Avx512 && vnni) return Nf4Isa::Avx512;
+  if ((isa == Nf4Isa::Avx512 || isa == Nf4Isa::Avx2) && nf4_isa_supported(Nf4Isa::Avx2)) return Nf4Isa::Avx2;
+  return Nf4Isa::Portable;
+}
+
 __attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                                                       float* out) {
   const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
@@ -231,23 +302,21 @@ Q8Dot parse_dot() {
 
 }  // namespace
 
-bool q8_int8_dot_supported() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vnni");
+bool q8_int8_dot_supported(Nf4Isa isa) {
+  if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
+  return nf4_isa_supported(isa) && int8_level(isa) != Nf4Isa::Portable;
 }
 
 // Not cached (one getenv per call, once per lm_head product), so a test can switch it with setenv.
-Q8Dot q8_dot_detect() {
-  return parse_dot() == Q8Dot::Int8 && q8_int8_dot_supported() && nf4_isa_detect() == Nf4Isa::Avx512 ? Q8Dot::Int8
-                                                                                                    : Q8Dot::Exact;
-}
+Q8Dot q8_dot_detect() { return parse_dot() == Q8Dot::Int8 && q8_int8_dot_supported() ? Q8Dot::Int8 : Q8Dot::Exact; }
 
 void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa, Q8Dot dot) {
   check_weight(w, "q8_gemv");
   GRAFT_CHECK(w.cols() == K, "q8_gemv: Q8 weight {} must be [N, {}]", w.shape.str(), K);
   GRAFT_CHECK(T >= 0 && T <= kMaxT, "q8_gemv: T = {} rows, at most {} (use linear_q8 for more)", T, kMaxT);
-  GRAFT_CHECK(dot != Q8Dot::Int8 || q8_int8_dot_supported(),
-              "q8_gemv: Q8Dot::Int8 needs AVX-512 VNNI, which this CPU lacks; use Q8Dot::Auto");
+  GRAFT_CHECK(dot != Q8Dot::Int8 || q8_int8_dot_supported(isa),
+              "q8_gemv: Q8Dot::Int8 needs AVX2 (or AVX-512 VNNI) at the requested ISA, which this CPU lacks; use "
+              "Q8Dot::Auto");
   isa = resolve(isa, w, "q8_gemv");
   if (dot == Q8Dot::Auto) dot = q8_dot_detect();
   const int64_t N = w.rows();
@@ -257,12 +326,17 @@ void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
     return;
   }
   const int64_t chunks = (N + kRows - 1) / kRows;
-  if (dot == Q8Dot::Int8 && isa == Nf4Isa::Avx512 && w.blocksize % 64 == 0 && K % w.blocksize == 0) {
+  const Nf4Isa int8 = dot == Q8Dot::Int8 ? int8_level(isa) : Nf4Isa::Portable;
+  if (int8 != Nf4Isa::Portable && w.blocksize % 64 == 0 && K % w.blocksize == 0) {
     thread_local XInt8 buf;  // this (calling) thread's; the workers must see it through `xq`, not by name
     quantize_x(x, T, K, w.blocksize, buf);
     const XInt8& xq = buf;
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t c = 0; c < chunks; ++c) rows_vnni(xq, T, K, w, c * kRows, std::min(N, (c + 1) * kRows), N, y);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
+      if (int8 == Nf4Isa::Avx512) rows_vnni(xq, T, K, w, n0, n1, N, y);
+      else rows_int8_avx2(xq, T, K, w, n0, n1, N, y);
+    }
     return;
   }
 #pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))

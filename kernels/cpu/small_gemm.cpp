@@ -1,7 +1,8 @@
 // f32 GEMM without packing W (small_gemm.hpp). X is transposed, 64 rows at a time, into xt [K, Tp] (Tp = rows
-// rounded up to 16, zero-padded); a tile of 12 weight rows x 32 (or 16) columns of T keeps 24 (12) zmm accumulators:
-// per k, two loads of xt, twelve broadcasts of W[o, k] (twelve sequential row streams) and 24 FMAs. Each tile is
-// transposed into y.
+// rounded up to 16, zero-padded); a tile of weight rows x columns of T keeps its accumulators in registers: AVX-512,
+// 12 rows x 32 (or 16) columns in 24 (12) of the 32 zmm; AVX2, 6 rows x 16 (or 8) columns in 12 (6) of the 16 ymm.
+// Per k: the loads of xt, one broadcast of W[o, k] per row (that many sequential row streams) and rows x vectors
+// FMAs. Each tile is transposed into y. small_gemv streams one weight row at a time for all T rows of x.
 #include "avx512_header_warnings.hpp"  // first: before <immintrin.h>
 // Here GCC 12 also reports the same header false positive as -Wuninitialized (gemv_row's _mm512_reduce_add_ps).
 #if defined(__GNUC__) && !defined(__clang__)
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "simd_reduce.hpp"
 #include "static_rows.hpp"
 
 namespace graft::cpu {
@@ -89,35 +91,117 @@ __attribute__((target("avx512f"))) void stream_rows(const float* x, int64_t T_, 
   }
 }
 
-}  // namespace
+// ---- AVX2 + FMA (16 ymm registers) ----
 
-bool small_gemv_runs() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
+template <int R, int NZ>
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* xt, int64_t ldx, int64_t K, const float* w,
+                                                   int64_t rows, float* y, int64_t ldy, int64_t tn) {
+  const float* r[R];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) r[i] = w + std::min<int64_t>(i, rows - 1) * K;  // rows < R: repeat the last row
+  __m256 acc[R][NZ];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < NZ; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 xv[NZ];
+#pragma GCC unroll 2
+    for (int j = 0; j < NZ; ++j) xv[j] = _mm256_loadu_ps(xt + k * ldx + 8 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const __m256 b = _mm256_broadcast_ss(r[i] + k);
+#pragma GCC unroll 2
+      for (int j = 0; j < NZ; ++j) acc[i][j] = _mm256_fmadd_ps(b, xv[j], acc[i][j]);
+    }
+  }
+  alignas(32) float buf[R][8 * NZ];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < NZ; ++j) _mm256_store_ps(buf[i] + 8 * j, acc[i][j]);
+  for (int64_t t = 0; t < tn; ++t)
+    for (int64_t i = 0; i < rows; ++i) y[t * ldy + i] = buf[i][t];
 }
 
-bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy) {
-  if (!small_gemv_runs() || T < 1 || T > kSmallGemvMaxT) return false;
+// As gemv_row: one sequential stream of the weight row; four accumulators (an FMA's latency is four cycles on Zen 3
+// and it issues two a cycle), an unmasked scalar tail of < 8 elements.
+__attribute__((target("avx2,fma"))) float gemv_row_avx2(const float* x, int64_t K, const float* w) {
+  __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
+    b = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), b);
+    c = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), c);
+    d = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), d);
+  }
+  for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
+  float s = simd::hsum256(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+  for (; k < K; ++k) s += w[k] * x[k];
+  return s;
+}
+
+// As stream_rows, with 8-lane vectors and a scalar tail of < 8 elements per row of x.
+template <int TT>
+__attribute__((target("avx2,fma"))) void stream_rows_avx2(const float* x, int64_t T_, int64_t K, const float* w,
+                                                          int64_t N, float* y, int64_t ldy) {
+  const int64_t T = TT > 0 ? TT : T_, K8 = K / 8 * 8;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* r = w + n * K;
+    __m256 acc[kSmallGemvMaxT];
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(r + k);
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), acc[t]);
+    }
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) {
+      float s = simd::hsum256(acc[t]);
+      for (int64_t k = K8; k < K; ++k) s += r[k] * x[t * K + k];
+      y[t * ldy + n] = s;
+    }
+  }
+}
+
+// The level small_gemv / small_gemm run at; Portable: they do not run.
+Nf4Isa level(Nf4Isa isa) {
+  if (isa == Nf4Isa::Auto) return nf4_isa_detect();
+  return nf4_isa_supported(isa) ? isa : Nf4Isa::Portable;
+}
+
+}  // namespace
+
+bool small_gemv_runs(Nf4Isa isa) { return level(isa) != Nf4Isa::Portable; }
+
+bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy, Nf4Isa isa) {
+  isa = level(isa);
+  if (isa == Nf4Isa::Portable || T < 1 || T > kSmallGemvMaxT) return false;
   if (K <= 0) {
     for (int64_t t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + N, 0.0f);
     return true;
   }
   if (T == 1) {
-    for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
+    if (isa == Nf4Isa::Avx512)
+      for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
+    else
+      for (int64_t n = 0; n < N; ++n) y[n] = gemv_row_avx2(x, K, w + n * K);
     return true;
   }
-  with_static_t(T, [&](auto tt) { stream_rows<decltype(tt)::value>(x, T, K, w, N, y, ldy); });
+  with_static_t(T, [&](auto tt) {
+    if (isa == Nf4Isa::Avx512) stream_rows<decltype(tt)::value>(x, T, K, w, N, y, ldy);
+    else stream_rows_avx2<decltype(tt)::value>(x, T, K, w, N, y, ldy);
+  });
   return true;
 }
 
-// Weight rows per tile: 12 rows x 32 columns = 24 accumulators (of 32 zmm). Measured 2026-12-06, 1 thread, N = K =
-// 512: 114-125 GFLOP/s for T = 16..256 with 12 rows, 100-114 with 8; Eigen's GEMM 63-100 GFLOP/s on the same shapes.
-constexpr int kR = 12;
+// Weight rows per tile. AVX-512: 12 rows x 32 columns = 24 accumulators (of 32 zmm). Measured 2026-12-06, 1 thread,
+// N = K = 512: 114-125 GFLOP/s for T = 16..256 with 12 rows, 100-114 with 8; Eigen's GEMM 63-100 GFLOP/s on the same
+// shapes. AVX2: 6 rows x 16 columns = 12 accumulators, 2 x vectors and a broadcast (15 of 16 ymm).
+constexpr int kR = 12, kRAvx2 = 6;
 
-bool small_gemm_runs(int64_t T) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512 && T >= kSmallGemmMinT;
-}
+bool small_gemm_runs(int64_t T, Nf4Isa isa) { return level(isa) != Nf4Isa::Portable && T >= kSmallGemmMinT; }
 
 namespace {
 // One reusable buffer per thread: a fresh large vector per call costs page faults (measured: f32 MoE prefill
@@ -150,27 +234,41 @@ SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K) : T_(T), K_(K) {
   }
 }
 
-bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy) {
-  if (!x.ready()) return false;
+bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy, Nf4Isa isa) {
+  isa = level(isa);
+  if (!x.ready() || isa == Nf4Isa::Portable) return false;
   const int64_t T = x.T_, K = x.K_;
   for (int64_t c0 = 0; c0 < T; c0 += 64) {
     const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 15) / 16 * 16;
     const float* xt = x.xt_.data() + c0 * K;
     float* yc = y + c0 * ldy;
-    for (int64_t o = 0; o < N; o += kR) {
-      const int64_t rows = std::min<int64_t>(kR, N - o);
-      int64_t t0 = 0;
-      for (; t0 + 32 <= Tp; t0 += 32)
-        tile<kR, 2>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, std::min<int64_t>(32, Tc - t0));
-      if (t0 < Tp) tile<kR, 1>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, Tc - t0);
+    if (isa == Nf4Isa::Avx512) {
+      for (int64_t o = 0; o < N; o += kR) {
+        const int64_t rows = std::min<int64_t>(kR, N - o);
+        int64_t t0 = 0;
+        for (; t0 + 32 <= Tp; t0 += 32)
+          tile<kR, 2>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, std::min<int64_t>(32, Tc - t0));
+        if (t0 < Tp) tile<kR, 1>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, Tc - t0);
+      }
+      continue;
+    }
+    for (int64_t o = 0; o < N; o += kRAvx2) {
+      const int64_t rows = std::min<int64_t>(kRAvx2, N - o);
+      // 16 columns per tile; 8 where no more are left (xt holds Tp >= t0 + 16 columns, zero past Tc).
+      for (int64_t t0 = 0; t0 < Tc; t0 += 16) {
+        if (Tc - t0 > 8)
+          tile_avx2<kRAvx2, 2>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, std::min<int64_t>(16, Tc - t0));
+        else
+          tile_avx2<kRAvx2, 1>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, Tc - t0);
+      }
     }
   }
   return true;
 }
 
-bool small_gemm(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy) {
-  if (!small_gemm_runs(T) || K <= 0) return false;
-  return small_gemm(SmallGemmX(x, T, K), w, N, y, ldy);
+bool small_gemm(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy, Nf4Isa isa) {
+  if (!small_gemm_runs(T, isa) || K <= 0) return false;
+  return small_gemm(SmallGemmX(x, T, K), w, N, y, ldy, isa);
 }
 
 }  // namespace graft::cpu

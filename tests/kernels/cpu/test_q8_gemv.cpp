@@ -1,6 +1,7 @@
 // q8_gemv (int8 codes widened in registers) and linear_q8 == dequantize-then-matmul, on every ISA path this CPU has,
 // including layouts the SIMD paths hand to the portable one (K or blocksize not a multiple of 16); the Int8 dot
-// (x quantized per block, AVX-512 VNNI) == its integer reference and within its documented bound of the exact one.
+// (x quantized per block; the AVX-512 VNNI and the AVX2 kernel) == its integer reference and within its documented
+// bound of the exact one.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -94,7 +95,10 @@ Int8Ref int8_reference(const Tensor& x, const q8::QuantizedWeight& w) {
 }
 
 TEST(CpuQ8Gemv, Int8DotEqualsItsIntegerReferenceAndStaysWithinItsBound) {
-  if (!q8_int8_dot_supported()) GTEST_SKIP() << "this CPU lacks AVX-512 VNNI: the Int8 dot cannot run here";
+  std::vector<Nf4Isa> levels;  // the VNNI kernel at Avx512 where the CPU has VNNI; the AVX2 kernel at Avx2
+  for (Nf4Isa isa : {Nf4Isa::Avx2, Nf4Isa::Avx512})
+    if (q8_int8_dot_supported(isa)) levels.push_back(isa);
+  if (levels.empty()) GTEST_SKIP() << "this CPU lacks AVX2: the Int8 dot cannot run here";
   struct Shape {
     int64_t T, N, K, blocksize;
   };
@@ -102,8 +106,10 @@ TEST(CpuQ8Gemv, Int8DotEqualsItsIntegerReferenceAndStaysWithinItsBound) {
   const Shape shapes[] = {{1, 37, 512, 64}, {1, 5, 64, 64},   {1, 300, 1024, 64}, {2, 19, 256, 128},
                           {3, 17, 192, 64}, {4, 33, 512, 64}, {5, 7, 128, 64},    {8, 65, 256, 64},
                           {11, 9, 384, 128}, {16, 23, 512, 64}};
+  for (const Nf4Isa isa : levels)
   for (const Shape& s : shapes) {
-    SCOPED_TRACE(::testing::Message() << "T " << s.T << " N " << s.N << " K " << s.K << " bs " << s.blocksize);
+    SCOPED_TRACE(::testing::Message() << "isa " << int(isa) << " T " << s.T << " N " << s.N << " K " << s.K << " bs "
+                                      << s.blocksize);
     const Tensor wf = graft::testing::randn({s.N, s.K}, 21u + uint32_t(s.N), 0.05f);
     const q8::QuantizedWeight q = quantize(wf, s.blocksize);
     Tensor x = graft::testing::randn({s.T, s.K}, 9u + uint32_t(s.T));
@@ -119,7 +125,7 @@ TEST(CpuQ8Gemv, Int8DotEqualsItsIntegerReferenceAndStaysWithinItsBound) {
       for (int64_t k = 1; k < 64; ++k) xp[s.K + k] = float(k % 7) - 3.5f;  // x·127/127 = ±0.5, ±1.5, ±2.5, ±3.5
     }
     Tensor y = graft::testing::poisoned({s.T, s.N});
-    q8_gemv(x.data<float>(), s.T, s.K, q, y.data<float>(), Nf4Isa::Avx512, Q8Dot::Int8);
+    q8_gemv(x.data<float>(), s.T, s.K, q, y.data<float>(), isa, Q8Dot::Int8);
     const Int8Ref ref = int8_reference(x, q);
     EXPECT_LT(graft::testing::rel_err(y.data<float>(), ref.y.data(), s.T * s.N), 2e-6);
     const std::vector<double> exact = reference(x, q);
@@ -131,9 +137,9 @@ TEST(CpuQ8Gemv, Int8DotEqualsItsIntegerReferenceAndStaysWithinItsBound) {
     EXPECT_LE(max_excess, 0.0) << "a logit moved more than half an x step allows";
     // It is the int8 product (not the widened one): it differs from Exact by more than f32 rounding.
     EXPECT_GT(graft::testing::rel_err(y.data<float>(), exact.data(), s.T * s.N), 1e-5);
-    // Auto picks it on this CPU unless GRAFT_NF4_ISA caps the ISA below AVX-512.
+    // Auto picks it, at the level nf4_isa_detect() names (GRAFT_NF4_ISA may cap it).
     const ScopedEnv env("GRAFT_Q8_DOT", nullptr);
-    if (nf4_isa_detect() == Nf4Isa::Avx512) {
+    if (nf4_isa_detect() == isa) {
       Tensor ya = graft::testing::poisoned({s.T, s.N});
       q8_gemv(x.data<float>(), s.T, s.K, q, ya.data<float>());
       EXPECT_EQ(0, std::memcmp(ya.raw(), y.raw(), size_t(s.T * s.N) * sizeof(float)));

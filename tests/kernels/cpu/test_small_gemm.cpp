@@ -1,5 +1,6 @@
-// small_gemm (the pack-free f32 GEMM behind linear for T >= 2 on AVX-512 CPUs) equals a double-precision reference on
-// ragged shapes: T not a multiple of 16 or 64, N not a multiple of the 12-row tile, odd K, a row stride ldy > N.
+// small_gemm (the pack-free f32 GEMM behind linear for T >= 2 on AVX2 and AVX-512 CPUs) equals a double-precision
+// reference on ragged shapes, at each SIMD level this CPU has: T not a multiple of 8, 16 or 64, N not a multiple of the
+// 6- or 12-row tile, odd K, a row stride ldy > N.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,21 +11,33 @@
 
 using namespace graft::cpu;
 
+namespace {
+// The SIMD levels small_gemm / small_gemv run at on this CPU.
+std::vector<Nf4Isa> levels() {
+  std::vector<Nf4Isa> out;
+  for (Nf4Isa isa : {Nf4Isa::Avx2, Nf4Isa::Avx512})
+    if (small_gemv_runs(isa)) out.push_back(isa);
+  return out;
+}
+}  // namespace
+
 TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
-  if (!small_gemm_runs(kSmallGemmMinT)) GTEST_SKIP() << "no AVX-512 on this CPU: linear uses Eigen's GEMM";
+  if (levels().empty()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: linear uses Eigen's GEMM";
   EXPECT_FALSE(small_gemm_runs(kSmallGemmMinT - 1));
+  EXPECT_FALSE(small_gemm_runs(kSmallGemmMinT, Nf4Isa::Portable));
   std::mt19937 g(5);
   std::normal_distribution<float> d;
   struct S { int64_t T, N, K; };
+  for (const Nf4Isa isa : levels())
   for (const S s : {S{2, 3, 7}, S{5, 12, 64}, S{9, 1, 1}, S{16, 12, 16}, S{17, 13, 5}, S{33, 37, 100}, S{64, 24, 512}, S{65, 25, 64},
-                    S{130, 50, 33}}) {
-    SCOPED_TRACE(testing::Message() << "T=" << s.T << " N=" << s.N << " K=" << s.K);
+                    S{130, 50, 33}, S{7, 6, 9}, S{12, 7, 40}}) {
+    SCOPED_TRACE(testing::Message() << "isa=" << static_cast<int>(isa) << " T=" << s.T << " N=" << s.N << " K=" << s.K);
     std::vector<float> x(s.T * s.K), w(s.N * s.K);
     for (auto& v : x) v = d(g);
     for (auto& v : w) v = d(g);
     const int64_t ldy = s.N + 3;
     std::vector<float> y(s.T * ldy, -7.0f);
-    ASSERT_TRUE(small_gemm(x.data(), s.T, s.K, w.data(), s.N, y.data(), ldy));
+    ASSERT_TRUE(small_gemm(x.data(), s.T, s.K, w.data(), s.N, y.data(), ldy, isa));
     for (int64_t t = 0; t < s.T; ++t) {
       for (int64_t n = 0; n < s.N; ++n) {
         double ref = 0, mag = 0;
@@ -39,23 +52,24 @@ TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
   }
 }
 
-// small_gemv (linear's product for T <= 8 on AVX-512 CPUs): K below, at and past the 32-element step and the 16-lane
-// mask (K = 1, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1, T = 1 (its own two-accumulator kernel) and 2..16, a row
+// small_gemv (linear's product for T <= 8 on AVX2 and AVX-512 CPUs), at each SIMD level: K below, at and past the
+// 8-lane step, the 32-element step and the 16-lane mask (K = 1, 7, 8, 9, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1, T = 1 (its own two-accumulator kernel) and 2..16, a row
 // stride ldy > N with nothing written past N, and T outside [1, 16] refused.
 TEST(CpuSmallGemm, GemvEqualsReferenceOnRaggedShapes) {
-  if (!small_gemv_runs()) GTEST_SKIP() << "no AVX-512 on this CPU: linear uses Eigen's GEMV";
+  if (levels().empty()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: linear uses Eigen's GEMV";
   std::mt19937 g(6);
   std::normal_distribution<float> d;
+  for (const Nf4Isa isa : levels())
   for (int64_t T : {1, 2, 3, 5, 8, 16})
-    for (int64_t K : {0, 1, 15, 16, 17, 31, 33, 512, 1000})
+    for (int64_t K : {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 512, 1000})
       for (int64_t N : {0, 1, 5, 37}) {
-        SCOPED_TRACE(testing::Message() << "T=" << T << " N=" << N << " K=" << K);
+        SCOPED_TRACE(testing::Message() << "isa=" << static_cast<int>(isa) << " T=" << T << " N=" << N << " K=" << K);
         std::vector<float> x(T * K + 1), w(N * K + 1);  // + 1: a wrong mask reads these finite spares, a wrong sum
         for (auto& v : x) v = d(g);
         for (auto& v : w) v = d(g);
         const int64_t ldy = N + 2;
         std::vector<float> y(T * ldy, -7.0f);
-        ASSERT_TRUE(small_gemv(x.data(), T, K, w.data(), N, y.data(), ldy));
+        ASSERT_TRUE(small_gemv(x.data(), T, K, w.data(), N, y.data(), ldy, isa));
         for (int64_t t = 0; t < T; ++t) {
           for (int64_t n = 0; n < N; ++n) {
             double ref = 0, mag = 0;
@@ -71,5 +85,6 @@ TEST(CpuSmallGemm, GemvEqualsReferenceOnRaggedShapes) {
   std::vector<float> x(17 * 4, 1.0f), w(4, 1.0f), y(17, -7.0f);
   EXPECT_FALSE(small_gemv(x.data(), 0, 4, w.data(), 1, y.data(), 1));
   EXPECT_FALSE(small_gemv(x.data(), kSmallGemvMaxT + 1, 4, w.data(), 1, y.data(), 1));
+  EXPECT_FALSE(small_gemv(x.data(), 1, 4, w.data(), 1, y.data(), 1, Nf4Isa::Portable));
   EXPECT_EQ(y[0], -7.0f);
 }

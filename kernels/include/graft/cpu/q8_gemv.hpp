@@ -3,7 +3,8 @@
 // - Exact: int8 codes widened to f32 in registers; y equals dequantize-then-matmul within f32 rounding.
 // - Int8 (llama.cpp's Q8_0 · Q8_0 scheme): each weight block of x is quantized to int8 too, xs = absmax / 127,
 //   xq = round-to-nearest-even(x · 127 / absmax) (all-zero block: xs = 0, xq = 0), and the int8 · int8 products are
-//   summed exactly in int32 with AVX-512 VNNI (vpdpbusd); y[t, n] = Σ_b scale[n, b] · xs[t, b] · Σ_{k in b} q·xq.
+//   summed exactly in int32 (AVX-512 VNNI vpdpbusd, or AVX2 vpmaddubsw + vpmaddwd);
+//   y[t, n] = Σ_b scale[n, b] · xs[t, b] · Σ_{k in b} q·xq.
 //   Its difference from Exact is bounded by Σ_b scale[n, b] · (xs[t, b] / 2) · Σ_{k in b} |q| (each x moves by at
 //   most half a step), plus f32 rounding. It needs blocksize % 64 == 0 and K % blocksize == 0; other layouts run Exact.
 #pragma once
@@ -17,15 +18,17 @@ namespace graft::cpu {
 
 enum class Q8Dot { Auto, Exact, Int8 };
 
-// Int8 needs AVX-512 F, BW and VNNI.
-bool q8_int8_dot_supported();
+// Whether Int8 runs at SIMD level `isa` (Auto: nf4_isa_detect()) on this CPU: Avx512 with AVX-512 F, BW and VNNI,
+// else Avx2 (and Avx512 without VNNI) with AVX2 + FMA; never Portable.
+bool q8_int8_dot_supported(Nf4Isa isa = Nf4Isa::Auto);
 // What Q8Dot::Auto means here: Int8 where supported, unless GRAFT_Q8_DOT=exact (GRAFT_Q8_DOT=int8|exact; a CPU
-// without VNNI runs Exact either way; GRAFT_NF4_ISA=avx2|portable implies Exact). Read at every call.
+// without AVX2 runs Exact either way, as does GRAFT_NF4_ISA=portable). Read at every call.
 Q8Dot q8_dot_detect();
 
 // y[T, N] (=) x[T, K] · dequant(w)ᵀ for w Q8 [N, K], T <= 16. SIMD paths need blocksize % 16 == 0 and
-// K % 16 == 0 (else the portable path runs, any layout). `dot` Int8 runs on Nf4Isa::Avx512 only (Auto: where the
-// ISA resolves to it). Throws when `isa` or an explicit Int8 is not supported by this CPU. Parallel over output rows.
+// K % 16 == 0 (else the portable path runs, any layout). `dot` Int8 runs where q8_int8_dot_supported(isa) (VNNI
+// kernel at Avx512 where the CPU has VNNI, else the AVX2 kernel). Throws when `isa` or an explicit Int8 is not
+// supported by this CPU. Parallel over output rows.
 void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa = Nf4Isa::Auto,
              Q8Dot dot = Q8Dot::Auto);
 
