@@ -74,7 +74,8 @@ void BM_OpenBlasLinear(benchmark::State& st) {
 // ~32 rows top-2 of 8 routes to it at T = 128; a 4-row decode batch) and stories260K (64 / 172).
 #define SHAPES                                                                                              \
   ->Args({1, 512, 1536})->Args({128, 512, 1536})->Args({512, 512, 512})->Args({1, 64, 512})->Args({128, 64, 172}) \
-      ->Args({1, 512, 151669 / 8})->Args({32, 512, 1024})->Args({32, 512, 512})->Args({4, 512, 1536})->UseRealTime()
+      ->Args({1, 512, 151669 / 8})->Args({32, 512, 1024})->Args({32, 512, 512})->Args({4, 512, 1536})->Args({16, 512, 1536})->Args({64, 512, 1536})       \
+      ->Args({1, 256, 1536})->UseRealTime()
 BENCHMARK(BM_GraftLinear) SHAPES;
 BENCHMARK(BM_EigenLinear) SHAPES;
 #ifdef GRAFT_HAVE_OPENBLAS

@@ -42,13 +42,25 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
     Y.setZero();
   } else if (T <= kStreamMaxT && small_gemv_runs()) {
     // Decode (and small decode batches): one slice of W's rows per thread, each streamed once by the SIMD GEMV
-    // for all T rows (small_gemm.hpp).
+    // for all T rows (small_gemm.hpp). T = 1 on AVX2 runs Eigen's GEMV on the slice instead: it reads four rows at
+    // once, which on Zen 3 beats the one-stream kernel (1 thread, bench_gemm 2026-12-07: the 18,958 × 512 head
+    // slice 1.60 vs 1.88 ms, 1536 × 512 43 vs 48 us, 512 × 64 1.75 vs 2.04 us).
+    const bool eigen_gemv = T == 1 && nf4_isa_detect() != Nf4Isa::Avx512;
     const int64_t threads = graft::parallel_worth(T * N * K) ? omp_get_max_threads() : 1;
     const int64_t rows = (N + threads - 1) / threads;
-#pragma omp parallel for schedule(static) if (threads > 1)
-    for (int64_t b = 0; b < threads; ++b) {
+    const auto slice = [&](int64_t b) {
       const int64_t n0 = std::min(N, b * rows), n1 = std::min(N, n0 + rows);
-      small_gemv(x.data<float>(), T, K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0, N);
+      if (eigen_gemv)
+        Y.middleCols(n0, n1 - n0).noalias() =
+            MapC(x.data<float>(), 1, K) * MapC(w.data<float>() + n0 * K, n1 - n0, K).transpose();
+      else
+        small_gemv(x.data<float>(), T, K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0, N);
+    };
+    if (threads == 1) {
+      slice(0);  // no parallel region: its fork costs about as much as a stories260K projection
+    } else {
+#pragma omp parallel for schedule(static)
+      for (int64_t b = 0; b < threads; ++b) slice(b);
     }
   } else if (T <= 64 || small_gemm_runs(T)) {
     // Small batches (more than kStreamMaxT rows, e.g. a serving step's decode rows): split W's rows into panels

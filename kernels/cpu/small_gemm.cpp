@@ -200,8 +200,15 @@ bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N,
 // N = K = 512: 114-125 GFLOP/s for T = 16..256 with 12 rows, 100-114 with 8; Eigen's GEMM 63-100 GFLOP/s on the same
 // shapes. AVX2: 6 rows x 16 columns = 12 accumulators, 2 x vectors and a broadcast (15 of 16 ymm).
 constexpr int kR = 12, kRAvx2 = 6;
+// AVX2 runs up to 64 rows of x: beyond, Eigen's packed GEMM is as fast or faster (Zen 3, 1 thread, bench_gemm,
+// 2026-12-07: K = 512, N = 1536: T = 4 124 vs 286 us, 16 284 vs 481, 32 (N = 1024) 392 vs 505, 64 1.24 vs 1.28 ms,
+// 128 2.46 vs 2.35 ms; K = 64, N = 172, T = 128: 47 vs 35 us).
+constexpr int64_t kSmallGemmMaxTAvx2 = 64;
 
-bool small_gemm_runs(int64_t T, Nf4Isa isa) { return level(isa) != Nf4Isa::Portable && T >= kSmallGemmMinT; }
+bool small_gemm_runs(int64_t T, Nf4Isa isa) {
+  isa = level(isa);
+  return isa != Nf4Isa::Portable && T >= kSmallGemmMinT && (isa == Nf4Isa::Avx512 || T <= kSmallGemmMaxTAvx2);
+}
 
 namespace {
 // One reusable buffer per thread: a fresh large vector per call costs page faults (measured: f32 MoE prefill
@@ -235,8 +242,8 @@ SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K) : T_(T), K_(K) {
 }
 
 bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy, Nf4Isa isa) {
+  if (!x.ready() || !small_gemm_runs(x.T_, isa)) return false;
   isa = level(isa);
-  if (!x.ready() || isa == Nf4Isa::Portable) return false;
   const int64_t T = x.T_, K = x.K_;
   for (int64_t c0 = 0; c0 < T; c0 += 64) {
     const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 15) / 16 * 16;

@@ -32,7 +32,8 @@ bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N,
                 Nf4Isa isa = Nf4Isa::Auto);
 bool small_gemv_runs(Nf4Isa isa = Nf4Isa::Auto);
 
-// Whether small_gemm runs for T rows here (the level runs on this CPU and T >= kSmallGemmMinT).
+// Whether small_gemm runs for T rows here: the level runs on this CPU and T >= kSmallGemmMinT (AVX2: and T <= 64;
+// beyond, Eigen's packed GEMM is as fast).
 bool small_gemm_runs(int64_t T, Nf4Isa isa = Nf4Isa::Auto);
 // y[t * ldy + n] = Σ_k x[t * K + k] · w[n * K + k] for t < T, n < N (x: [T, K], w: [N, K], both row-major f32).
 // Returns true when it ran (small_gemm_runs(T)); otherwise writes nothing and returns false (the caller uses its
