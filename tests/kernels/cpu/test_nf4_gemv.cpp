@@ -1,4 +1,5 @@
-// nf4_gemv (codes decoded in registers) == dequantize-then-matmul, on every ISA path this CPU has.
+// nf4_gemv (codes decoded in registers) == dequantize-then-matmul, on every ISA path this CPU has (AVX2: the vpshufb
+// kernel for blocksize % 64 == 0, the vpermps one for blocksize 32).
 #include <gtest/gtest.h>
 
 #include <cmath>
