@@ -12,6 +12,7 @@
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/cpu/train_step_ops.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -125,8 +126,7 @@ class CpuBackend final : public Backend {
     const float* a = x.data<float>();
     float* b = y.data<float>();
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(n))
-    for (int64_t i = 0; i < n; ++i) b[i] += a[i];
+    parallel_for(n, graft::parallel_worth(n), [&](int64_t i) { b[i] += a[i]; });
   }
   void scale_rows(Tensor& y, const Tensor& s) override {
     const int64_t T = y.size(0), H = y.numel() / std::max<int64_t>(T, 1);
@@ -231,10 +231,9 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
   const MoePermutation plan = moe_permute_plan(ids, E);
   const float* w = weights.data<float>();
   RowMat results(T * k, H);  // per (token, slot j) expert output, then reduced in slot order
-#pragma omp parallel for schedule(dynamic) if (graft::parallel_worth(T * k * H * 3 * ex.gate.front().out))
-  for (int e = 0; e < E; ++e) {
+  parallel_for_dynamic(E, graft::parallel_worth(T * k * H * 3 * ex.gate.front().out), [&](int64_t e) {
     const int32_t n = plan.counts[static_cast<size_t>(e)];
-    if (n == 0) continue;
+    if (n == 0) return;  // this expert has no rows
     std::vector<int64_t> flat(static_cast<size_t>(n)), tok(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) {
       flat[static_cast<size_t>(i)] = plan.order[static_cast<size_t>(plan.offsets[static_cast<size_t>(e)] + i)];
@@ -264,10 +263,9 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
     if (lora) lora_rows_acc(g, LoraBatch{es.down, slots}, y);
     const float* yp = y.data<float>();
     for (int32_t i = 0; i < n; ++i) std::memcpy(results.row(flat[static_cast<size_t>(i)]).data(), yp + i * H, sizeof(float) * static_cast<size_t>(H));
-  }
+  });
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * k * H))
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, graft::parallel_worth(T * k * H), [&](int64_t t) {
     float* o = op + t * H;
     std::fill(o, o + H, 0.0f);
     for (int64_t j = 0; j < k; ++j) {
@@ -275,7 +273,7 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
       const float* r = results.row(t * k + j).data();
       for (int64_t h = 0; h < H; ++h) o[h] += c * r[h];
     }
-  }
+  });
 }
 
 void CpuBackend::linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeight& w, const LoraFactors* lora,

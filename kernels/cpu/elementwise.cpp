@@ -1,9 +1,12 @@
 // CPU reference: RMSNorm, SwiGLU, embedding lookup.
+#include <Eigen/Core>
+
 #include <algorithm>
 #include <cmath>
 
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 
 namespace graft::cpu {
 
@@ -17,8 +20,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
   const float* xp = x.data<float>();
   const float* wp = w.data<float>();
   float* yp = y.data<float>();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * H * 4))
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, graft::parallel_worth(T * H * 4), [&](int64_t t) {
     const float* r = xp + t * H;
     // Eight partial double sums: the compiler vectorizes them (one serial chain of double adds ran at one add per
     // 4 cycles: rmsnorm was ~3% of a Qwen3-MoE prefill with its per-head q/k norms). Double keeps the result exact
@@ -32,7 +34,7 @@ void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y) {
     const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(H) + eps));
     float* o = yp + t * H;
     for (int64_t i = 0; i < H; ++i) o[i] = wp[i] * (r[i] * inv);
-  }
+  });
 }
 
 void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
@@ -45,8 +47,13 @@ void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* u = up.data<float>();
   float* o = out.data<float>();
   const int64_t n = gate.numel();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(n * 16))
-  for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  // Eigen's vectorized exp, 4096 elements per task (a scalar std::exp per element was ~5% of a Qwen3-MoE prefill).
+  constexpr int64_t kChunk = 4096;
+  parallel_for((n + kChunk - 1) / kChunk, graft::parallel_worth(n * 16), [&](int64_t c) {
+    const int64_t i0 = c * kChunk, len = std::min(kChunk, n - i0);
+    const Eigen::Map<const Eigen::ArrayXf> G(g + i0, len), U(u + i0, len);
+    Eigen::Map<Eigen::ArrayXf>(o + i0, len) = G / (1.0f + (-G).exp()) * U;
+  });
 }
 
 void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
@@ -61,9 +68,9 @@ void embedding(std::span<const int32_t> ids, const Tensor& table, Tensor& out) {
                     ids[static_cast<size_t>(t)], t, V);
   const float* tp = table.data<float>();
   float* op = out.data<float>();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * H))
-  for (int64_t t = 0; t < T; ++t)
+  parallel_for(T, graft::parallel_worth(T * H), [&](int64_t t) {
     std::copy_n(tp + static_cast<int64_t>(ids[static_cast<size_t>(t)]) * H, H, op + t * H);
+  });
 }
 
 }  // namespace graft::cpu

@@ -12,6 +12,7 @@
 #include "graft/cpu/q8_gemv.hpp"
 #include "graft/cpu/small_gemm.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -56,12 +57,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
       else
         small_gemv(x.data<float>(), T, K, w.data<float>() + n0 * K, n1 - n0, y.data<float>() + n0, N);
     };
-    if (threads == 1) {
-      slice(0);  // no parallel region: its fork costs about as much as a stories260K projection
-    } else {
-#pragma omp parallel for schedule(static)
-      for (int64_t b = 0; b < threads; ++b) slice(b);
-    }
+    parallel_for(threads, threads > 1, slice);
   } else if (T <= 64 || small_gemm_runs(T)) {
     // Small batches (more than kStreamMaxT rows, e.g. a serving step's decode rows): split W's rows into panels
     // across threads; each thread streams its own slice of W once and multiplies all T rows by it.
@@ -74,12 +70,11 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
     // small_gemm streams W without blocking for cache: one slice per thread (it transposes x once per slice).
     const int64_t kRows = small_gemm_runs(T) ? std::max<int64_t>(12, (N + omp_get_max_threads() - 1) / omp_get_max_threads()) : 256;
     const int64_t blocks = (N + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t b = 0; b < blocks; ++b) {
+    parallel_for(blocks, graft::parallel_worth(T * N * K), [&](int64_t b) {
       const int64_t n0 = b * kRows, rows = std::min(kRows, N - n0);
       if (!small_gemm(x.data<float>(), T, K, w.data<float>() + n0 * K, rows, y.data<float>() + n0, N))
         Y.middleCols(n0, rows).noalias() = X * MapC(w.data<float>() + n0 * K, rows, K).transpose();
-    }
+    });
   } else {
     Y.noalias() = MapC(x.data<float>(), T, K) * MapC(w.data<float>(), N, K).transpose();
   }
@@ -105,15 +100,14 @@ void panel_gemm(const Tensor& x, int64_t N, Tensor& y, const DequantRows& dequan
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
   const SmallGemmX xt(x.data<float>(), T, K);  // x transposed once for every panel
-#pragma omp parallel for schedule(dynamic) if (threads > 1 && panels > 1)
-  for (int64_t p = 0; p < panels; ++p) {
+  parallel_for_dynamic(panels, threads > 1 && panels > 1, [&](int64_t p) {
     thread_local std::vector<float> buf;
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);
     buf.resize(static_cast<size_t>(n * K));
     dequant(r0, r0 + n, buf.data());
     if (!small_gemm(xt, buf.data(), n, y.data<float>() + r0, N))
       Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
-  }
+  });
 }
 
 void check_quantized_linear(const Tensor& x, const Dims& w_shape, const Tensor& y, const char* what) {

@@ -8,6 +8,7 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -47,8 +48,7 @@ void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor&
   const float* lp = logits.data<float>();
   int32_t* ip = ids.data<int32_t>();
   float* wp = weights.data<float>();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * E * 16))
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, graft::parallel_worth(T * E * 16), [&](int64_t t) {
     const float* l = lp + t * E;
     std::vector<float> scores(static_cast<size_t>(E)), choice;
     std::vector<int> top;
@@ -106,7 +106,7 @@ void moe_route(const Tensor& logits, const RouterParams& p, Tensor& ids, Tensor&
       ip[t * k + j] = e;
       wp[t * k + j] = w * p.routed_scaling_factor;
     }
-  }
+  });
 }
 
 MoePermutation moe_permute_plan(const Tensor& ids, int num_experts) {

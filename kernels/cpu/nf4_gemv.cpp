@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 #include "graft/tensor.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
@@ -386,22 +387,26 @@ void dequant_portable(const nf4::QuantizedWeight& w, const Absmax& absmax, int64
 }
 
 // Whole blocks [b0, b1) into out[(b1 - b0) * bs]; bs % 32 == 0.
+// The vpshufb decode (Planes) in element order: 16 bytes give 32 codes in order (byte i: elements 2i, 2i + 1), and one
+// vpermd moves their dwords (four codes each) to where the decode's in-lane unpacks return them in order. bs % 32 == 0.
 __attribute__((target("avx2,fma"))) void dequant_avx2(const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t b0,
                                                       int64_t b1, float* out) {
-  const Lut256 lut;
-  const __m256i m4 = _mm256_set1_epi32(0x0f);
+  const Planes planes;
+  const __m128i m4 = _mm_set1_epi8(0x0f);
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   const int64_t bs = w.blocksize;
   const uint8_t* p = w.packed.data();
   for (int64_t b = b0; b < b1; ++b) {
     const __m256 s = _mm256_set1_ps(absmax(b));
     float* o = out + (b - b0) * bs;
-    for (int64_t j = 0; j < bs / 2; j += 8) {
-      const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j)));
-      const __m256 we = _mm256_mul_ps(lut(_mm256_srli_epi32(bytes, 4)), s);
-      const __m256 wo = _mm256_mul_ps(lut(_mm256_and_si256(bytes, m4)), s);
-      const __m256 lo = _mm256_unpacklo_ps(we, wo), hi = _mm256_unpackhi_ps(we, wo);
-      _mm256_storeu_ps(o + 2 * j, _mm256_permute2f128_ps(lo, hi, 0x20));
-      _mm256_storeu_ps(o + 2 * j + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    for (int64_t j = 0; j < bs / 2; j += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b * bs / 2 + j));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4), lo = _mm_and_si128(v, m4);
+      const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(hi, lo), _mm_unpacklo_epi8(hi, lo));
+      __m256 f[4];
+      planes.decode(_mm256_permutevar8x32_epi32(codes, order), f);
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) _mm256_storeu_ps(o + 2 * j + 8 * m, _mm256_mul_ps(f[m], s));
     }
   }
 }
@@ -507,22 +512,21 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
     const int64_t panels = (N + kPanel - 1) / kPanel;
     const Eigen::Map<const RowMat> X(x, T, K);
     Eigen::Map<RowMat> Y(y, T, N);
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t p = 0; p < panels; ++p) {
+    parallel_for(panels, graft::parallel_worth(T * N * K), [&](int64_t p) {
       thread_local std::vector<float> buf;
       const int64_t n0 = p * kPanel, rows = std::min(kPanel, N - n0);
       buf.resize(static_cast<size_t>(rows * K));
       dequant_range(w, absmax, n0 * K, (n0 + rows) * K, buf.data(), isa);
       Y.middleCols(n0, rows).noalias() = X * Eigen::Map<const RowMat>(buf.data(), rows, K).transpose();
-    }
+    });
     return;
   }
   constexpr int64_t kRows = 16;
   const int64_t chunks = (N + kRows - 1) / kRows;
   if (isa == Nf4Isa::Portable) {
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t c = 0; c < chunks; ++c)
+    parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
       rows_portable(x, T, K, w, absmax, c * kRows, std::min(N, (c + 1) * kRows), N, y);
+    });
     return;
   }
   if (isa == Nf4Isa::Avx512 && T == 1 && w.blocksize == 64 && K % 128 == 0) {
@@ -533,8 +537,9 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
       for (int64_t s = 0; s < 8; ++s)
         for (int64_t i = 0; i < 16; ++i) perm[c * 128 + s * 16 + i] = x[c * 128 + 8 * i + (s ^ 1)];
     const float* xp = perm.data();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(N * K))
-    for (int64_t c = 0; c < chunks; ++c) gemv1_avx512(xp, K, w, absmax, c * kRows, std::min(N, (c + 1) * kRows), y);
+    parallel_for(chunks, graft::parallel_worth(N * K), [&](int64_t c) {
+      gemv1_avx512(xp, K, w, absmax, c * kRows, std::min(N, (c + 1) * kRows), y);
+    });
     return;
   }
   if (isa == Nf4Isa::Avx2 && w.blocksize % 64 == 0) {
@@ -542,9 +547,9 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
     perm.resize(static_cast<size_t>(T * K));
     permute_x_shuf(x, T, K, perm.data());
     const float* xp = perm.data();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t c = 0; c < chunks; ++c)
+    parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
       rows_avx2_shuf(xp, T, K, w, absmax, c * kRows, std::min(N, (c + 1) * kRows), N, y);
+    });
     return;
   }
   // x split into even / odd elements: [T, K/2] each, in a per-thread buffer reused across calls.
@@ -558,12 +563,11 @@ void nf4_gemv(const float* x, int64_t T, int64_t K, const nf4::QuantizedWeight& 
       xe[t * half + j] = x[t * K + 2 * j];
       xo[t * half + j] = x[t * K + 2 * j + 1];
     }
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
     const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
     if (isa == Nf4Isa::Avx512) rows_avx512(xe, xo, T, K, w, absmax, n0, n1, N, y);
     else rows_avx2(xe, xo, T, K, w, absmax, n0, n1, N, y);
-  }
+  });
 }
 
 void nf4_dequant_rows(const nf4::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa) {
@@ -574,11 +578,10 @@ void nf4_dequant_rows(const nf4::QuantizedWeight& w, int64_t n0, int64_t n1, flo
   const int64_t K = w.shape[1];
   constexpr int64_t kRows = 16;
   const int64_t chunks = (n1 - n0 + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static) if (graft::parallel_worth((n1 - n0) * K * 4))
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, graft::parallel_worth((n1 - n0) * K * 4), [&](int64_t c) {
     const int64_t r0 = n0 + c * kRows, r1 = std::min(n1, r0 + kRows);
     dequant_range(w, absmax, r0 * K, r1 * K, out + (r0 - n0) * K, isa);
-  }
+  });
 }
 
 }  // namespace graft::cpu

@@ -14,6 +14,7 @@
 
 #include "graft/error.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
 
@@ -331,23 +332,21 @@ void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
     thread_local XInt8 buf;  // this (calling) thread's; the workers must see it through `xq`, not by name
     quantize_x(x, T, K, w.blocksize, buf);
     const XInt8& xq = buf;
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-    for (int64_t c = 0; c < chunks; ++c) {
+    parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
       const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
       if (int8 == Nf4Isa::Avx512) rows_vnni(xq, T, K, w, n0, n1, N, y);
       else rows_int8_avx2(xq, T, K, w, n0, n1, N, y);
-    }
+    });
     return;
   }
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * N * K))
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
     const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
     switch (isa) {
       case Nf4Isa::Avx512: rows_avx512(x, T, K, w, n0, n1, N, y); break;
       case Nf4Isa::Avx2: rows_avx2(x, T, K, w, n0, n1, N, y); break;
       default: rows_portable(x, T, K, w, n0, n1, N, y); break;
     }
-  }
+  });
 }
 
 void q8_dequant_rows(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa) {

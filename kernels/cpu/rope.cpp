@@ -7,6 +7,7 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -20,8 +21,7 @@ void rope_apply(Tensor& x, std::span<const int32_t> positions, const RopeTable& 
               "rope: rotary dim {} does not fit head_dim {} / table of {} frequencies", rot_dim, D, table.inv_freq.size());
   const int half = rot_dim / 2;
   float* xp = x.data<float>();
-#pragma omp parallel for schedule(static) if (graft::parallel_worth(T * Hn * rot_dim * 4))
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_for(T, graft::parallel_worth(T * Hn * rot_dim * 4), [&](int64_t t) {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int i = 0; i < half; ++i) {
       // transformers: freqs = inv_freq (f32) * position (f32), cos/sin in f32, times attention_scaling.
@@ -38,7 +38,7 @@ void rope_apply(Tensor& x, std::span<const int32_t> positions, const RopeTable& 
         v[b] = x2 * c[static_cast<size_t>(i)] + x1 * s[static_cast<size_t>(i)];
       }
     }
-  }
+  });
 }
 }  // namespace
 
