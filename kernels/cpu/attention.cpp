@@ -47,7 +47,9 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
     MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
     MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
     MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
-    RowMat P = (Q * K.transpose()) * scale;  // [T, S]
+    RowMat P(T, S);  // [T, S]
+    P.noalias() = Q * K.transpose();  // a GEMM (the scaled product expression was evaluated coefficient-wise)
+    P *= scale;
     for (int64_t t = 0; t < T; ++t) {
       const SoftmaxRowStats r = masked_exp_row(P.data() + t * S, S, vis.data() + t * S);
       if (r.sum == 0.0f) {  // nothing visible: zeros, lse = -inf

@@ -33,7 +33,9 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
     MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
     MapC dO(dout.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv));
-    RowMat P = (Q * K.transpose()) * scale;
+    RowMat P(T, S);
+    P.noalias() = Q * K.transpose();
+    P *= scale;
     for (int64_t t = 0; t < T; ++t) {
       const float z = masked_exp_row(P.data() + t * S, S, vis.data() + t * S).sum;
       if (z > 0) P.row(t) /= z;

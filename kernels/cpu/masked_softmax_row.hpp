@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <vector>
@@ -19,27 +20,43 @@ struct SoftmaxRowStats {
   float sum;  // Σ exp(logit - max) over the visible entries; 0 when nothing is visible
 };
 
-// p[S] (=) exp(p - max) at visible entries (vis[j]), 0 elsewhere (unnormalized: the caller divides by .sum). The
-// mask is applied as a bit select (masked logits become -inf before the max, masked results +0 after the exp), so
-// every loop vectorizes; `vis[j] ? p[j] : -inf` did not (GCC 12 kept it scalar: a quarter of a stories260K prefill).
+// p[S] (=) exp(p - max) at visible entries (vis[j]), 0 elsewhere (unnormalized: the caller divides by .sum). Only
+// the span from the first to the last visible entry is exponentiated (a causal row: its prefix, half the exps of a
+// prefill); inside it the mask is applied as a bit select (masked logits become -inf before the max, masked results
+// +0 after the exp), so every loop vectorizes; `vis[j] ? p[j] : -inf` did not (GCC 12 kept it scalar: a quarter of a
+// stories260K prefill).
 inline SoftmaxRowStats masked_exp_row(float* p, int64_t S, const bool* vis) {
   const auto* v = reinterpret_cast<const unsigned char*>(vis);  // 0 or 1
-#pragma omp simd
-  for (int64_t j = 0; j < S; ++j) {
-    const uint32_t masked = uint32_t{v[j]} - 1u;  // all ones where hidden
-    p[j] = std::bit_cast<float>((std::bit_cast<uint32_t>(p[j]) & ~masked) | (0xFF800000u & masked));  // -inf
+  int64_t lo = 0, hi = S;
+  while (lo < hi && !v[lo]) ++lo;
+  for (; hi - lo >= 8; hi -= 8) {  // hidden tails (a causal row's future) skipped 8 entries at a time
+    uint64_t word;
+    std::memcpy(&word, v + hi - 8, sizeof(word));
+    if (word != 0) break;
   }
-  Eigen::Map<Eigen::ArrayXf> a(p, S);
-  const float mx = S > 0 ? a.maxCoeff() : -std::numeric_limits<float>::infinity();
+  while (hi > lo && !v[hi - 1]) --hi;
+  std::fill(p, p + lo, 0.0f);
+  std::fill(p + hi, p + S, 0.0f);
+  if (lo == hi) return {-std::numeric_limits<float>::infinity(), 0.0f};
+  float* q = p + lo;
+  const unsigned char* m = v + lo;
+  const int64_t n = hi - lo;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t masked = uint32_t{m[j]} - 1u;  // all ones where hidden
+    q[j] = std::bit_cast<float>((std::bit_cast<uint32_t>(q[j]) & ~masked) | (0xFF800000u & masked));  // -inf
+  }
+  Eigen::Map<Eigen::ArrayXf> a(q, n);
+  const float mx = a.maxCoeff();  // finite: q[0] is visible (a visible -inf logit is not produced by q · k)
   if (mx == -std::numeric_limits<float>::infinity()) {
     a.setZero();
     return {mx, 0.0f};
   }
   a = (a - mx).exp();
 #pragma omp simd
-  for (int64_t j = 0; j < S; ++j) {
-    const uint32_t masked = uint32_t{v[j]} - 1u;
-    p[j] = std::bit_cast<float>(std::bit_cast<uint32_t>(p[j]) & ~masked);  // +0 where hidden
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t masked = uint32_t{m[j]} - 1u;
+    q[j] = std::bit_cast<float>(std::bit_cast<uint32_t>(q[j]) & ~masked);  // +0 where hidden
   }
   return {mx, a.sum()};
 }

@@ -88,3 +88,29 @@ TEST(CpuAttention, DecodeAgainstCacheAndFullyMaskedRows) {
   Tensor bad = Tensor::empty({1, 3, D}, DType::F32);
   EXPECT_THROW(cpu::attention(q1, k, v, p1, pos, {}, 0.3f, bad), Error);
 }
+
+// masked_exp_row exponentiates only the span from the first to the last visible key: rows whose visible keys have
+// holes (interleaved segments), long hidden heads (a sliding window) and hidden tails longer than its 8-key skip
+// (causal rows of T = 37) against the naive reference.
+TEST(CpuAttention, VisibleSpansWithHolesHeadsAndLongTails) {
+  const int64_t T = 37, Hq = 2, Hkv = 1, D = 8, Dv = 8;
+  Tensor q = randn({T, Hq, D}, 7), k = randn({T, Hkv, D}, 8), v = randn({T, Hkv, Dv}, 9);
+  std::vector<int32_t> pos(T), seg(T);
+  for (int i = 0; i < T; ++i) {
+    pos[static_cast<size_t>(i)] = i;
+    seg[static_cast<size_t>(i)] = i % 3;  // each query sees every third earlier key
+  }
+  std::vector<cpu::AttentionMask> masks(3);
+  masks[0].q_segments = seg;
+  masks[0].k_segments = seg;
+  masks[1].sliding_window = 5;
+  masks[2].q_segments = seg;  // non-causal, holes on both sides of the query
+  masks[2].k_segments = seg;
+  masks[2].causal = false;
+  for (size_t mi = 0; mi < masks.size(); ++mi) {
+    Tensor out = poisoned({T, Hq, Dv});
+    cpu::attention(q, k, v, pos, pos, masks[mi], 0.35f, out);
+    const auto ref = naive(q, k, v, pos, pos, masks[mi], 0.35);
+    EXPECT_LT(rel_err(out.data<float>(), ref.data(), T * Hq * Dv), 1e-5) << "mask " << mi;
+  }
+}
