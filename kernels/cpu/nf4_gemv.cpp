@@ -225,6 +225,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuf_t(const float* xp, int64
 #pragma GCC unroll 16
         for (int64_t t = 0; t < T; ++t) bsum[a][t] = _mm256_setzero_ps();
       for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; j += 32) {
+        simd::prefetch_ahead(row + j);
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + j));
         __m256 wv[8];
         planes.decode(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), wv);  // high nibbles: even elements

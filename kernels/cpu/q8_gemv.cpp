@@ -225,6 +225,7 @@ __attribute__((target("avx2,fma"))) void rows_int8_avx2_t(const XInt8& xq, int64
 #pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
       for (int64_t k = b * bs; k < (b + 1) * bs; k += 32) {
+        simd::prefetch_ahead(row + k);
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k));
         const __m256i wabs = _mm256_sign_epi8(wv, wv);
 #pragma GCC unroll 16
