@@ -20,6 +20,12 @@ namespace {
 // 2026-12-06, 1 thread, the 151,669 × 512 f32 lm_head (bench_lm_head): T = 4 14.5 vs 40.3 ms, T = 8 25.0 vs 39.4,
 // T = 16 62.4 vs 39.3 (there the FMAs, not the stream, bound it).
 constexpr int64_t kStreamMaxT = 8;
+
+// Rows of x up to which linear_nf4 decodes the codes in registers (nf4_gemv); more rows dequantize panels and run
+// small_gemm on them. AVX2 (Zen 3, 1 thread, bench_gemm 2026-12-07, N = 1536, K = 512): decode T = 2 104 us, 4 165,
+// 8 437, 16 1145; panels T = 2 290, 4 293, 8 295, 16 389: the decode kernel keeps T accumulators per weight vector,
+// which spill past T = 4 with 16 ymm registers. AVX-512 keeps the in-register decode for every T <= 16 (32 zmm).
+int64_t nf4_decode_max_t() { return nf4_isa_detect() == Nf4Isa::Avx2 ? 4 : 16; }
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MapC = Eigen::Map<const RowMat>;
 using Map = Eigen::Map<RowMat>;
@@ -86,9 +92,9 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
 }
 
 namespace {
-// y[T, N] (=) x[T, K] · Wᵀ for T > 16, W known only through dequant(r0, r1, out) (rows [r0, r1) as f32): panels of
-// W dequantized into a per-thread buffer of about 512 KiB, which stays in L2 while the GEMM multiplies every row of
-// x by it. At least one panel per thread.
+// y[T, N] (=) x[T, K] · Wᵀ for more rows than the decode kernels take, W known only through dequant(r0, r1, out)
+// (rows [r0, r1) as f32): panels of W dequantized into a per-thread buffer of about 512 KiB, which stays in L2 while
+// the GEMM multiplies every row of x by it. At least one panel per thread.
 template <class DequantRows>
 void panel_gemm(const Tensor& x, int64_t N, Tensor& y, const DequantRows& dequant) {
   const int64_t T = x.size(0), K = x.size(1);
@@ -124,7 +130,7 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   check_quantized_linear(x, w.shape, y, "linear_nf4");
   const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
   if (T == 0 || N == 0) return;
-  if (T <= 16) {
+  if (T <= nf4_decode_max_t()) {
     // Decode: codes decoded in registers, the packed weight streamed once (nf4_gemv.cpp).
     nf4_gemv(x.data<float>(), T, K, w, y.data<float>());
     return;

@@ -259,6 +259,11 @@ bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_
       }
       continue;
     }
+    if (Tc <= 8) {  // one 8-column tile: 12 rows, so 12 independent FMA chains hide the 4-cycle latency (6 did not)
+      for (int64_t o = 0; o < N; o += 2 * kRAvx2)
+        tile_avx2<2 * kRAvx2, 1>(xt, Tp, K, w + o * K, std::min<int64_t>(2 * kRAvx2, N - o), yc + o, ldy, Tc);
+      continue;
+    }
     for (int64_t o = 0; o < N; o += kRAvx2) {
       const int64_t rows = std::min<int64_t>(kRAvx2, N - o);
       // 16 columns per tile; 8 where no more are left (xt holds Tp >= t0 + 16 columns, zero past Tc).
