@@ -42,7 +42,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
   Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
   visibility(q_pos, k_pos, mask, vis.data());
   float* lp = lse ? lse->data<float>() : nullptr;
-  parallel_for_dynamic(Hq, graft::parallel_worth(T * Hq * S * (D + Dv)), [&](int64_t h) {
+  parallel_for(Hq, graft::parallel_worth(T * Hq * S * (D + Dv)), [&](int64_t h) {
     const int64_t kh = h / group;
     MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
     MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
@@ -60,7 +60,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
       if (lp) lp[t * Hq + h] = r.max + std::log(r.sum);
     }
     MapS(out.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv)).noalias() = P * V;
-  });
+  }, Schedule::Dynamic);
 }
 
 }  // namespace graft::cpu

@@ -27,7 +27,7 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
   visibility(q_pos, k_pos, m, vis.data());
   // Per query head: its dQ, and its contribution to dK/dV (summed over the group afterwards).
   std::vector<RowMat> dkh(static_cast<size_t>(Hq)), dvh(static_cast<size_t>(Hq));
-  parallel_for_dynamic(Hq, graft::parallel_worth(T * S * Hq * (D + Dv)), [&](int64_t h) {
+  parallel_for(Hq, graft::parallel_worth(T * S * Hq * (D + Dv)), [&](int64_t h) {
     const int64_t kh = h / g;
     MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
     MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
@@ -46,7 +46,7 @@ void attention_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tens
     MapS(dq.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D)) = dS * K;
     dkh[static_cast<size_t>(h)] = dS.transpose() * Q;
     dvh[static_cast<size_t>(h)] = P.transpose() * dO;
-  });
+  }, Schedule::Dynamic);
   for (int64_t kh = 0; kh < Hkv; ++kh) {
     MapS dK(dk.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
     MapS dV(dv.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));

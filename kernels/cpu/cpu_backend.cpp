@@ -231,7 +231,7 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
   const MoePermutation plan = moe_permute_plan(ids, E);
   const float* w = weights.data<float>();
   RowMat results(T * k, H);  // per (token, slot j) expert output, then reduced in slot order
-  parallel_for_dynamic(E, graft::parallel_worth(T * k * H * 3 * ex.gate.front().out), [&](int64_t e) {
+  parallel_for(E, graft::parallel_worth(T * k * H * 3 * ex.gate.front().out), [&](int64_t e) {
     const int32_t n = plan.counts[static_cast<size_t>(e)];
     if (n == 0) return;  // this expert has no rows
     std::vector<int64_t> flat(static_cast<size_t>(n)), tok(static_cast<size_t>(n));
@@ -263,7 +263,7 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
     if (lora) lora_rows_acc(g, LoraBatch{es.down, slots}, y);
     const float* yp = y.data<float>();
     for (int32_t i = 0; i < n; ++i) std::memcpy(results.row(flat[static_cast<size_t>(i)]).data(), yp + i * H, sizeof(float) * static_cast<size_t>(H));
-  });
+  }, Schedule::Dynamic);
   float* op = out.data<float>();
   parallel_for(T, graft::parallel_worth(T * k * H), [&](int64_t t) {
     float* o = op + t * H;

@@ -106,14 +106,14 @@ void panel_gemm(const Tensor& x, int64_t N, Tensor& y, const DequantRows& dequan
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
   const SmallGemmX xt(x.data<float>(), T, K);  // x transposed once for every panel
-  parallel_for_dynamic(panels, threads > 1 && panels > 1, [&](int64_t p) {
+  parallel_for(panels, threads > 1 && panels > 1, [&](int64_t p) {
     thread_local std::vector<float> buf;
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);
     buf.resize(static_cast<size_t>(n * K));
     dequant(r0, r0 + n, buf.data());
     if (!small_gemm(xt, buf.data(), n, y.data<float>() + r0, N))
       Y.middleCols(r0, n).noalias() = X * MapC(buf.data(), n, K).transpose();
-  });
+  }, Schedule::Dynamic);
 }
 
 void check_quantized_linear(const Tensor& x, const Dims& w_shape, const Tensor& y, const char* what) {

@@ -34,7 +34,7 @@ void mla_attention_absorbed(const Tensor& q_nope, const Tensor& q_pe, const Tens
               "mla_attention: {} / {} positions for {} / {} rows", q_pos.size(), k_pos.size(), T, S);
   const bool seg = !mask.q_segments.empty();
   Eigen::Map<const RowMat> C(c.data<float>(), S, kvr), KPE(k_pe.data<float>(), S, dr);
-  parallel_for_dynamic(H, graft::parallel_worth(T * H * S * (kvr + dr)), [&](int64_t h) {
+  parallel_for(H, graft::parallel_worth(T * H * S * (kvr + dr)), [&](int64_t h) {
     MapC Wuk(w_kvb.data<float>() + h * (dn + dv) * kvr, dn, kvr, Eigen::OuterStride<>(kvr));
     MapC Wuv(w_kvb.data<float>() + (h * (dn + dv) + dn) * kvr, dv, kvr, Eigen::OuterStride<>(kvr));
     MapC Qn(q_nope.data<float>() + h * dn, T, dn, Eigen::OuterStride<>(H * dn));
@@ -62,7 +62,7 @@ void mla_attention_absorbed(const Tensor& q_nope, const Tensor& q_pe, const Tens
     RowMat o = (s * C) * Wuv.transpose();  // [T, dv]
     for (int64_t t = 0; t < T; ++t)
       for (int64_t d = 0; d < dv; ++d) out.data<float>()[(t * H + h) * dv + d] = o(t, d);
-  });
+  }, Schedule::Dynamic);
 }
 
 }  // namespace graft::cpu
