@@ -108,16 +108,43 @@ struct Lut256 {
   }
 };
 
-// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0. TT as for rows_avx512_t below.
-// 16 bytes (32 weights, four vectors) per step; with few rows of x each row keeps A partial sums, so the FMAs of a
-// step do not wait on each other (one chain held T = 1 to one FMA per four cycles: the 151,669 × 512 head at 12.3 ms
-// against 4.0 with four chains, Zen 3, 1 thread, 2026-12-07).
+// One weight block's sums per row of x for the AVX2 decode kernels below (TT as for rows_avx512_t). With few rows
+// each row keeps several partial sums, so the FMAs of a step do not form one dependency chain; fold() adds them and
+// accumulates the block's absmax times their sum into the row's accumulator. (On Zen 3 the decode of the codes, not
+// this chain, bounds the kernels: the vpermps kernel measured the same with one chain and with four.)
+template <int TT>
+struct BlockSums256 {
+  static constexpr int A = TT == 1 ? 4 : (TT == 2 || TT == 3) ? 2 : 1;
+  __m256 s[A][kMaxT];
+  __attribute__((target("avx2,fma"), always_inline)) inline void zero(int64_t T) {
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a)
+#pragma GCC unroll 16
+      for (int64_t t = 0; t < T; ++t) s[a][t] = _mm256_setzero_ps();
+  }
+  // Weight vector v of a step times x for row t.
+  __attribute__((target("avx2,fma"), always_inline)) inline void add(int v, int64_t t, __m256 w, __m256 x) {
+    s[v % A][t] = _mm256_fmadd_ps(w, x, s[v % A][t]);
+  }
+  __attribute__((target("avx2,fma"), always_inline)) inline void fold(int64_t T, float absmax, __m256* acc) const {
+    const __m256 scale = _mm256_set1_ps(absmax);
+#pragma GCC unroll 16
+    for (int64_t t = 0; t < T; ++t) {
+      __m256 sum = s[0][t];
+#pragma GCC unroll 4
+      for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, s[a][t]);
+      acc[t] = _mm256_fmadd_ps(sum, scale, acc[t]);
+    }
+  }
+};
+
+// xe/xo: [T, K/2] even / odd elements of x. Requires K % bs == 0, bs % 32 == 0. 16 bytes (32 weights, four vectors)
+// per step.
 template <int TT>
 __attribute__((target("avx2,fma"))) void rows_avx2_t(const float* xe, const float* xo, int64_t T_, int64_t K,
                                                      const nf4::QuantizedWeight& w, const Absmax& absmax, int64_t n0,
                                                      int64_t n1, int64_t ldy, float* y) {
   const int64_t T = TT > 0 ? TT : T_;
-  constexpr int A = TT == 1 ? 4 : (TT == 2 || TT == 3) ? 2 : 1;
   const Lut256 lut;
   const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
@@ -126,11 +153,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2_t(const float* xe, const floa
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < bpr; ++b) {
-      __m256 bsum[A][kMaxT];
-#pragma GCC unroll 4
-      for (int a = 0; a < A; ++a)
-#pragma GCC unroll 16
-        for (int64_t t = 0; t < T; ++t) bsum[a][t] = _mm256_setzero_ps();
+      BlockSums256<TT> bsum;
+      bsum.zero(T);
       for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; j += 16) {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + j));
         const __m256i lo = _mm256_cvtepu8_epi32(raw), hi = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(raw, raw));
@@ -140,17 +164,9 @@ __attribute__((target("avx2,fma"))) void rows_avx2_t(const float* xe, const floa
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v)
 #pragma GCC unroll 16
-          for (int64_t t = 0; t < T; ++t)
-            bsum[v % A][t] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(xv[v] + t * half), bsum[v % A][t]);
+          for (int64_t t = 0; t < T; ++t) bsum.add(v, t, wv[v], _mm256_loadu_ps(xv[v] + t * half));
       }
-      const __m256 s = _mm256_set1_ps(absmax(n * bpr + b));
-#pragma GCC unroll 16
-      for (int64_t t = 0; t < T; ++t) {
-        __m256 sum = bsum[0][t];
-#pragma GCC unroll 4
-        for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, bsum[a][t]);
-        acc[t] = _mm256_fmadd_ps(sum, s, acc[t]);
-      }
+      bsum.fold(T, absmax(n * bpr + b), acc);
     }
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
@@ -203,13 +219,12 @@ void permute_x_shuf(const float* x, int64_t T, int64_t K, float* xp) {
     }
 }
 
-// Requires K % bs == 0, bs % 64 == 0. TT and the A partial sums per row of x as in rows_avx2_t.
+// Requires K % bs == 0, bs % 64 == 0. TT and the block sums as in rows_avx2_t.
 template <int TT>
 __attribute__((target("avx2,fma"))) void rows_avx2_shuf_t(const float* xp, int64_t T_, int64_t K,
                                                           const nf4::QuantizedWeight& w, const Absmax& absmax,
                                                           int64_t n0, int64_t n1, int64_t ldy, float* y) {
   const int64_t T = TT > 0 ? TT : T_;
-  constexpr int A = TT == 1 ? 4 : (TT == 2 || TT == 3) ? 2 : 1;
   const Planes planes;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const int64_t bs = w.blocksize, half = K / 2, bpr = K / bs;
@@ -219,11 +234,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuf_t(const float* xp, int64
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < bpr; ++b) {
-      __m256 bsum[A][kMaxT];
-#pragma GCC unroll 4
-      for (int a = 0; a < A; ++a)
-#pragma GCC unroll 16
-        for (int64_t t = 0; t < T; ++t) bsum[a][t] = _mm256_setzero_ps();
+      BlockSums256<TT> bsum;
+      bsum.zero(T);
       for (int64_t j = b * bs / 2; j < (b + 1) * bs / 2; j += 32) {
         simd::prefetch_ahead(row + j);
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + j));
@@ -234,17 +246,9 @@ __attribute__((target("avx2,fma"))) void rows_avx2_shuf_t(const float* xp, int64
 #pragma GCC unroll 8
         for (int v = 0; v < 8; ++v)
 #pragma GCC unroll 16
-          for (int64_t t = 0; t < T; ++t)
-            bsum[v % A][t] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(xs + t * K + 8 * v), bsum[v % A][t]);
+          for (int64_t t = 0; t < T; ++t) bsum.add(v, t, wv[v], _mm256_loadu_ps(xs + t * K + 8 * v));
       }
-      const __m256 s = _mm256_set1_ps(absmax(n * bpr + b));
-#pragma GCC unroll 16
-      for (int64_t t = 0; t < T; ++t) {
-        __m256 sum = bsum[0][t];
-#pragma GCC unroll 4
-        for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, bsum[a][t]);
-        acc[t] = _mm256_fmadd_ps(sum, s, acc[t]);
-      }
+      bsum.fold(T, absmax(n * bpr + b), acc);
     }
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = hsum256(acc[t]);
