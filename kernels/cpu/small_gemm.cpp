@@ -124,24 +124,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* xt, int64_t ldx,
     for (int64_t i = 0; i < rows; ++i) y[t * ldy + i] = buf[i][t];
 }
 
-// As gemv_row: one sequential stream of the weight row; four accumulators (an FMA's latency is four cycles on Zen 3
-// and it issues two a cycle), an unmasked scalar tail of < 8 elements.
-__attribute__((target("avx2,fma"))) float gemv_row_avx2(const float* x, int64_t K, const float* w) {
-  __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
-    b = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), b);
-    c = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), c);
-    d = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), d);
-  }
-  for (; k + 8 <= K; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
-  float s = simd::hsum256(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-  for (; k < K; ++k) s += w[k] * x[k];
-  return s;
-}
-
-// As stream_rows, with 8-lane vectors and a scalar tail of < 8 elements per row of x.
+// As stream_rows, with 8-lane vectors and a scalar tail of < 8 elements per row of x; also T = 1 (linear keeps T = 1
+// on AVX2 on Eigen's GEMV, which was faster there).
 template <int TT>
 __attribute__((target("avx2,fma"))) void stream_rows_avx2(const float* x, int64_t T_, int64_t K, const float* w,
                                                           int64_t N, float* y, int64_t ldy) {
@@ -182,11 +166,8 @@ bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N,
     for (int64_t t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + N, 0.0f);
     return true;
   }
-  if (T == 1) {
-    if (isa == Nf4Isa::Avx512)
-      for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
-    else
-      for (int64_t n = 0; n < N; ++n) y[n] = gemv_row_avx2(x, K, w + n * K);
+  if (T == 1 && isa == Nf4Isa::Avx512) {
+    for (int64_t n = 0; n < N; ++n) y[n] = gemv_row(x, K, w + n * K);
     return true;
   }
   with_static_t(T, [&](auto tt) {
