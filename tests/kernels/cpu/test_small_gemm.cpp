@@ -59,8 +59,9 @@ TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
 }
 
 // small_gemv (linear's product for T <= 8 on AVX2 and AVX-512 CPUs), at each SIMD level: K below, at and past the
-// 8-lane step, the 32-element step and the 16-lane mask (K = 1, 7, 8, 9, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1, T = 1 (AVX-512: its own two-accumulator kernel) and 2..16, a row
-// stride ldy > N with nothing written past N, and T outside [1, 16] refused.
+// 8-lane step, the 32-element step and the 16-lane mask (K = 1, 7, 8, 9, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1,
+// T = 1 (AVX-512: its own two-accumulator kernel) and 2..16, a row stride ldy > N with nothing written past N, and T
+// outside [1, 16] refused.
 TEST(CpuSmallGemm, GemvEqualsReferenceOnRaggedShapes) {
   if (levels().empty()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: linear uses Eigen's GEMV";
   std::mt19937 g(6);
