@@ -91,7 +91,7 @@ void BM_OpenBlasLinear(benchmark::State& st) {
 #define SHAPES                                                                                              \
   ->Args({1, 512, 1536})->Args({128, 512, 1536})->Args({512, 512, 512})->Args({1, 64, 512})->Args({128, 64, 172}) \
       ->Args({1, 512, 151669 / 8})->Args({32, 512, 1024})->Args({32, 512, 512})->Args({4, 512, 1536})->Args({16, 512, 1536})->Args({64, 512, 1536})       \
-      ->Args({1, 256, 1536})->Args({2, 512, 1536})->Args({8, 512, 1536})->Args({12, 512, 512})->UseRealTime()
+      ->Args({1, 256, 1536})->Args({2, 512, 1536})->Args({8, 512, 1536})->Args({12, 512, 512})->Args({4, 512, 512})->Args({6, 512, 512})->Args({8, 512, 512})->Args({10, 512, 512})->Args({16, 512, 512})->Args({20, 512, 512})->Args({40, 512, 512})->UseRealTime()
 BENCHMARK(BM_GraftLinear) SHAPES;
 BENCHMARK(BM_GraftLinearNf4) SHAPES;
 BENCHMARK(BM_EigenLinear) SHAPES;

@@ -24,8 +24,10 @@ constexpr int64_t kStreamMaxT = 8;
 // Rows of x up to which linear_nf4 decodes the codes in registers (nf4_gemv); more rows dequantize panels and run
 // small_gemm on them. AVX2 (Zen 3, 1 thread, bench_gemm 2026-12-07, N = 1536, K = 512): decode T = 2 104 us, 4 165,
 // 8 437, 16 1145; panels T = 2 290, 4 293, 8 295, 16 389: the decode kernel keeps T accumulators per weight vector,
-// which spill past T = 4 with 16 ymm registers. AVX-512 keeps the in-register decode for every T <= 16 (32 zmm).
-int64_t nf4_decode_max_t() { return nf4_isa_detect() == Nf4Isa::Avx2 ? 4 : 16; }
+// which spill past T = 4 with 16 ymm registers. AVX-512 (Zen 4, 1 thread, bench_gemm 2026-12-07, N = K = 512):
+// decode T = 4 39 us, 6 56, 8 79, 10 107, 16 203; panels T = 4..8 72-73, 10 105, 16 106 (the decode kernel's cost
+// grows with T, the panels' barely: dequantizing the panel is most of it).
+int64_t nf4_decode_max_t() { return nf4_isa_detect() == Nf4Isa::Avx2 ? 4 : 7; }
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using MapC = Eigen::Map<const RowMat>;
 using Map = Eigen::Map<RowMat>;

@@ -474,7 +474,7 @@ bool nf4_isa_supported(Nf4Isa isa) {
     case Nf4Isa::Auto:
     case Nf4Isa::Portable: return true;
     case Nf4Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Nf4Isa::Avx512: return __builtin_cpu_supports("avx512f");
+    case Nf4Isa::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
   }
   return false;
 }

@@ -1,6 +1,6 @@
 // f32 GEMM without packing W (small_gemm.hpp). X is transposed, 64 rows at a time, into xt [K, Tp] (Tp = rows
-// rounded up to 16, zero-padded); a tile of weight rows x columns of T keeps its accumulators in registers: AVX-512,
-// 12 rows x 32 (or 16) columns in 24 (12) of the 32 zmm; AVX2, 6 rows x 16 (or 8) columns in 12 (6) of the 16 ymm.
+// rounded up to 8, zero-padded); a tile of weight rows x columns of T keeps its accumulators in registers: AVX-512,
+// 12 rows x 32, 24, 16 or 8 columns (zmm and ymm accumulators); AVX2, 6 rows x 16 (or 8) columns in 12 (6) of the 16 ymm.
 // Per k: the loads of xt, one broadcast of W[o, k] per row (that many sequential row streams) and rows x vectors
 // FMAs. Each tile is transposed into y. small_gemv streams one weight row at a time for all T rows of x.
 #include "avx512_header_warnings.hpp"  // first: before <immintrin.h>
@@ -21,35 +21,87 @@
 namespace graft::cpu {
 namespace {
 
-template <int R, int NZ>
-__attribute__((target("avx512f"))) void tile(const float* xt, int64_t ldx, int64_t K, const float* w, int64_t rows,
-                                              float* y, int64_t ldy, int64_t tn) {
+// r[i] lane t -> r[t] lane i: a 16 x 16 transpose in registers (unpack ps, unpack pd, two 128-bit lane shuffles).
+__attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {  // lane L of t[2i]: r[2i][4L], r[2i+1][4L], r[2i][4L+1], r[2i+1][4L+1]
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#define GRAFT_PD(a) _mm512_castps_pd(a)
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // lane L of r[4i + m]: column 4L + m of rows 4i..4i+3
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(GRAFT_PD(t[4 * i]), GRAFT_PD(t[4 * i + 2])));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(GRAFT_PD(t[4 * i]), GRAFT_PD(t[4 * i + 2])));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(GRAFT_PD(t[4 * i + 1]), GRAFT_PD(t[4 * i + 3])));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(GRAFT_PD(t[4 * i + 1]), GRAFT_PD(t[4 * i + 3])));
+  }
+#undef GRAFT_PD
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {  // column 4L + m: lane L of r[m], r[4 + m], r[8 + m], r[12 + m]
+    const __m512 ab02 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x88), ab13 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xdd);
+    const __m512 cd02 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x88);
+    const __m512 cd13 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xdd);
+    t[m] = _mm512_shuffle_f32x4(ab02, cd02, 0x88);
+    t[8 + m] = _mm512_shuffle_f32x4(ab02, cd02, 0xdd);
+    t[4 + m] = _mm512_shuffle_f32x4(ab13, cd13, 0x88);
+    t[12 + m] = _mm512_shuffle_f32x4(ab13, cd13, 0xdd);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// R weight rows x (16 NZ + 8 NY) columns of T: NZ zmm and NY (0 or 1) ymm accumulators per row. The ymm column
+// block lets a tile end on a multiple of 8 columns rather than 16: an expert's rows (T ≈ 20..40 at a 128-token
+// prefill) padded to 16 multiplied up to 15 zero columns (T = 20 took as long as T = 32). A ymm FMA does half a zmm
+// FMA's work, which on Zen 4 (256-bit FMA pipes) is also half the time.
+template <int R, int NZ, int NY>
+__attribute__((target("avx512f,avx512vl"))) void tile(const float* xt, int64_t ldx, int64_t K, const float* w,
+                                                      int64_t rows, float* y, int64_t ldy, int64_t tn) {
+  static_assert(R <= 16 && NZ >= 0 && NZ <= 4 && NY >= 0 && NY <= 1 && NZ + NY > 0);
+  constexpr int kZ = NZ > 0 ? NZ : 1, kY = NY > 0 ? NY : 1;  // array extents (unused when NZ or NY is 0)
   const float* r[R];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) r[i] = w + std::min<int64_t>(i, rows - 1) * K;  // rows < R: repeat the last row
-  __m512 acc[R][NZ];
+  __m512 acc[R][kZ];
+  __m256 accy[R][kY];
 #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 4
     for (int j = 0; j < NZ; ++j) acc[i][j] = _mm512_setzero_ps();
+    if constexpr (NY > 0) accy[i][0] = _mm256_setzero_ps();
+  }
   for (int64_t k = 0; k < K; ++k) {
-    __m512 xv[NZ];
-#pragma GCC unroll 2
+    __m512 xv[kZ];
+#pragma GCC unroll 4
     for (int j = 0; j < NZ; ++j) xv[j] = _mm512_loadu_ps(xt + k * ldx + 16 * j);
+    __m256 xy = NY > 0 ? _mm256_loadu_ps(xt + k * ldx + 16 * NZ) : _mm256_setzero_ps();
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const __m512 b = _mm512_set1_ps(r[i][k]);
-#pragma GCC unroll 2
-      for (int j = 0; j < NZ; ++j) acc[i][j] = _mm512_fmadd_ps(b, xv[j], acc[i][j]);
+      if constexpr (NZ > 0) {
+        const __m512 b = _mm512_set1_ps(r[i][k]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NZ; ++j) acc[i][j] = _mm512_fmadd_ps(b, xv[j], acc[i][j]);
+        if constexpr (NY > 0) accy[i][0] = _mm256_fmadd_ps(_mm512_castps512_ps256(b), xy, accy[i][0]);
+      } else {
+        accy[i][0] = _mm256_fmadd_ps(_mm256_set1_ps(r[i][k]), xy, accy[i][0]);
+      }
     }
   }
-  alignas(64) float buf[R][16 * NZ];
+  // Into y: each 16-column block transposed in registers, then one masked store of the tile's rows per column of T
+  // (a scalar copy through memory was 6% of the tile's time at K = 512).
+  const __mmask16 rm = __mmask16((1u << rows) - 1);
+  __m512 v[16];
+#pragma GCC unroll 4
+  for (int j = 0; j < NZ + NY; ++j) {
 #pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 2
-    for (int j = 0; j < NZ; ++j) _mm512_store_ps(buf[i] + 16 * j, acc[i][j]);
-  for (int64_t t = 0; t < tn; ++t)
-    for (int64_t i = 0; i < rows; ++i) y[t * ldy + i] = buf[i][t];
+    for (int i = 0; i < 16; ++i)
+      v[i] = i >= R ? _mm512_setzero_ps() : j < NZ ? acc[i][j] : _mm512_zextps256_ps512(accy[i][0]);
+    transpose16(v);
+    const int64_t n = std::min<int64_t>(j < NZ ? 16 : 8, tn - 16 * j);
+    for (int64_t t = 0; t < n; ++t) _mm512_mask_storeu_ps(y + (16 * j + t) * ldy, rm, v[t]);
+  }
 }
 
 // One weight row of the GEMV: a single sequential stream (measured 2026-12-06, 1 thread, the 151,669 × 512 lm_head:
@@ -177,10 +229,10 @@ bool small_gemv(const float* x, int64_t T, int64_t K, const float* w, int64_t N,
   return true;
 }
 
-// Weight rows per tile. AVX-512: 12 rows x 32 columns = 24 accumulators (of 32 zmm). Measured 2026-12-06, 1 thread,
-// N = K = 512: 114-125 GFLOP/s for T = 16..256 with 12 rows, 100-114 with 8; Eigen's GEMM 63-100 GFLOP/s on the same
-// shapes. AVX2: 6 rows x 16 columns = 12 accumulators, 2 x vectors and a broadcast (15 of 16 ymm).
-constexpr int kR = 12, kRAvx2 = 6;
+// Weight rows per AVX2 tile: 6 rows x 16 columns = 12 accumulators, 2 x vectors and a broadcast (15 of 16 ymm).
+// (AVX-512 picks its tile per chunk width in small_gemm below. Measured 2026-12-06, 1 thread, N = K = 512: 12 rows
+// x 32 columns 114-125 GFLOP/s for T = 16..256, 8 rows 100-114; Eigen's GEMM 63-100 GFLOP/s on the same shapes.)
+constexpr int kRAvx2 = 6;
 // AVX2 runs up to 64 rows of x: beyond, Eigen's packed GEMM is as fast or faster (Zen 3, 1 thread, bench_gemm,
 // 2026-12-07: K = 512, N = 1536: T = 4 124 vs 286 us, 16 284 vs 481, 32 (N = 1024) 392 vs 505, 64 1.24 vs 1.28 ms,
 // 128 2.46 vs 2.35 ms; K = 64, N = 172, T = 128: 47 vs 35 us).
@@ -207,7 +259,7 @@ SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K) : T_(T), K_(K) {
   spare = std::vector<float>();
   xt_.resize(static_cast<size_t>(((T + 63) / 64) * 64 * K));
   for (int64_t c0 = 0; c0 < T; c0 += 64) {  // 64 columns of T per chunk: a chunk [K, Tp] stays in L2
-    const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 15) / 16 * 16;
+    const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 7) / 8 * 8;
     float* xt = xt_.data() + c0 * K;
     // Transposed 16 columns of x at a time, so the 16 rows of xt being written stay in L1.
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
@@ -227,16 +279,25 @@ bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_
   isa = level(isa);
   const int64_t T = x.T_, K = x.K_;
   for (int64_t c0 = 0; c0 < T; c0 += 64) {
-    const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 15) / 16 * 16;
+    const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 7) / 8 * 8;
     const float* xt = x.xt_.data() + c0 * K;
     float* yc = y + c0 * ldy;
     if (isa == Nf4Isa::Avx512) {
-      for (int64_t o = 0; o < N; o += kR) {
-        const int64_t rows = std::min<int64_t>(kR, N - o);
-        int64_t t0 = 0;
-        for (; t0 + 32 <= Tp; t0 += 32)
-          tile<kR, 2>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, std::min<int64_t>(32, Tc - t0));
-        if (t0 < Tp) tile<kR, 1>(xt + t0, Tp, K, w + o * K, rows, yc + t0 * ldy + o, ldy, Tc - t0);
+      // One tile shape per chunk width, so that W is read once per chunk: 24 accumulators (12 for 8 and 16
+      // columns), as few weight rows as give that many (fewer broadcasts per FMA: 1 thread, N = 1536, K = 512,
+      // T = 64: 6 rows x 64 columns 108 GFLOP/s, 12 x 32 twice 102).
+      const auto run = [&](auto tile_fn, int64_t R) {
+        for (int64_t o = 0; o < N; o += R) tile_fn(xt, Tp, K, w + o * K, std::min<int64_t>(R, N - o), yc + o, ldy, Tc);
+      };
+      switch (Tp) {
+        case 8: run(tile<12, 0, 1>, 12); break;
+        case 16: run(tile<12, 1, 0>, 12); break;
+        case 24: run(tile<12, 1, 1>, 12); break;
+        case 32: run(tile<12, 2, 0>, 12); break;
+        case 40: run(tile<8, 2, 1>, 8); break;
+        case 48: run(tile<8, 3, 0>, 8); break;
+        case 56: run(tile<6, 3, 1>, 6); break;
+        default: run(tile<6, 4, 0>, 6); break;  // 64
       }
       continue;
     }

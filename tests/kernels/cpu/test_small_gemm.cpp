@@ -21,6 +21,7 @@ std::vector<Nf4Isa> levels() {
 }
 }  // namespace
 
+// T covers each last tile width of the AVX-512 path (8, 16, 24 or 32 columns of a 64-row chunk) and 64-row chunks.
 TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
   if (levels().empty()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: linear uses Eigen's GEMM";
   EXPECT_FALSE(small_gemm_runs(kSmallGemmMinT - 1));
@@ -30,7 +31,7 @@ TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
   struct S { int64_t T, N, K; };
   for (const Nf4Isa isa : levels())
   for (const S s : {S{2, 3, 7}, S{5, 12, 64}, S{9, 1, 1}, S{16, 12, 16}, S{17, 13, 5}, S{33, 37, 100}, S{64, 24, 512}, S{65, 25, 64},
-                    S{130, 50, 33}, S{7, 6, 9}, S{12, 7, 40}}) {
+                    S{130, 50, 33}, S{7, 6, 9}, S{12, 7, 40}, S{20, 14, 48}, S{56, 13, 31}, S{88, 12, 24}}) {
     SCOPED_TRACE(testing::Message() << "isa=" << static_cast<int>(isa) << " T=" << s.T << " N=" << s.N << " K=" << s.K);
     std::vector<float> x(s.T * s.K), w(s.N * s.K);
     for (auto& v : x) v = d(g);

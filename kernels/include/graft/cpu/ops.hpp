@@ -19,7 +19,7 @@ using namespace graft::ops;  // descriptor types shared with every backend
 // ---------------------------------------------------------------- linear algebra
 // y = x · wᵀ (+ bias).  x [T, K] f32, w [N, K] f32, bias [N] f32 or undefined  ->  y [T, N] (=)
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);
-// y = x · dequant(w)ᵀ with w NF4 [N, K]; T <= 16 decodes codes in registers (nf4_gemv), larger T
+// y = x · dequant(w)ᵀ with w NF4 [N, K]; up to 4 (AVX2) / 7 (AVX-512) rows decode codes in registers (nf4_gemv), more
 // dequantizes L2-sized row panels (nf4_dequant_rows) for the GEMM, never the whole matrix.  y [T, N] (=)
 void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y);
 // y = x · dequant(w)ᵀ with w Q8 [N, K] (the inference-only 8-bit lm_head): T <= 16 widens the int8 codes in

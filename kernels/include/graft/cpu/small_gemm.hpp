@@ -41,7 +41,7 @@ bool small_gemm_runs(int64_t T, Nf4Isa isa = Nf4Isa::Auto);
 bool small_gemm(const float* x, int64_t T, int64_t K, const float* w, int64_t N, float* y, int64_t ldy,
                 Nf4Isa isa = Nf4Isa::Auto);
 
-// x [T, K] transposed once (in chunks of 64 rows, zero-padded to 16) for several small_gemm calls on slices or
+// x [T, K] transposed once (in chunks of 64 rows, zero-padded to 8) for several small_gemm calls on slices or
 // panels of one weight; read-only afterwards, so threads share it. Not ready() when small_gemm_runs(T) is false.
 class SmallGemmX {
  public:
