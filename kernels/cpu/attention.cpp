@@ -1,8 +1,9 @@
 // CPU reference: masked softmax attention with grouped-query heads (causal, sliding window,
-// chunked, packed segments). One query head per task: S = scale·Q·Kᵀ (Eigen), masked, softmax with
-// max subtraction, O = P·V.
+// chunked, packed segments). One task per query head and block of 32 query rows: S = scale·Q·Kᵀ (Eigen) over the keys
+// the block sees, masked, softmax with max subtraction, O = P·V.
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <limits>
@@ -42,24 +43,54 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
   Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
   visibility(q_pos, k_pos, mask, vis.data());
   float* lp = lse ? lse->data<float>() : nullptr;
-  parallel_for(Hq, graft::parallel_worth(T * Hq * S * (D + Dv)), [&](int64_t h) {
+  // Each query row's visible keys lie in [first, last) (first == last: none). Queries go in blocks of kBlock rows and
+  // a block multiplies only the keys some row of it sees: a causal prefill skips the keys past the block's last
+  // query, 3/8 of Q·Kᵀ and P·V at 4 blocks (the whole [T, S] product computed the hidden half too).
+  constexpr int64_t kBlock = 32;
+  std::vector<int64_t> first(static_cast<size_t>(T)), last(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) {
+    const bool* row = vis.data() + t * S;
+    int64_t lo = 0, hi = S;
+    while (lo < hi && !row[lo]) ++lo;
+    while (hi > lo && !row[hi - 1]) --hi;
+    first[static_cast<size_t>(t)] = lo;
+    last[static_cast<size_t>(t)] = hi;
+  }
+  const int64_t blocks = (T + kBlock - 1) / kBlock;
+  parallel_for(Hq * blocks, graft::parallel_worth(T * Hq * S * (D + Dv)), [&](int64_t task) {
+    const int64_t h = task / blocks, t0 = task % blocks * kBlock, tn = std::min(kBlock, T - t0);
     const int64_t kh = h / group;
-    MapC Q(q.data<float>() + h * D, T, D, Eigen::OuterStride<>(Hq * D));
-    MapC K(k.data<float>() + kh * D, S, D, Eigen::OuterStride<>(Hkv * D));
-    MapC V(v.data<float>() + kh * Dv, S, Dv, Eigen::OuterStride<>(Hkv * Dv));
-    RowMat P(T, S);  // [T, S]
+    int64_t lo = S, hi = 0;
+    for (int64_t t = t0; t < t0 + tn; ++t)
+      if (first[static_cast<size_t>(t)] < last[static_cast<size_t>(t)]) {
+        lo = std::min(lo, first[static_cast<size_t>(t)]);
+        hi = std::max(hi, last[static_cast<size_t>(t)]);
+      }
+    MapS O(out.data<float>() + t0 * Hq * Dv + h * Dv, tn, Dv, Eigen::OuterStride<>(Hq * Dv));
+    if (lo >= hi) {  // no row of the block sees a key: zeros, lse = -inf
+      O.setZero();
+      if (lp)
+        for (int64_t t = t0; t < t0 + tn; ++t) lp[t * Hq + h] = -std::numeric_limits<float>::infinity();
+      return;
+    }
+    const int64_t n = hi - lo;
+    MapC Q(q.data<float>() + t0 * Hq * D + h * D, tn, D, Eigen::OuterStride<>(Hq * D));
+    MapC K(k.data<float>() + lo * Hkv * D + kh * D, n, D, Eigen::OuterStride<>(Hkv * D));
+    MapC V(v.data<float>() + lo * Hkv * Dv + kh * Dv, n, Dv, Eigen::OuterStride<>(Hkv * Dv));
+    RowMat P(tn, n);  // [rows of the block, keys lo..hi)
     P.noalias() = Q * K.transpose();  // a GEMM (the scaled product expression was evaluated coefficient-wise)
     P *= scale;
-    for (int64_t t = 0; t < T; ++t) {
-      const SoftmaxRowStats r = masked_exp_row(P.data() + t * S, S, vis.data() + t * S);
-      if (r.sum == 0.0f) {  // nothing visible: zeros, lse = -inf
+    for (int64_t r = 0; r < tn; ++r) {
+      const int64_t t = t0 + r;
+      const SoftmaxRowStats st = masked_exp_row(P.data() + r * n, n, vis.data() + t * S + lo);
+      if (st.sum == 0.0f) {  // nothing visible: zeros, lse = -inf
         if (lp) lp[t * Hq + h] = -std::numeric_limits<float>::infinity();
         continue;
       }
-      P.row(t) /= r.sum;
-      if (lp) lp[t * Hq + h] = r.max + std::log(r.sum);
+      P.row(r) /= st.sum;
+      if (lp) lp[t * Hq + h] = st.max + std::log(st.sum);
     }
-    MapS(out.data<float>() + h * Dv, T, Dv, Eigen::OuterStride<>(Hq * Dv)).noalias() = P * V;
+    O.noalias() = P * V;
   }, Schedule::Dynamic);
 }
 
