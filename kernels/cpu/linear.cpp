@@ -16,7 +16,7 @@
 
 namespace graft::cpu {
 namespace {
-// Up to this many rows linear streams W once through small_gemv; more rows use small_gemm's 12-row tiles. Measured
+// Up to this many rows linear streams W once through small_gemv; more rows use small_gemm's tiles. Measured
 // 2026-12-06, 1 thread, the 151,669 × 512 f32 lm_head (bench_lm_head): T = 4 14.5 vs 40.3 ms, T = 8 25.0 vs 39.4,
 // T = 16 62.4 vs 39.3 (there the FMAs, not the stream, bound it).
 constexpr int64_t kStreamMaxT = 8;

@@ -1,6 +1,7 @@
 // f32 GEMM without packing W (small_gemm.hpp). X is transposed, 64 rows at a time, into xt [K, Tp] (Tp = rows
 // rounded up to 8, zero-padded); a tile of weight rows x columns of T keeps its accumulators in registers: AVX-512,
-// 12 rows x 32, 24, 16 or 8 columns (zmm and ymm accumulators); AVX2, 6 rows x 16 (or 8) columns in 12 (6) of the 16 ymm.
+// 6-12 rows x 8-64 columns, one tile shape per chunk width (zmm and ymm accumulators); AVX2, 6 rows x 16 (or 8) columns
+// in 12 (6) of the 16 ymm.
 // Per k: the loads of xt, one broadcast of W[o, k] per row (that many sequential row streams) and rows x vectors
 // FMAs. Each tile is transposed into y. small_gemv streams one weight row at a time for all T rows of x.
 #include "avx512_header_warnings.hpp"  // first: before <immintrin.h>

@@ -1,6 +1,6 @@
 // small_gemm (the pack-free f32 GEMM behind linear for T >= 2 on AVX2 and AVX-512 CPUs) equals a double-precision
 // reference on ragged shapes, at each SIMD level this CPU has: T not a multiple of 8, 16 or 64, N not a multiple of the
-// 6- or 12-row tile, odd K, a row stride ldy > N; AVX2 refuses more than 64 rows.
+// 6-, 8- or 12-row tiles, odd K, a row stride ldy > N; AVX2 refuses more than 64 rows.
 #include <gtest/gtest.h>
 
 #include <cmath>
