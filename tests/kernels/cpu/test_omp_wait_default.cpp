@@ -1,0 +1,49 @@
+// The executables' OpenMP wait default (kernels/omp_wait/omp_wait_default.cpp): GOMP_SPINCOUNT=1000 is in the
+// environment before libgomp reads it when the user set neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT, and a user's
+// setting is left alone. Each case runs this binary again (/proc/self/exe) with a chosen environment and reads the
+// two variables as the child process saw them at its start.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <unistd.h>
+
+namespace {
+
+std::string child_report(const std::string& env) {
+  std::array<char, 4096> self{};
+  const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);  // this test binary (not the shell's)
+  if (n <= 0) return "readlink /proc/self/exe failed";
+  const std::string cmd = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " '" + std::string(self.data(), size_t(n)) +
+                          "' --gtest_also_run_disabled_tests --gtest_filter=OmpWaitDefault.DISABLED_Report 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return "popen failed";
+  std::string out;
+  std::array<char, 512> buf{};
+  while (fgets(buf.data(), static_cast<int>(buf.size()), p)) out += buf.data();
+  pclose(p);
+  const size_t at = out.find("REPORT ");
+  return at == std::string::npos ? "no report in: " + out : out.substr(at + 7, out.find('\n', at) - at - 7);
+}
+
+}  // namespace
+
+// Run only as the child of the tests below.
+TEST(OmpWaitDefault, DISABLED_Report) {
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  std::printf("REPORT spin=%s policy=%s\n", spin ? spin : "-", policy ? policy : "-");
+}
+
+TEST(OmpWaitDefault, SetsASpinCountWhenTheUserSetNothing) {
+  EXPECT_EQ(child_report(""), "spin=1000 policy=-");
+}
+
+TEST(OmpWaitDefault, LeavesTheUsersSettingsAlone) {
+  EXPECT_EQ(child_report("GOMP_SPINCOUNT=300000"), "spin=300000 policy=-");
+  EXPECT_EQ(child_report("OMP_WAIT_POLICY=active"), "spin=- policy=active");
+  EXPECT_EQ(child_report("OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=7"), "spin=7 policy=passive");
+}
