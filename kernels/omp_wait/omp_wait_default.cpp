@@ -4,8 +4,8 @@
 // Why: libgomp's own default spins 300,000 times at every barrier and at the end of every parallel loop. When another
 // process holds one of the cores, the waiting thread keeps its core busy while the thread it waits for shares the
 // other core with that process, and a 2-thread run falls far below a 1-thread run (Zen 4, 2 cores, one core held by a
-// busy loop, small Qwen3-MoE NF4 + Q8 head: 128-token prefill 113 ms vs 64 ms at 1 thread, decode 71-81 vs 205-215
-// tok/s). With 1000 spins: 70-72 ms and 155 tok/s there, and on an idle machine within 4% (prefill) and 5-10%
+// busy loop, small Qwen3-MoE NF4 + Q8 head: 128-token prefill 97-122 ms vs 64 ms at 1 thread, decode 71-116 vs
+// 205-215 tok/s). With 1000 spins: 70-72 ms and 155 tok/s there, and on an idle machine within 5% (prefill) and 0-14%
 // (decode) of libgomp's default (docs/performance.md, "Another process on a core").
 //
 // How: libgomp reads its environment once, in its shared-library constructor, before the program's own constructors
