@@ -9,11 +9,11 @@
 // (decode) of libgomp's default (docs/performance.md, "Another process on a core").
 //
 // How: libgomp reads its environment once, in its shared-library constructor, before the program's own constructors
-// run; no API changes it later, and a variable set from the executable's .preinit_array is lost when libc's own
-// initialization resets the environment pointer. So the executable sets the variable in a constructor and, once,
-// re-executes itself (/proc/self/exe, same arguments, same process id) so that libgomp starts with it. If the
-// re-execution fails, the program goes on with libgomp's default. Only executables link this file (an OBJECT
-// library: the `graft` CLI and the benchmarks), never the libraries.
+// run; no API changes it later, and a variable set from the executable's .preinit_array did not reach the program
+// (Debian 12, glibc 2.36: test_omp_wait_default failed that way). So the executable sets the variable in a
+// constructor and, once, re-executes itself (/proc/self/exe, same arguments, same process id) so that libgomp starts
+// with it. If the re-execution fails, the program goes on with libgomp's default. Only executables link this file
+// (an OBJECT library: the `graft` CLI and the benchmarks), never the libraries.
 #include <unistd.h>
 
 #include <cstdlib>
