@@ -11,8 +11,8 @@
 // How: libgomp reads its environment once, in its shared-library constructor, before the program's own constructors
 // run; no API changes it later, and a variable set from the executable's .preinit_array did not reach the program
 // (Debian 12, glibc 2.36: test_omp_wait_default failed that way). So the executable sets the variable in a
-// constructor and, once, re-executes itself (/proc/self/exe, same arguments, same process id) so that libgomp starts
-// with it. If the re-execution fails, the program goes on with libgomp's default. Only executables link this file
+// constructor and, once, re-executes itself (the file /proc/self/exe links to, same arguments, same process id) so
+// that libgomp starts with it. If the re-execution fails, the program goes on with libgomp's default. Only executables link this file
 // (an OBJECT library: the `graft` CLI and the benchmarks), never the libraries.
 #include <unistd.h>
 
@@ -22,8 +22,13 @@ namespace {
 
 void set_omp_wait_default(int /*argc*/, char** argv, char** /*envp*/) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
-  if (setenv("GOMP_SPINCOUNT", "1000", 0) != 0 || argv == nullptr) return;
-  execv("/proc/self/exe", argv);  // returns only on failure: carry on with libgomp's default
+  // The program's own path, not /proc/self/exe itself: the kernel names a process after the file it executes, and
+  // `graft` must stay `graft` to ps, pkill and the tests that look for it.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0 || argv == nullptr || setenv("GOMP_SPINCOUNT", "1000", 0) != 0) return;
+  self[n] = '\0';
+  execv(self, argv);  // returns only on failure: carry on with libgomp's default
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include <unistd.h>
@@ -35,15 +36,25 @@ std::string child_report(const std::string& env) {
 TEST(OmpWaitDefault, DISABLED_Report) {
   const char* spin = std::getenv("GOMP_SPINCOUNT");
   const char* policy = std::getenv("OMP_WAIT_POLICY");
-  std::printf("REPORT spin=%s policy=%s\n", spin ? spin : "-", policy ? policy : "-");
+  std::string comm;  // the process name after the re-execution: still this binary's (not "exe")
+  std::ifstream("/proc/self/comm") >> comm;
+  std::printf("REPORT spin=%s policy=%s comm=%s\n", spin ? spin : "-", policy ? policy : "-", comm.c_str());
+}
+
+// The kernel's name for this process (at most 15 characters of the file name), which the re-execution must keep.
+std::string own_comm() {
+  std::string comm;
+  std::ifstream("/proc/self/comm") >> comm;
+  return comm;
 }
 
 TEST(OmpWaitDefault, SetsASpinCountWhenTheUserSetNothing) {
-  EXPECT_EQ(child_report(""), "spin=1000 policy=-");
+  EXPECT_EQ(child_report(""), "spin=1000 policy=- comm=" + own_comm());
 }
 
 TEST(OmpWaitDefault, LeavesTheUsersSettingsAlone) {
-  EXPECT_EQ(child_report("GOMP_SPINCOUNT=300000"), "spin=300000 policy=-");
-  EXPECT_EQ(child_report("OMP_WAIT_POLICY=active"), "spin=- policy=active");
-  EXPECT_EQ(child_report("OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=7"), "spin=7 policy=passive");
+  const std::string comm = " comm=" + own_comm();
+  EXPECT_EQ(child_report("GOMP_SPINCOUNT=300000"), "spin=300000 policy=-" + comm);
+  EXPECT_EQ(child_report("OMP_WAIT_POLICY=active"), "spin=- policy=active" + comm);
+  EXPECT_EQ(child_report("OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=7"), "spin=7 policy=passive" + comm);
 }
