@@ -22,6 +22,12 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
   sub->callback([json] {
     nlohmann::json out;
     out["cpu_threads"] = std::thread::hardware_concurrency();
+    // How idle OpenMP threads wait, as this process started it (kernels/omp_wait: graft's default GOMP_SPINCOUNT=1000
+    // unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT).
+    std::string wait;
+    for (const char* var : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"})
+      if (const char* v = std::getenv(var)) wait += (wait.empty() ? "" : " ") + std::string(var) + "=" + v;
+    out["cpu_openmp_wait"] = wait.empty() ? std::string("libgomp default") : wait;
     out["cuda_built"] = false;
     out["cuda_devices"] = nlohmann::json::array();
     out["default_device"] = graft::default_device();  // what --device auto (the default) picks
@@ -69,7 +75,8 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
       std::printf("%s\n", out.dump(2).c_str());
       return;
     }
-    std::printf("cpu: %u hardware threads\n", out["cpu_threads"].get<unsigned>());
+    std::printf("cpu: %u hardware threads; OpenMP waits: %s\n", out["cpu_threads"].get<unsigned>(),
+                out["cpu_openmp_wait"].get<std::string>().c_str());
     if (!out["cuda_built"].get<bool>()) std::printf("cuda: not built (nvcc was not found at configure time)\n");
     else if (out["cuda_devices"].empty()) std::printf("cuda: %s\n", out["cuda_status"].get<std::string>().c_str());
     for (auto& d : out["cuda_devices"])

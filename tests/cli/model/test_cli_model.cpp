@@ -116,6 +116,15 @@ TEST_F(CliModel, DeviceFlag) {
   ASSERT_EQ(dev.rc, 0) << dev.err;
   const auto jd = nlohmann::json::parse(dev.out);
   const std::string dflt = jd["default_device"].get<std::string>();
+  // graft starts OpenMP with a short spin (kernels/omp_wait) unless the user chose; both show here.
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    EXPECT_EQ(jd["cpu_openmp_wait"], "GOMP_SPINCOUNT=1000") << dev.out;
+  }
+  auto passive = graft::testing::run_shell("OMP_WAIT_POLICY=passive " + std::string(GRAFT_BINARY_DIR) +
+                                           "/bin/graft devices --json");
+  ASSERT_EQ(passive.rc, 0) << passive.err;
+  EXPECT_EQ(nlohmann::json::parse(passive.out)["cpu_openmp_wait"].get<std::string>().rfind("OMP_WAIT_POLICY=passive", 0), 0u)
+      << passive.out;
   auto g = run("generate " + d("q") + " --prompt hi --max-tokens 4 --json --device cpu");
   ASSERT_EQ(g.rc, 0) << g.err;
   if (dflt == "cpu") {
