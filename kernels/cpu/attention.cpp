@@ -43,28 +43,21 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, std::span<cons
   Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> vis(T, S);
   visibility(q_pos, k_pos, mask, vis.data());
   float* lp = lse ? lse->data<float>() : nullptr;
-  // Each query row's visible keys lie in [first, last) (first == last: none). Queries go in blocks of kBlock rows and
+  // Each query row's visible keys lie in its visible_span [lo, hi) (lo == hi: none). Queries go in blocks of kBlock rows and
   // a block multiplies only the keys some row of it sees: a causal prefill skips the keys past the block's last
   // query, 3/8 of Q·Kᵀ and P·V at 4 blocks (the whole [T, S] product computed the hidden half too).
   constexpr int64_t kBlock = 32;
-  std::vector<int64_t> first(static_cast<size_t>(T)), last(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) {
-    const bool* row = vis.data() + t * S;
-    int64_t lo = 0, hi = S;
-    while (lo < hi && !row[lo]) ++lo;
-    while (hi > lo && !row[hi - 1]) --hi;
-    first[static_cast<size_t>(t)] = lo;
-    last[static_cast<size_t>(t)] = hi;
-  }
+  std::vector<VisibleSpan> span(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) span[static_cast<size_t>(t)] = visible_span(vis.data() + t * S, S);
   const int64_t blocks = (T + kBlock - 1) / kBlock;
   parallel_for(Hq * blocks, graft::parallel_worth(T * Hq * S * (D + Dv)), [&](int64_t task) {
     const int64_t h = task / blocks, t0 = task % blocks * kBlock, tn = std::min(kBlock, T - t0);
     const int64_t kh = h / group;
     int64_t lo = S, hi = 0;
     for (int64_t t = t0; t < t0 + tn; ++t)
-      if (first[static_cast<size_t>(t)] < last[static_cast<size_t>(t)]) {
-        lo = std::min(lo, first[static_cast<size_t>(t)]);
-        hi = std::max(hi, last[static_cast<size_t>(t)]);
+      if (const VisibleSpan& r = span[static_cast<size_t>(t)]; r.lo < r.hi) {
+        lo = std::min(lo, r.lo);
+        hi = std::max(hi, r.hi);
       }
     MapS O(out.data<float>() + t0 * Hq * Dv + h * Dv, tn, Dv, Eigen::OuterStride<>(Hq * Dv));
     if (lo >= hi) {  // no row of the block sees a key: zeros, lse = -inf

@@ -25,7 +25,11 @@ struct SoftmaxRowStats {
 // prefill); inside it the mask is applied as a bit select (masked logits become -inf before the max, masked results
 // +0 after the exp), so every loop vectorizes; `vis[j] ? p[j] : -inf` did not (GCC 12 kept it scalar: a quarter of a
 // stories260K prefill).
-inline SoftmaxRowStats masked_exp_row(float* p, int64_t S, const bool* vis) {
+// [lo, hi): the span from the first to the last visible entry of a mask row vis[S] (lo == hi: none visible).
+struct VisibleSpan {
+  int64_t lo, hi;
+};
+inline VisibleSpan visible_span(const bool* vis, int64_t S) {
   const auto* v = reinterpret_cast<const unsigned char*>(vis);  // 0 or 1
   int64_t lo = 0, hi = S;
   while (lo < hi && !v[lo]) ++lo;
@@ -35,6 +39,12 @@ inline SoftmaxRowStats masked_exp_row(float* p, int64_t S, const bool* vis) {
     if (word != 0) break;
   }
   while (hi > lo && !v[hi - 1]) --hi;
+  return {lo, hi};
+}
+
+inline SoftmaxRowStats masked_exp_row(float* p, int64_t S, const bool* vis) {
+  const auto* v = reinterpret_cast<const unsigned char*>(vis);  // 0 or 1
+  const auto [lo, hi] = visible_span(vis, S);
   std::fill(p, p + lo, 0.0f);
   std::fill(p + hi, p + S, 0.0f);
   if (lo == hi) return {-std::numeric_limits<float>::infinity(), 0.0f};

@@ -105,6 +105,12 @@ __attribute__((target("avx512f,avx512vl"))) void tile(const float* xt, int64_t l
   }
 }
 
+// Every weight row of w [N, K] against one chunk of xt, R rows per tile.
+template <int R, int NZ, int NY>
+void tiles(const float* xt, int64_t ldx, int64_t K, const float* w, int64_t N, float* y, int64_t ldy, int64_t tn) {
+  for (int64_t o = 0; o < N; o += R) tile<R, NZ, NY>(xt, ldx, K, w + o * K, std::min<int64_t>(R, N - o), y + o, ldy, tn);
+}
+
 // One weight row of the GEMV: a single sequential stream (measured 2026-12-06, 1 thread, the 151,669 × 512 lm_head:
 // 16-18 GB/s of a 21-22 GB/s read; four rows sharing each x load 10.6, two rows 9.1, Eigen's GEMV 14.7; software
 // prefetch and four accumulators no better). Two accumulators (even / odd 16-element steps), masked tail.
@@ -312,18 +318,15 @@ bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_
       // One tile shape per chunk width, so that W is read once per chunk: 24 accumulators (12 for 8 and 16
       // columns), as few weight rows as give that many (fewer broadcasts per FMA: 1 thread, N = 1536, K = 512,
       // T = 64: 6 rows x 64 columns 108 GFLOP/s, 12 x 32 twice 102).
-      const auto run = [&](auto tile_fn, int64_t R) {
-        for (int64_t o = 0; o < N; o += R) tile_fn(xt, Tp, K, w + o * K, std::min<int64_t>(R, N - o), yc + o, ldy, Tc);
-      };
       switch (Tp) {
-        case 8: run(tile<12, 0, 1>, 12); break;
-        case 16: run(tile<12, 1, 0>, 12); break;
-        case 24: run(tile<12, 1, 1>, 12); break;
-        case 32: run(tile<12, 2, 0>, 12); break;
-        case 40: run(tile<8, 2, 1>, 8); break;
-        case 48: run(tile<8, 3, 0>, 8); break;
-        case 56: run(tile<6, 3, 1>, 6); break;
-        default: run(tile<6, 4, 0>, 6); break;  // 64
+        case 8: tiles<12, 0, 1>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 16: tiles<12, 1, 0>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 24: tiles<12, 1, 1>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 32: tiles<12, 2, 0>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 40: tiles<8, 2, 1>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 48: tiles<8, 3, 0>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        case 56: tiles<6, 3, 1>(xt, Tp, K, w, N, yc, ldy, Tc); break;
+        default: tiles<6, 4, 0>(xt, Tp, K, w, N, yc, ldy, Tc); break;  // 64
       }
       continue;
     }

@@ -12,22 +12,27 @@
 
 #include <unistd.h>
 
+#include "../../common/run_graft.hpp"
+
 namespace {
+
+// The kernel's name for this process (at most 15 characters of the file name), which the re-execution must keep.
+std::string own_comm() {
+  std::string comm;
+  std::ifstream("/proc/self/comm") >> comm;
+  return comm;
+}
 
 std::string child_report(const std::string& env) {
   std::array<char, 4096> self{};
   const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);  // this test binary (not the shell's)
   if (n <= 0) return "readlink /proc/self/exe failed";
-  const std::string cmd = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " '" + std::string(self.data(), size_t(n)) +
-                          "' --gtest_also_run_disabled_tests --gtest_filter=OmpWaitDefault.DISABLED_Report 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return "popen failed";
-  std::string out;
-  std::array<char, 512> buf{};
-  while (fgets(buf.data(), static_cast<int>(buf.size()), p)) out += buf.data();
-  pclose(p);
-  const size_t at = out.find("REPORT ");
-  return at == std::string::npos ? "no report in: " + out : out.substr(at + 7, out.find('\n', at) - at - 7);
+  const auto r = graft::testing::run_shell("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " '" +
+                                           std::string(self.data(), size_t(n)) +
+                                           "' --gtest_also_run_disabled_tests --gtest_filter=OmpWaitDefault.DISABLED_Report");
+  const size_t at = r.out.find("REPORT ");
+  return at == std::string::npos ? "no report in: " + r.out + r.err
+                                 : r.out.substr(at + 7, r.out.find('\n', at) - at - 7);
 }
 
 }  // namespace
@@ -36,16 +41,8 @@ std::string child_report(const std::string& env) {
 TEST(OmpWaitDefault, DISABLED_Report) {
   const char* spin = std::getenv("GOMP_SPINCOUNT");
   const char* policy = std::getenv("OMP_WAIT_POLICY");
-  std::string comm;  // the process name after the re-execution: still this binary's (not "exe")
-  std::ifstream("/proc/self/comm") >> comm;
-  std::printf("REPORT spin=%s policy=%s comm=%s\n", spin ? spin : "-", policy ? policy : "-", comm.c_str());
-}
-
-// The kernel's name for this process (at most 15 characters of the file name), which the re-execution must keep.
-std::string own_comm() {
-  std::string comm;
-  std::ifstream("/proc/self/comm") >> comm;
-  return comm;
+  // comm: the process name after the re-execution, still this binary's (not "exe").
+  std::printf("REPORT spin=%s policy=%s comm=%s\n", spin ? spin : "-", policy ? policy : "-", own_comm().c_str());
 }
 
 TEST(OmpWaitDefault, SetsASpinCountWhenTheUserSetNothing) {
