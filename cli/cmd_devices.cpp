@@ -9,6 +9,7 @@
 
 #include "command.hpp"
 #include "graft/backend/make_backend.hpp"
+#include "graft/cpu/thread_pool.hpp"
 #include "graft/dist/communicator.hpp"
 #ifdef GRAFT_HAVE_CUDA
 #include "graft/cuda/device_info.hpp"
@@ -28,6 +29,9 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
     for (const char* var : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"})
       if (const char* v = std::getenv(var)) wait += (wait.empty() ? "" : " ") + std::string(var) + "=" + v;
     out["cpu_openmp_wait"] = wait.empty() ? std::string("libgomp default") : wait;
+    // graft's own thread pool (the CPU kernels' parallel loops): how long an idle worker spins before it sleeps
+    // (GRAFT_CPU_SPIN_US; a malformed value is reported here, before any model runs).
+    out["cpu_pool_spin_us"] = graft::cpu::pool_spin_us();
     out["cuda_built"] = false;
     out["cuda_devices"] = nlohmann::json::array();
     out["default_device"] = graft::default_device();  // what --device auto (the default) picks
@@ -75,7 +79,8 @@ graft::cli::Registration reg{"devices", 90, [](CLI::App& app) {
       std::printf("%s\n", out.dump(2).c_str());
       return;
     }
-    std::printf("cpu: %u hardware threads; OpenMP waits: %s\n", out["cpu_threads"].get<unsigned>(),
+    std::printf("cpu: %u hardware threads; thread pool spins %d us before sleeping; OpenMP waits: %s\n",
+                out["cpu_threads"].get<unsigned>(), out["cpu_pool_spin_us"].get<int>(),
                 out["cpu_openmp_wait"].get<std::string>().c_str());
     if (!out["cuda_built"].get<bool>()) std::printf("cuda: not built (nvcc was not found at configure time)\n");
     else if (out["cuda_devices"].empty()) std::printf("cuda: %s\n", out["cuda_status"].get<std::string>().c_str());

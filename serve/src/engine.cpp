@@ -117,7 +117,16 @@ struct Engine::Impl {
     f.ttft_s = s->has_first ? seconds(s->submitted, s->first_token) : 0.0;
     f.e2e_s = seconds(s->submitted, now);
     s->adapter.reset();
-    if (s->sink.on_finish) s->sink.on_finish(f);
+    if (s->sink.on_finish) finished.emplace_back(s, std::move(f));
+  }
+
+  // Finishes reach their sinks after the step's publish(), so that a client that has seen its request finish reads
+  // stats() that count it (tokens, KV blocks released, no longer running).
+  std::vector<std::pair<SeqPtr, Finish>> finished;
+  void deliver_finished() {
+    auto done = std::move(finished);
+    finished.clear();
+    for (auto& [s, f] : done) s->sink.on_finish(f);
   }
 
   // ---------------------------------------------------------------- intake
@@ -411,6 +420,7 @@ struct Engine::Impl {
       auto plan = schedule();
       if (!plan.empty()) step(plan);
       publish();
+      deliver_finished();
       if (plan.empty() && running.empty() && !waiting.empty()) {
         // Nothing could run: the head waits for an adapter slot held by nobody running, or the pool is
         // too small. Sleep briefly instead of spinning.
@@ -423,6 +433,7 @@ struct Engine::Impl {
       }
     }
     publish();
+    deliver_finished();
   }
 };
 

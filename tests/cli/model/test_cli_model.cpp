@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "../../common/run_graft.hpp"
+#include "graft/cpu/thread_pool.hpp"
 #include "graft/mmap_file.hpp"
 
 namespace fs = std::filesystem;
@@ -120,6 +121,17 @@ TEST_F(CliModel, DeviceFlag) {
   if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
     EXPECT_EQ(jd["cpu_openmp_wait"], "GOMP_SPINCOUNT=1000") << dev.out;
   }
+  // graft's CPU thread pool: its spin time, the user's GRAFT_CPU_SPIN_US, and a malformed one named in the error.
+  if (!std::getenv("GRAFT_CPU_SPIN_US")) {
+    EXPECT_EQ(jd["cpu_pool_spin_us"], graft::cpu::kDefaultSpinUs) << dev.out;
+  }
+  const std::string graft_bin = std::string(GRAFT_BINARY_DIR) + "/bin/graft";
+  auto spin = graft::testing::run_shell("GRAFT_CPU_SPIN_US=0 " + graft_bin + " devices --json");
+  ASSERT_EQ(spin.rc, 0) << spin.err;
+  EXPECT_EQ(nlohmann::json::parse(spin.out)["cpu_pool_spin_us"], 0) << spin.out;
+  auto bad_spin = graft::testing::run_shell("GRAFT_CPU_SPIN_US=soon " + graft_bin + " devices");
+  EXPECT_EQ(bad_spin.rc, 1);
+  EXPECT_NE(bad_spin.err.find("GRAFT_CPU_SPIN_US='soon'"), std::string::npos) << bad_spin.err;
   auto passive = graft::testing::run_shell("OMP_WAIT_POLICY=passive " + std::string(GRAFT_BINARY_DIR) +
                                            "/bin/graft devices --json");
   ASSERT_EQ(passive.rc, 0) << passive.err;
