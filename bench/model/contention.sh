@@ -36,7 +36,7 @@ def med(prefix, decode=False):
     return "-"
 print(med("BM_Prefill/1/3/"), med("BM_Decode/1/3/", True), med("BM_Prefill/0/0/"), sep=" | ")'
 }
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(git rev-parse --short HEAD)"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, ./$build/bench/bench_model (this checkout at $(git rev-parse --short HEAD))"
 echo "| setting | MoE NF4+Q8 prefill 128 | MoE NF4+Q8 decode | stories260K f32 prefill 128 |"
 echo "|---|---|---|---|"
 busy_pid=""
