@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -89,24 +90,27 @@ int64_t now_ns() {
 }
 
 // Notices that another process shares this thread's core: the thread was preempted (getrusage(RUSAGE_THREAD)
-// .ru_nivcsw, involuntary context switches) at least kContendedSwitches times within one window of kProbeWindowNs.
-// Measured on the 2-core Zen 4 VM (2026-12-07, bench_model MoE decode, 2 threads): ~10 a second per thread on idle
-// cores (kernel threads, in bursts of up to ~10 at one per 4 ms tick), ~400 a second with a busy loop beside the
-// process.
+// .ru_nivcsw, involuntary context switches) at least kContendedSwitches times in a window of at least kProbeWindowNs,
+// at a rate of at least kContendedSwitches per kProbeWindowNs. Measured on the 2-core Zen 4 VM (2026-12-07,
+// bench_model MoE decode, 2 threads, /proc/PID/task/*/status): ~10 a second per thread on idle cores (kernel threads,
+// in bursts of up to ~10 at one per 4 ms tick), ~400 a second with a busy loop beside the process.
 class ContentionProbe {
  public:
   static constexpr int64_t kProbeWindowNs = 20'000'000;
   static constexpr long kContendedSwitches = 3;
-  // Returns true when the window that this call closed found the thread contended.
+  // Returns true when the window that this call closed found the thread contended. A window that ran long (the
+  // thread slept, or ran serial code between loops) counts at the same rate: 3 per 20 ms.
   bool poll(int64_t now) {
-    if (now - window_start_ < kProbeWindowNs) return false;
+    const int64_t elapsed = now - window_start_;
+    if (elapsed < kProbeWindowNs) return false;
     window_start_ = now;
     rusage u{};
     if (getrusage(RUSAGE_THREAD, &u) != 0) return false;
     const long switches = u.ru_nivcsw, last = last_;
     last_ = switches;
-    const bool hit = last >= 0 && switches - last >= kContendedSwitches;
-    return hit;
+    if (last < 0) return false;
+    const int64_t delta = switches - last;
+    return delta >= kContendedSwitches && delta * kProbeWindowNs >= kContendedSwitches * elapsed;
   }
 
  private:
@@ -227,9 +231,14 @@ class Pool {
     if (caller_sleeping_.load(std::memory_order_seq_cst)) futex_wake_all(&done_);
   }
 
+  // Grows the pool to `want` workers. If the system refuses a thread, the pool goes on with those it has (a piece
+  // no worker claims is run by the caller) and tries again on a later job.
   void start_workers(int want) {
     std::lock_guard<std::mutex> g(grow_);
-    for (; workers_ < want; ++workers_) std::thread([this, idx = workers_ + 1] { worker(idx); }).detach();
+    try {
+      for (; workers_ < want; ++workers_) std::thread([this, idx = workers_ + 1] { worker(idx); }).detach();
+    } catch (const std::system_error&) {
+    }
   }
 
   void worker(int idx) {
