@@ -10,10 +10,12 @@
 
 #include "graft/cpu/ops.hpp"
 #include "graft/cpu/moe_ref.hpp"
+#include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/reference_bwd.hpp"
 #include "graft/cpu/train_step_ops.hpp"
 #include "graft/parallel.hpp"
 #include "parallel_for.hpp"
+#include "parallel_gemm.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -295,11 +297,17 @@ void CpuBackend::linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeigh
               dx.describe(), in, out);
   Map DX(dx.data<float>(), T, in);
   MapC DY(dy.data<float>(), T, out);
+  // dX = dY · W on the pool (parallel_gemm.hpp); an NF4 weight is dequantized whole first, rows split over the pool.
   if (w.quantized()) {
-    Tensor wd = nf4::dequantize(*w.nf4);
-    DX.noalias() = DY * MapC(wd.data<float>(), out, in);
+    Tensor wd = Tensor::empty({out, in}, DType::F32);
+    constexpr int64_t kRows = 64;
+    parallel_for((out + kRows - 1) / kRows, graft::parallel_worth(out * in * 4), [&](int64_t c) {
+      const int64_t r0 = c * kRows;
+      nf4_dequant_rows(*w.nf4, r0, std::min(out, r0 + kRows), wd.data<float>() + r0 * in);
+    });
+    parallel_gemm(DY, MapC(wd.data<float>(), out, in), DX, 1.0f, false);
   } else {
-    DX.noalias() = DY * MapC(w.dense.data<float>(), out, in);
+    parallel_gemm(DY, MapC(w.dense.data<float>(), out, in), DX, 1.0f, false);
   }
   if (!lora) return;
   check_factors(*lora, in, out);

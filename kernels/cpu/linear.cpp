@@ -13,6 +13,7 @@
 #include "graft/cpu/small_gemm.hpp"
 #include "graft/parallel.hpp"
 #include "parallel_for.hpp"
+#include "parallel_gemm.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -84,7 +85,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
         Y.middleCols(n0, rows).noalias() = X * MapC(w.data<float>() + n0 * K, rows, K).transpose();
     });
   } else {
-    Y.noalias() = MapC(x.data<float>(), T, K) * MapC(w.data<float>(), N, K).transpose();
+    parallel_gemm(MapC(x.data<float>(), T, K), MapC(w.data<float>(), N, K).transpose(), Y, 1.0f, false);
   }
   if (bias.defined() && bias.numel() > 0) {
     GRAFT_CHECK(bias.dtype() == DType::F32 && bias.numel() == N, "linear: bias {} must be f32 [{}]", bias.describe(), N);

@@ -11,6 +11,7 @@
 #include <linux/futex.h>
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -32,6 +33,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+
+#include <Eigen/Core>
 
 #include "graft/error.hpp"
 
@@ -294,6 +297,15 @@ class Pool {
   alignas(64) std::atomic<uint32_t> done_{0};     // futex: sub-ranges finished
   std::atomic<bool> caller_sleeping_{false};
 };
+
+// Eigen's own GEMM threading stays off in programs that link the CPU kernels: large products go through the pool
+// (parallel_gemm.hpp) and small ones are cheaper on one thread than a fork of an OpenMP team. Left on, Eigen started
+// an OpenMP team for every rank-8 LoRA product of a training step, between the pool's loops, and the two sets of
+// threads handed the cores back and forth (2 threads, small Qwen3-MoE training step T = 128: 134-158 vs 119-125 ms).
+[[maybe_unused]] const bool eigen_single_threaded = [] {
+  Eigen::setNbThreads(1);
+  return true;
+}();
 
 Pool& pool() {
   // Never destroyed: detached workers may still be waiting on it while the process exits.

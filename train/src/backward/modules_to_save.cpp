@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "graft/error.hpp"
+#include "graft/parallel.hpp"
 #include "graft/quant/nf4.hpp"
 
 namespace graft::train {
@@ -64,7 +65,14 @@ void lm_head_grad(TrainableAdapter& ad, const Tensor& xf, const Tensor& dlogits)
   const int64_t T = xf.size(0), H = xf.size(1), V = dlogits.size(1);
   Eigen::Map<const MatR> x(xf.data<float>(), T, H), dy(dlogits.data<float>(), T, V);
   Eigen::Map<MatR> g(p->grad.data<float>(), V, H);
-  g.noalias() += dy.transpose() * x;
+  // [V, H] += dyᵀ · x: a large product (V = vocabulary), rows of g split over OpenMP threads (Eigen itself runs on one
+  // thread in graft: kernels/cpu/thread_pool.cpp).
+  constexpr int64_t kRows = 1024;
+#pragma omp parallel for schedule(static) if (graft::parallel_worth(V * T * H))
+  for (int64_t v0 = 0; v0 < V; v0 += kRows) {
+    const int64_t n = std::min(kRows, V - v0);
+    g.middleRows(v0, n).noalias() += dy.middleCols(v0, n).transpose() * x;
+  }
 }
 
 void embedding_grad(TrainableAdapter& ad, std::span<const int32_t> ids, const Tensor& dh) {
