@@ -38,6 +38,20 @@ inline RunResult run_graft(const std::string& args) {
   return run_shell(kGraft + " " + args);
 }
 
+// Runs this test binary again (/proc/self/exe) as `env ENV <binary> --gtest_filter=FILTER`, where FILTER names a
+// DISABLED_ test that prints one line "REPORT <text>", and returns <text> (or what went wrong): a test of something
+// a process decides once at its start (its environment, a static default).
+inline std::string rerun_self_report(const std::string& env, const std::string& filter) {
+  std::array<char, 4096> self{};
+  const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);  // this test binary (not the shell's)
+  if (n <= 0) return "readlink /proc/self/exe failed";
+  const auto r = run_shell("env " + env + " '" + std::string(self.data(), size_t(n)) +
+                           "' --gtest_also_run_disabled_tests --gtest_filter=" + filter);
+  const size_t at = r.out.find("REPORT ");
+  return at == std::string::npos ? "no report in: " + r.out + r.err
+                                 : r.out.substr(at + 7, r.out.find('\n', at) - at - 7);
+}
+
 // `mpirun` for N ranks on this machine: oversubscribed, unbound, one OpenMP thread per rank. Tests
 // call allow_mpirun_as_root() once first (containers and CI run as root; OpenMPI refuses that unless told).
 inline std::string mpirun(int np) {

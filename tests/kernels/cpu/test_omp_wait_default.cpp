@@ -4,13 +4,10 @@
 // two variables as the child process saw them at its start.
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
-
-#include <unistd.h>
 
 #include "../../common/run_graft.hpp"
 
@@ -24,15 +21,8 @@ std::string own_comm() {
 }
 
 std::string child_report(const std::string& env) {
-  std::array<char, 4096> self{};
-  const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);  // this test binary (not the shell's)
-  if (n <= 0) return "readlink /proc/self/exe failed";
-  const auto r = graft::testing::run_shell("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env + " '" +
-                                           std::string(self.data(), size_t(n)) +
-                                           "' --gtest_also_run_disabled_tests --gtest_filter=OmpWaitDefault.DISABLED_Report");
-  const size_t at = r.out.find("REPORT ");
-  return at == std::string::npos ? "no report in: " + r.out + r.err
-                                 : r.out.substr(at + 7, r.out.find('\n', at) - at - 7);
+  return graft::testing::rerun_self_report("-u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env,
+                                           "OmpWaitDefault.DISABLED_Report");
 }
 
 }  // namespace

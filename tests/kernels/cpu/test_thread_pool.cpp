@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -212,16 +211,8 @@ TEST(ThreadPool, DISABLED_ReportSpin) {
 }
 
 TEST(ThreadPool, SpinSettingIsValidated) {
-  std::array<char, 4096> self{};
-  const ssize_t len = readlink("/proc/self/exe", self.data(), self.size() - 1);
-  ASSERT_GT(len, 0);
-  const auto report = [&](const std::string& value) {
-    const auto r = graft::testing::run_shell("env GRAFT_CPU_SPIN_US='" + value + "' '" +
-                                             std::string(self.data(), size_t(len)) +
-                                             "' --gtest_also_run_disabled_tests --gtest_filter=ThreadPool.DISABLED_ReportSpin");
-    const size_t at = r.out.find("REPORT ");
-    return at == std::string::npos ? "no report in: " + r.out + r.err
-                                   : r.out.substr(at + 7, r.out.find('\n', at) - at - 7);
+  const auto report = [](const std::string& value) {
+    return graft::testing::rerun_self_report("GRAFT_CPU_SPIN_US='" + value + "'", "ThreadPool.DISABLED_ReportSpin");
   };
   EXPECT_EQ(report("0"), "spin 0");
   EXPECT_EQ(report("250"), "spin 250");
