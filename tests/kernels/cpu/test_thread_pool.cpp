@@ -2,7 +2,9 @@
 // every size, schedule and thread count (also more threads than cores); Static keeps each thread's contiguous block
 // in at most kStaticSplits pieces; Dynamic hands out single indices; an exception reaches the caller and the pool
 // goes on; nested loops and Eigen run on the thread inside a job; concurrent callers each get a whole loop; thousands
-// of tiny jobs in a row never lose a wake-up; a malformed GRAFT_CPU_SPIN_US is reported by name.
+// of tiny jobs in a row never lose a wake-up; a malformed GRAFT_CPU_SPIN_US is reported by name; parallel_gemm
+// (column blocks on the pool) equals one Eigen product up to rounding.
+#include <Eigen/Core>
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <pthread.h>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "../../../kernels/cpu/parallel_for.hpp"
+#include "../../../kernels/cpu/parallel_gemm.hpp"
 #include "../../common/run_graft.hpp"
 #include "graft/cpu/thread_pool.hpp"
 
@@ -199,6 +202,26 @@ TEST(ThreadPool, ManyTinyJobsInARow) {
   int64_t total = 0;
   for (auto& h : hits) total += h.load();
   EXPECT_EQ(total, 20000 * 2 + 4000 * (0 + 1 + 2 + 3 + 4));
+}
+
+TEST(ParallelGemm, MatchesOneEigenProduct) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  struct Case {
+    int64_t M, K, N;
+  };
+  // Column counts below, at and above one block per thread, not multiples of 16; a product too small for the pool.
+  for (const Case c : {Case{128, 512, 1536}, Case{65, 300, 17}, Case{200, 64, 1000}, Case{3, 5, 7}, Case{1, 1024, 33}})
+    for (int threads : {1, 2, 3})
+      for (bool acc : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << c.M << "x" << c.K << "x" << c.N << " threads " << threads << " acc " << acc);
+        Threads t(threads);
+        const Mat A = Mat::Random(c.M, c.K), Bt = Mat::Random(c.N, c.K), C0 = Mat::Random(c.M, c.N);
+        Mat C = C0;
+        graft::cpu::parallel_gemm(A, Bt.transpose(), C, 0.5f, acc);  // B given as a transposed row-major map
+        Mat ref = (acc ? C0 : Mat::Zero(c.M, c.N)) + 0.5f * (A * Bt.transpose());
+        // Each column block is its own Eigen GEMM, whose depth blocking may sum in another order: float rounding only.
+        EXPECT_LE((C - ref).cwiseAbs().maxCoeff(), 1e-5f * float(c.K)) << "max |ref| " << ref.cwiseAbs().maxCoeff();
+      }
 }
 
 // Run only as the child of the test below: reports the pool's spin time or the error it raised.
