@@ -297,14 +297,11 @@ void CpuBackend::linear_bwd(const Tensor& x, const Tensor& dy, const LinearWeigh
               dx.describe(), in, out);
   Map DX(dx.data<float>(), T, in);
   MapC DY(dy.data<float>(), T, out);
-  // dX = dY · W on the pool (parallel_gemm.hpp); an NF4 weight is dequantized whole first, rows split over the pool.
+  // dX = dY · W on the pool (parallel_gemm.hpp); an NF4 weight is dequantized whole first (nf4_dequant_rows splits
+  // its rows over the pool).
   if (w.quantized()) {
     Tensor wd = Tensor::empty({out, in}, DType::F32);
-    constexpr int64_t kRows = 64;
-    parallel_for((out + kRows - 1) / kRows, graft::parallel_worth(out * in * 4), [&](int64_t c) {
-      const int64_t r0 = c * kRows;
-      nf4_dequant_rows(*w.nf4, r0, std::min(out, r0 + kRows), wd.data<float>() + r0 * in);
-    });
+    nf4_dequant_rows(*w.nf4, 0, out, wd.data<float>());
     parallel_gemm(DY, MapC(wd.data<float>(), out, in), DX, 1.0f, false);
   } else {
     parallel_gemm(DY, MapC(w.dense.data<float>(), out, in), DX, 1.0f, false);

@@ -31,13 +31,9 @@ void parallel_for(int64_t n, bool parallel, F&& body, Schedule schedule = Schedu
     void* ctx = const_cast<void*>(static_cast<const void*>(std::addressof(body)));
     if (pool_run(n, omp_get_max_threads(), schedule, range, ctx)) return;
     // The pool is running another caller's loop: run this one here, with the thread count a pool job's body sees
-    // (1), so that what the body computes (e.g. a nested linear's slicing) does not depend on whether the pool was free.
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    struct Restore {
-      int n;
-      ~Restore() { omp_set_num_threads(n); }
-    } restore{saved};
+    // (1), so that what the body computes (e.g. a nested linear's slicing) does not depend on whether the pool was
+    // free.
+    const OneThreadScope one;
     for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }

@@ -167,11 +167,8 @@ class Pool {
     if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&wake_);
 
     {
-      // Inside the job every thread runs nested loops (and Eigen) by itself.
-      const int saved = omp_get_max_threads();
-      omp_set_num_threads(1);
+      const OneThreadScope one;  // inside the job every thread runs nested loops (and Eigen) by itself
       work(seq, queues_, 0);
-      omp_set_num_threads(saved);
     }
     // Wait for the sub-ranges that workers have claimed and not finished.
     if (spin_while(spin, [&] { return done_.load(std::memory_order_acquire) != total; })) {
@@ -199,7 +196,12 @@ class Pool {
     const int64_t b0 = block_begin(q), len = block_begin(q + 1) - b0;
     return static_cast<uint32_t>(std::min<int64_t>(len, split_));
   }
-  int64_t block_begin(int q) const { return q * (n_ / queues_) + std::min<int64_t>(q, n_ % queues_); }
+  int64_t block_begin(int q) const { return split_begin(n_, queues_, q); }
+  // Start of part i of [0, len) cut in `parts` contiguous parts whose sizes differ by at most 1 (larger ones first),
+  // as OpenMP's static schedule cuts a loop.
+  static int64_t split_begin(int64_t len, int64_t parts, int64_t i) {
+    return i * (len / parts) + std::min(i, len % parts);
+  }
 
   // Claims and runs sub-ranges of job `seq` (with `queues` queues): queue `first`, then the others in turn.
   void work(uint32_t seq, int queues, int first) {
@@ -219,8 +221,7 @@ class Pool {
 
   void run_sub_range(int q, uint32_t j, uint32_t count) {
     const int64_t b0 = block_begin(q), len = block_begin(q + 1) - b0;
-    const int64_t i0 = b0 + static_cast<int64_t>(j) * (len / count) + std::min<int64_t>(j, len % count);
-    const int64_t i1 = i0 + len / count + (static_cast<int64_t>(j) < len % count ? 1 : 0);
+    const int64_t i0 = b0 + split_begin(len, count, j), i1 = b0 + split_begin(len, count, j + 1);
     if (!abort_.load(std::memory_order_relaxed)) {
       try {
         range_(ctx_, i0, i1);

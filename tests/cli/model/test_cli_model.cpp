@@ -132,8 +132,7 @@ TEST_F(CliModel, DeviceFlag) {
   auto bad_spin = graft::testing::run_shell("GRAFT_CPU_SPIN_US=soon " + graft_bin + " devices");
   EXPECT_EQ(bad_spin.rc, 1);
   EXPECT_NE(bad_spin.err.find("GRAFT_CPU_SPIN_US='soon'"), std::string::npos) << bad_spin.err;
-  auto passive = graft::testing::run_shell("OMP_WAIT_POLICY=passive " + std::string(GRAFT_BINARY_DIR) +
-                                           "/bin/graft devices --json");
+  auto passive = graft::testing::run_shell("OMP_WAIT_POLICY=passive " + graft_bin + " devices --json");
   ASSERT_EQ(passive.rc, 0) << passive.err;
   EXPECT_EQ(nlohmann::json::parse(passive.out)["cpu_openmp_wait"].get<std::string>().rfind("OMP_WAIT_POLICY=passive", 0), 0u)
       << passive.out;

@@ -22,6 +22,8 @@
 // range call, omp_get_max_threads() is 1 on every thread (so a nested parallel_for and Eigen run on that thread).
 #pragma once
 
+#include <omp.h>
+
 #include <cstdint>
 
 namespace graft::cpu {
@@ -34,6 +36,19 @@ inline constexpr int kStaticSplits = 4;
 inline constexpr int kDefaultSpinUs = 300;
 
 bool pool_run(int64_t n, int threads, Schedule schedule, RangeFn range, void* ctx);
+
+// While alive, omp_get_max_threads() is 1 on this thread (restored after): what every body of a pool loop sees, so
+// nested loops and Eigen stay on their thread.
+class OneThreadScope {
+ public:
+  OneThreadScope() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneThreadScope() { omp_set_num_threads(saved_); }
+  OneThreadScope(const OneThreadScope&) = delete;
+  OneThreadScope& operator=(const OneThreadScope&) = delete;
+
+ private:
+  int saved_;
+};
 
 // How the pool waits, for `graft devices`: the spin time in microseconds (GRAFT_CPU_SPIN_US or the default).
 int pool_spin_us();
