@@ -1,5 +1,5 @@
 // `graft eval MODEL_DIR [--adapter DIR]... --data FILE [--type T] [--chat-template T] [--prompt P]...
-//  [--max-tokens N] [--load-in-4bit] [--lm-head-dtype f32|q8|nf4] [--json]`
+//  [--max-tokens N] [--load-in-4bit] [--lm-head-dtype f32|q8|q6|nf4] [--json]`
 // Held-out loss and perplexity of the base and of each adapter on the same data, side by side, and
 // greedy generations for a few prompts (from --prompt, or the first user turns of the data). Without
 // --type the format is detected from the records' fields (train::detect_dataset_type).

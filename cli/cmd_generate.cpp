@@ -1,5 +1,5 @@
 // `graft generate MODEL_DIR --prompt "..." [--chat] [--max-tokens N] [--temperature T --top-p P
-//  --top-k K --seed S] [--adapter DIR [--adapter-scale W]]... [--load-in-4bit] [--lm-head-dtype f32|q8|nf4] [--json]`
+//  --top-k K --seed S] [--adapter DIR [--adapter-scale W]]... [--load-in-4bit] [--lm-head-dtype f32|q8|q6|nf4] [--json]`
 // Streams the continuation to stdout as it is generated. With adapters the model runs with
 // W + Σ w_i · s_i · B_i A_i (adapters::combine; w_i = --adapter-scale, default 1). With --json prints one object
 // {"prompt_ids": [...], "generated_ids": [...], "text": "..."} instead. Greedy (temperature 0, the

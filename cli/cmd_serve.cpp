@@ -1,7 +1,7 @@
 // `graft serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--served-model-name NAME] [--adapter NAME=DIR]...
 //  [--adapter-dir ROOT]... [--max-loras N] [--max-cpu-loras-bytes B] [--max-lora-rank R] [--max-num-seqs N]
 //  [--max-batch-tokens N] [--kv-cache-bytes B] [--block-size N] [--max-queue N] [--max-model-len N]
-//  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit] [--lm-head-dtype f32|q8|nf4]
+//  [--api-key KEY]... [--api-keys-file FILE] [--max-request-bytes B] [--load-in-4bit] [--lm-head-dtype f32|q8|q6|nf4]
 //  [--http-threads N] [--max-connections N] [--max-connections-per-client N] [--max-header-bytes B]
 //  [--http-header-timeout S] [--http-read-timeout S] [--http-keep-alive S]
 //  [--enable-lora-runtime-updates] [--port-file FILE]

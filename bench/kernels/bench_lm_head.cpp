@@ -3,8 +3,8 @@
 // hidden 512) by default. Each row reports the weight bytes streamed per call as GB/s; "of read" in
 // docs/performance.md is that divided by BM_ReadCeiling's.
 //   env -u OPENBLAS_CORETYPE OMP_NUM_THREADS=1 build/bench/bench_lm_head
-// Rows: f32 (graft::cpu::linear, graft's default head), NF4 (nf4_gemv), Q8 exact (codes widened to f32) and Q8 int8 (x
-// quantized per block, AVX-512 VNNI; skipped on a CPU without it).
+// Rows: f32 (graft::cpu::linear, graft's default head), NF4 (nf4_gemv), Q8 and Q6 exact (codes widened to f32) and
+// Q8 and Q6 int8 (x quantized per block, AVX-512 VNNI or AVX2; skipped on a CPU without AVX2).
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -12,8 +12,10 @@
 
 #include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/q6_gemv.hpp"
 #include "graft/cpu/q8_gemv.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q6.hpp"
 #include "graft/quant/q8.hpp"
 #include "graft/tensor.hpp"
 
@@ -23,6 +25,7 @@ constexpr int64_t kVocab = 151936, kHidden = 512;
 struct Head {
   graft::Tensor w;  // [vocab, hidden] f32
   graft::q8::QuantizedWeight q8;
+  graft::q6::QuantizedWeight q6;
   graft::nf4::QuantizedWeight nf4;
   Head() : w(graft::Tensor::empty({kVocab, kHidden}, graft::DType::F32)) {
     std::mt19937 r(1);
@@ -30,6 +33,7 @@ struct Head {
     for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = g(r);
     const std::span<const float> all(w.data<float>(), size_t(w.numel()));
     q8 = graft::q8::quantize(all, {kVocab, kHidden});
+    q6 = graft::q6::quantize(all, {kVocab, kHidden});
     nf4 = graft::nf4::quantize(all, {kVocab, kHidden}, /*double_quant=*/true, 64);
   }
 };
@@ -84,7 +88,9 @@ void BM_Nf4Head(benchmark::State& st) {
   rate(st, double(head().nf4.bytes()));
 }
 
-void q8_head(benchmark::State& st, graft::cpu::Q8Dot dot) {
+// gemv(x, T, w, y, dot): q8_gemv or q6_gemv on the head's weight w.
+template <class W, class Gemv>
+void int_head(benchmark::State& st, graft::cpu::Q8Dot dot, const W& w, Gemv gemv) {
   if (dot == graft::cpu::Q8Dot::Int8 && !graft::cpu::q8_int8_dot_supported()) {
     st.SkipWithError("this CPU lacks AVX2");
     return;
@@ -93,13 +99,15 @@ void q8_head(benchmark::State& st, graft::cpu::Q8Dot dot) {
   const graft::Tensor x = activations(T);
   std::vector<float> y(size_t(T * kVocab));
   for (auto _ : st) {
-    graft::cpu::q8_gemv(x.data<float>(), T, kHidden, head().q8, y.data(), graft::cpu::Nf4Isa::Auto, dot);
+    gemv(x.data<float>(), T, kHidden, w, y.data(), graft::cpu::Nf4Isa::Auto, dot);
     benchmark::DoNotOptimize(y.data());
   }
-  rate(st, double(head().q8.bytes()));
+  rate(st, double(w.bytes()));
 }
-void BM_Q8HeadExact(benchmark::State& st) { q8_head(st, graft::cpu::Q8Dot::Exact); }
-void BM_Q8HeadInt8(benchmark::State& st) { q8_head(st, graft::cpu::Q8Dot::Int8); }
+void BM_Q8HeadExact(benchmark::State& st) { int_head(st, graft::cpu::Q8Dot::Exact, head().q8, graft::cpu::q8_gemv); }
+void BM_Q8HeadInt8(benchmark::State& st) { int_head(st, graft::cpu::Q8Dot::Int8, head().q8, graft::cpu::q8_gemv); }
+void BM_Q6HeadExact(benchmark::State& st) { int_head(st, graft::cpu::Q8Dot::Exact, head().q6, graft::cpu::q6_gemv); }
+void BM_Q6HeadInt8(benchmark::State& st) { int_head(st, graft::cpu::Q8Dot::Int8, head().q6, graft::cpu::q6_gemv); }
 
 }  // namespace
 
@@ -108,5 +116,7 @@ BENCHMARK(BM_F32Head)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Unit(benchmark::kMillise
 BENCHMARK(BM_Nf4Head)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Q8HeadExact)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Q8HeadInt8)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Q6HeadExact)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Q6HeadInt8)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

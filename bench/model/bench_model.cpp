@@ -1,4 +1,4 @@
-// CPU prefill and decode throughput of the model forward (fp32, NF4 weights, NF4 weights + Q8 or NF4 lm_head), for stories260K
+// CPU prefill and decode throughput of the model forward (fp32, NF4 weights, NF4 weights + Q8, Q6 or NF4 lm_head), for stories260K
 // (../shared/assets, skipped when absent) and the ~100M-parameter "small" Qwen3-MoE preset built in
 // memory (8 experts, top-2, 8 layers, hidden 512, vocab 151,669 like Qwen3's tokenizer).
 //   ./build/bench/bench_model --benchmark_counters_tabular=true
@@ -17,15 +17,16 @@ using namespace graft;
 
 namespace {
 // weights: 0 = f32, 1 = NF4 body (lm_head f32, the default), 2 = NF4 body + NF4 lm_head (--lm-head-dtype nf4),
-// 3 = NF4 body + Q8 lm_head (--lm-head-dtype q8).
+// 3 = NF4 body + Q8 lm_head (--lm-head-dtype q8), 4 = NF4 body + Q6 lm_head (--lm-head-dtype q6).
 const model::Model* get_model(int which, int weights) {
-  static std::unique_ptr<model::Model> cache[2][4];
+  static std::unique_ptr<model::Model> cache[2][5];
   auto& slot = cache[which][weights];
   if (slot) return slot.get();
   model::LoadOptions o;
   o.load_in_4bit = weights >= 1;
   if (weights == 2) o.lm_head_dtype = model::LmHeadDtype::NF4;
   if (weights == 3) o.lm_head_dtype = model::LmHeadDtype::Q8;
+  if (weights == 4) o.lm_head_dtype = model::LmHeadDtype::Q6;
   if (which == 0) {
     const auto dir = std::filesystem::path(GRAFT_SOURCE_DIR) / ".." / "shared/assets/models/stories260K_hf_llama";
     if (!std::filesystem::exists(dir)) return nullptr;
@@ -91,10 +92,11 @@ void BM_Decode(benchmark::State& st) {
 }
 }  // namespace
 
-// args: {model (0 stories260K, 1 small qwen3_moe), weights (0 f32, 1 NF4, 2 NF4 + NF4 lm_head, 3 NF4 + Q8 lm_head),
+// args: {model (0 stories260K, 1 small qwen3_moe), weights (0 f32, 1 NF4, 2 NF4 + NF4 lm_head, 3 NF4 + Q8 lm_head,
+//        4 NF4 + Q6 lm_head),
 //        tokens / context}
 BENCHMARK(BM_Prefill)->Args({0, 0, 128})->Args({0, 1, 128})->Args({1, 0, 128})->Args({1, 1, 128})->Args({1, 2, 128})
-    ->Args({1, 3, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({1, 3, 128})->Args({1, 4, 128})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Decode)->Args({0, 0, 16})->Args({0, 1, 16})->Args({1, 0, 16})->Args({1, 1, 16})->Args({1, 2, 16})
-    ->Args({1, 3, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
+    ->Args({1, 3, 16})->Args({1, 4, 16})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_MAIN();

@@ -21,6 +21,8 @@ GRAFT_ROWS = {  # bench_model name prefix -> (model, weights, phase)
     "BM_Decode/1/2/16": ("moe", "nf4+lmh", "decode"),
     "BM_Prefill/1/3/128": ("moe", "nf4+q8lmh", "prefill"),  # NF4 body + Q8 lm_head (--lm-head-dtype q8)
     "BM_Decode/1/3/16": ("moe", "nf4+q8lmh", "decode"),
+    "BM_Prefill/1/4/128": ("moe", "nf4+q6lmh", "prefill"),  # NF4 body + Q6 lm_head (--lm-head-dtype q6)
+    "BM_Decode/1/4/16": ("moe", "nf4+q6lmh", "decode"),
 }
 
 
@@ -102,8 +104,9 @@ def main():
     print("\n| model | phase | threads | graft f32 | llama.cpp f32 | graft / llama f32 | graft NF4 | llama.cpp Q4_0 |"
           " llama.cpp Q4_K_M | NF4 / Q4_0 | NF4 / Q4_K_M | graft NF4 / graft f32 |"
           " graft NF4 + NF4 lm_head | NF4+lm_head / Q4_0 | NF4+lm_head / graft f32 |"
-          " graft NF4 + Q8 lm_head | NF4+Q8 lm_head / Q4_0 | NF4+Q8 lm_head / Q4_K_M | NF4+Q8 lm_head / graft f32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          " graft NF4 + Q8 lm_head | NF4+Q8 lm_head / Q4_0 | NF4+Q8 lm_head / Q4_K_M | NF4+Q8 lm_head / graft f32 |"
+          " graft NF4 + Q6 lm_head | NF4+Q6 lm_head / Q4_0 | NF4+Q6 lm_head / Q4_K_M | NF4+Q6 lm_head / graft f32 |")
+    print("|" + "---|" * 23)
     fmt = lambda v: "—" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
     ratio = lambda x, y: "—" if x is None or y is None else f"{x / y:.2f}x"
     for model in ["stories260K", "moe"]:
@@ -112,11 +115,12 @@ def main():
                 g = lambda e, w: med.get((e, model, w, phase, threads))
                 gf, lf, gn = g("graft", "f32"), g("llama.cpp", "f32"), g("graft", "nf4")
                 q40, q4k = g("llama.cpp", "Q4_0"), g("llama.cpp", "Q4_K_M")
-                gh, g8 = g("graft", "nf4+lmh"), g("graft", "nf4+q8lmh")
+                gh, g8, g6 = g("graft", "nf4+lmh"), g("graft", "nf4+q8lmh"), g("graft", "nf4+q6lmh")
                 print(f"| {model} | {phase} | {threads} | {fmt(gf)} | {fmt(lf)} | {ratio(gf, lf)} | {fmt(gn)} | {fmt(q40)} |"
                       f" {fmt(q4k)} | {ratio(gn, q40)} | {ratio(gn, q4k)} | {ratio(gn, gf)} |"
                       f" {fmt(gh)} | {ratio(gh, q40)} | {ratio(gh, gf)} |"
-                      f" {fmt(g8)} | {ratio(g8, q40)} | {ratio(g8, q4k)} | {ratio(g8, gf)} |")
+                      f" {fmt(g8)} | {ratio(g8, q40)} | {ratio(g8, q4k)} | {ratio(g8, gf)} |"
+                      f" {fmt(g6)} | {ratio(g6, q40)} | {ratio(g6, q4k)} | {ratio(g6, gf)} |")
     print(f"\nmedian of {a.reps} interleaved repetitions; samples: " + json.dumps({"/".join(map(str, k)): v for k, v in samples.items()}))
 
 

@@ -25,8 +25,9 @@ using Map = Eigen::Map<RowMat>;
 
 void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   GRAFT_CHECK(w.defined(), "linear: weight [{}, {}] is not loaded", w.out, w.in);
-  if (w.quantized() || w.q8) {
+  if (w.quantized() || w.q8 || w.q6) {
     if (w.q8) linear_q8(x, *w.q8, y);
+    else if (w.q6) linear_q6(x, *w.q6, y);
     else linear_nf4(x, *w.nf4, y);
     if (w.bias.defined()) {
       Map Y(y.data<float>(), y.size(0), y.size(1));

@@ -9,6 +9,7 @@
 
 #include "graft/cpu/nf4_gemv.hpp"
 #include "graft/cpu/ops.hpp"
+#include "graft/cpu/q6_gemv.hpp"
 #include "graft/cpu/q8_gemv.hpp"
 #include "graft/cpu/small_gemm.hpp"
 #include "graft/parallel.hpp"
@@ -151,6 +152,17 @@ void linear_q8(const Tensor& x, const q8::QuantizedWeight& w, Tensor& y) {
     return;
   }
   panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { q8_dequant_rows(w, r0, r1, out); });
+}
+
+void linear_q6(const Tensor& x, const q6::QuantizedWeight& w, Tensor& y) {
+  check_quantized_linear(x, w.shape, y, "linear_q6");
+  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
+  if (T == 0 || N == 0) return;
+  if (T <= 16) {
+    q6_gemv(x.data<float>(), T, K, w, y.data<float>());
+    return;
+  }
+  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { q6_dequant_rows(w, r0, r1, out); });
 }
 
 void lora_acc(const Tensor& x, const Tensor& a, const Tensor& b, float scale, Tensor& y) {

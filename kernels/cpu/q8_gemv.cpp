@@ -17,6 +17,7 @@
 #include "parallel_for.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
+#include "x_int8.hpp"
 
 namespace graft::cpu {
 namespace {
@@ -132,38 +133,6 @@ void rows_avx512(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight
 
 // ---- Int8 dot (Q8Dot::Int8: AVX-512 VNNI, or AVX2) ----
 
-// x quantized per weight block: codes [T, K], scale [T, nb] and, per (t, b), corr = -128 · Σ xq: vpdpbusd multiplies
-// unsigned by signed bytes, so the weights enter as q + 128 (sign bit flipped) and corr takes the 128 · Σ xq back out
-// (the AVX2 kernel does not need corr).
-struct XInt8 {
-  std::vector<int8_t> q;
-  std::vector<float> scale;
-  std::vector<int32_t> corr;
-};
-
-void quantize_x(const float* x, int64_t T, int64_t K, int64_t bs, XInt8& out) {
-  const int64_t nb = K / bs;
-  out.q.resize(static_cast<size_t>(T * K));
-  out.scale.resize(static_cast<size_t>(T * nb));
-  out.corr.resize(static_cast<size_t>(T * nb));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + t * K + b * bs;
-      int8_t* qb = out.q.data() + t * K + b * bs;
-      float amax = 0.0f;
-      for (int64_t k = 0; k < bs; ++k) amax = std::max(amax, std::fabs(xb[k]));
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int32_t sum = 0;
-      for (int64_t k = 0; k < bs; ++k) {
-        const float r = std::nearbyint(xb[k] * inv);  // the default rounding mode: to nearest, ties to even
-        qb[k] = static_cast<int8_t>(std::clamp(r, -127.0f, 127.0f));
-        sum += qb[k];
-      }
-      out.scale[static_cast<size_t>(t * nb + b)] = amax / 127.0f;
-      out.corr[static_cast<size_t>(t * nb + b)] = -128 * sum;
-    }
-}
-
 // TT > 0: T fixed at compile time (accumulators in registers); TT = 0: run-time T. bs % 64 == 0, K % bs == 0.
 template <int TT>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni_t(const XInt8& xq, int64_t T_, int64_t K,
@@ -250,16 +219,6 @@ void rows_int8_avx2(const XInt8& xq, int64_t T, int64_t K, const q8::QuantizedWe
   with_static_t(T, [&](auto tt) { rows_int8_avx2_t<decltype(tt)::value>(xq, T, K, w, n0, n1, ldy, y); });
 }
 
-// The kernel the Int8 dot runs at for a resolved level: Avx512 (VNNI), Avx2 (also on AVX-512 CPUs without VNNI), or
-// Portable (it cannot run).
-Nf4Isa int8_level(Nf4Isa isa) {
-  static const bool vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vnni");
-  if (isa == Nf4Isa::Avx512 && vnni) return Nf4Isa::Avx512;
-  if ((isa == Nf4Isa::Avx512 || isa == Nf4Isa::Avx2) && nf4_isa_supported(Nf4Isa::Avx2)) return Nf4Isa::Avx2;
-  return Nf4Isa::Portable;
-}
-
 __attribute__((target("avx2,fma"))) void dequant_avx2(const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                                                       float* out) {
   const int64_t K = w.cols(), bs = w.blocksize, nb = w.blocks_per_row();
@@ -304,9 +263,17 @@ Q8Dot parse_dot() {
 
 }  // namespace
 
+Nf4Isa int8_dot_level(Nf4Isa isa) {
+  static const bool vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vnni");
+  if (isa == Nf4Isa::Avx512 && vnni) return Nf4Isa::Avx512;
+  if ((isa == Nf4Isa::Avx512 || isa == Nf4Isa::Avx2) && nf4_isa_supported(Nf4Isa::Avx2)) return Nf4Isa::Avx2;
+  return Nf4Isa::Portable;
+}
+
 bool q8_int8_dot_supported(Nf4Isa isa) {
   if (isa == Nf4Isa::Auto) isa = nf4_isa_detect();
-  return nf4_isa_supported(isa) && int8_level(isa) != Nf4Isa::Portable;
+  return nf4_isa_supported(isa) && int8_dot_level(isa) != Nf4Isa::Portable;
 }
 
 // Not cached (one getenv per call, once per lm_head product), so a test can switch it with setenv.
@@ -328,10 +295,10 @@ void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w,
     return;
   }
   const int64_t chunks = (N + kRows - 1) / kRows;
-  const Nf4Isa int8 = dot == Q8Dot::Int8 ? int8_level(isa) : Nf4Isa::Portable;
+  const Nf4Isa int8 = dot == Q8Dot::Int8 ? int8_dot_level(isa) : Nf4Isa::Portable;
   if (int8 != Nf4Isa::Portable && w.blocksize % 64 == 0 && K % w.blocksize == 0) {
     thread_local XInt8 buf;  // this (calling) thread's; the workers must see it through `xq`, not by name
-    quantize_x(x, T, K, w.blocksize, buf);
+    quantize_x(x, T, K, w.blocksize, /*offset=*/128, buf);
     const XInt8& xq = buf;
     parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
       const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);

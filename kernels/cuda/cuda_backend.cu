@@ -530,6 +530,8 @@ class CudaBackend final : public Backend {
     GRAFT_CHECK(w.defined(), "linear: weight [{}, {}] is not loaded", w.out, w.in);
     GRAFT_CHECK_FIX(!w.q8, "run on the CPU backend (--device cpu) or pass --lm-head-dtype f32 or nf4",
                     "linear: the 8-bit lm_head [{}, {}] (--lm-head-dtype q8) has no CUDA kernel", w.out, w.in);
+    GRAFT_CHECK_FIX(!w.q6, "run on the CPU backend (--device cpu) or pass --lm-head-dtype f32 or nf4",
+                    "linear: the 6-bit lm_head [{}, {}] (--lm-head-dtype q6) has no CUDA kernel", w.out, w.in);
     const int64_t T = x.size(0);
     if (T == 0) return;
     const Tensor bias = w.bias.defined() ? weights_.dense(w.bias, DType::BF16, stream_) : Tensor();

@@ -18,6 +18,7 @@
 #include "graft/io/safetensors.hpp"
 #include "graft/model/model.hpp"
 #include "graft/model/expert_parallel.hpp"
+#include "graft/quant/q6.hpp"
 #include "graft/quant/q8.hpp"
 
 namespace graft::model {
@@ -470,6 +471,13 @@ struct Loader {
       m.lm_head_.dense = Tensor();
       m.lm_head_.nf4 = nullptr;
     }
+    if (opts.lm_head_dtype == LmHeadDtype::Q6) {
+      const Tensor w = m.lm_head_.quantized() ? nf4::dequantize(*m.lm_head_.nf4) : m.lm_head_.dense;
+      m.lm_head_.q6 = std::make_shared<q6::QuantizedWeight>(
+          q6::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape()));
+      m.lm_head_.dense = Tensor();
+      m.lm_head_.nf4 = nullptr;
+    }
     m.lm_head_dtype_ = opts.lm_head_dtype;
     m.layers_.resize(static_cast<size_t>(cfg.num_hidden_layers));
     for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
@@ -526,15 +534,17 @@ LmHeadDtype parse_lm_head_dtype(const std::string& value, const std::string& wha
   if (value == "f32") return LmHeadDtype::F32;
   if (value == "nf4") return LmHeadDtype::NF4;
   if (value == "q8") return LmHeadDtype::Q8;
-  GRAFT_FAIL(fmt::format("pass {} f32 (exact, the default), q8 (8-bit, inference only, CPU) or nf4 (4-bit, inference "
-                         "only)", what),
-             "{} '{}' is not one of: f32, q8, nf4", what, value);
+  if (value == "q6") return LmHeadDtype::Q6;
+  GRAFT_FAIL(fmt::format("pass {} f32 (exact, the default), q8 (8-bit, inference only, CPU), q6 (6-bit, inference "
+                         "only, CPU) or nf4 (4-bit, inference only)", what),
+             "{} '{}' is not one of: f32, q8, q6, nf4", what, value);
 }
 
 const char* lm_head_dtype_name(LmHeadDtype d) {
   switch (d) {
     case LmHeadDtype::NF4: return "nf4";
     case LmHeadDtype::Q8: return "q8";
+    case LmHeadDtype::Q6: return "q6";
     default: return "f32";
   }
 }

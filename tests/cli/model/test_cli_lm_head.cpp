@@ -26,7 +26,7 @@ class CliLmHead : public ::testing::Test {
 }  // namespace
 
 TEST_F(CliLmHead, GenerateAndEvalRunWithAQuantizedLmHead) {
-  for (const char* dt : {"nf4", "q8"}) {
+  for (const char* dt : {"nf4", "q8", "q6"}) {
     auto a = run("generate " + m() + " --prompt abc --max-tokens 6 --load-in-4bit --lm-head-dtype " + dt + " --json");
     ASSERT_EQ(a.rc, 0) << dt << ": " << a.err;
     EXPECT_GE(nlohmann::json::parse(a.out)["generated_ids"].size(), 1u) << dt;
@@ -39,9 +39,11 @@ TEST_F(CliLmHead, GenerateAndEvalRunWithAQuantizedLmHead) {
   auto e = run("eval " + m() + " --data " + (dir_ / "d.jsonl").string() + " --type completion --max-tokens 2 "
                "--lm-head-dtype nf4 --json");
   ASSERT_EQ(e.rc, 0) << e.err;
-  auto e8 = run("eval " + m() + " --data " + (dir_ / "d.jsonl").string() + " --type completion --max-tokens 2 "
-                "--lm-head-dtype q8 --json");
-  ASSERT_EQ(e8.rc, 0) << e8.err;
+  for (const char* dt : {"q8", "q6"}) {
+    auto eq = run("eval " + m() + " --data " + (dir_ / "d.jsonl").string() + " --type completion --max-tokens 2 "
+                  "--lm-head-dtype " + dt + " --json");
+    ASSERT_EQ(eq.rc, 0) << dt << ": " << eq.err;
+  }
 }
 
 TEST_F(CliLmHead, BadValueNamesTheFlagAndChoices) {
@@ -49,7 +51,7 @@ TEST_F(CliLmHead, BadValueNamesTheFlagAndChoices) {
     auto r = run(std::string(cmd) + " " + m() + (std::string(cmd) == "generate" ? " --prompt abc" : "") +
                  " --lm-head-dtype q4");
     EXPECT_NE(r.rc, 0) << cmd;
-    EXPECT_NE(r.err.find("--lm-head-dtype 'q4' is not one of: f32, q8, nf4"), std::string::npos) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("--lm-head-dtype 'q4' is not one of: f32, q8, q6, nf4"), std::string::npos) << cmd << ": " << r.err;
   }
 }
 

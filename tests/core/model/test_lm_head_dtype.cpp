@@ -1,4 +1,4 @@
-// LoadOptions::lm_head_dtype (--lm-head-dtype): an NF4 or Q8 lm_head gives the logits of an f32 lm_head holding
+// LoadOptions::lm_head_dtype (--lm-head-dtype): an NF4, Q8 or Q6 lm_head gives the logits of an f32 lm_head holding
 // the dequantized weights, keeps the embedding lookup f32 on tied models, and its quality against the exact f32
 // lm_head (top-1 agreement, logit error, greedy continuation) is measured on stories260K and a tiny preset.
 #include <gtest/gtest.h>
@@ -17,6 +17,7 @@
 #include "graft/model/model.hpp"
 #include "graft/model/presets.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q6.hpp"
 #include "graft/quant/q8.hpp"
 
 using namespace graft;
@@ -42,7 +43,7 @@ Tensor logits(const model::Model& m, Backend& be, const std::vector<int32_t>& t)
 }
 
 // [T, vocab]: row p is the logits of the prefix text[0..p] computed alone with last_logits_only, so the lm_head
-// runs as in decoding (one row, the T <= 16 kernels: for Q8 the Int8 dot where the CPU has it).
+// runs as in decoding (one row, the T <= 16 kernels: for Q8 and Q6 the Int8 dot where the CPU has it).
 Tensor decode_logits(const model::Model& m, Backend& be, const std::vector<int32_t>& text) {
   const int64_t T = int64_t(text.size());
   Tensor out;
@@ -98,6 +99,8 @@ Quality compare(const Tensor& exact, const Tensor& q) {
 // W as the quantized head holds it: dequantize(quantize(W)) in the format `d` names.
 Tensor round_trip(const Tensor& w, model::LmHeadDtype d) {
   if (d == model::LmHeadDtype::NF4) return nf4::dequantize(nf4::quantize(w, /*double_quant=*/true, 64));
+  if (d == model::LmHeadDtype::Q6)
+    return q6::dequantize(q6::quantize(std::span<const float>(w.data<float>(), size_t(w.numel())), w.shape()));
   return q8::dequantize(q8::quantize(std::span<const float>(w.data<float>(), size_t(w.numel())), w.shape()));
 }
 
@@ -111,7 +114,7 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 // Tied (the projection reads a quantized copy of the embedding table; the lookup stays f32) and untied.
 TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
   auto be = cpu::make_backend();
-  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8})
+  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8, model::LmHeadDtype::Q6})
     for (bool tied : {true, false}) {
       SCOPED_TRACE(::testing::Message() << model::lm_head_dtype_name(dtype) << (tied ? " tied" : " untied"));
       const auto cfg = tiny_cfg("qwen3_moe", tied);
@@ -121,6 +124,7 @@ TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
       const auto q = model::Model::from_tensors(cfg, tensors, o);
       EXPECT_EQ(q.lm_head().quantized(), dtype == model::LmHeadDtype::NF4);
       EXPECT_EQ(q.lm_head().q8 != nullptr, dtype == model::LmHeadDtype::Q8);
+      EXPECT_EQ(q.lm_head().q6 != nullptr, dtype == model::LmHeadDtype::Q6);
       EXPECT_FALSE(q.lm_head().dense.defined());
       EXPECT_EQ(q.lm_head_dtype(), dtype);
       // Reference: an untied model whose f32 lm_head holds dequantize(quantize(W)), same embedding table.
@@ -139,22 +143,23 @@ TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
       ASSERT_EQ(q.embedding().numel(), ref.embedding().numel());
       EXPECT_EQ(0, std::memcmp(q.embedding().raw(), ref.embedding().raw(), q.embedding().nbytes()));
       for (int T : {1, 5, 40}) {  // decode GEMV (T <= 16) and prefill paths of the quantized kernels
-        // The exact product (for Q8: GRAFT_Q8_DOT=exact) equals the dequantized head within f32 rounding.
+        // The exact product (for Q8 and Q6: GRAFT_Q8_DOT=exact) equals the dequantized head within f32 rounding.
         const graft::testing::ScopedEnv exact("GRAFT_Q8_DOT", "exact");
         auto [d, mx] = max_diff(logits(q, *be, ids(T, cfg.vocab_size)), logits(ref, *be, ids(T, cfg.vocab_size)));
         EXPECT_LE(d, 2e-5f * std::max(1.0f, mx)) << "T=" << T << " max |logit| " << mx;
         EXPECT_GT(mx, 0.1f);
       }
-      if (dtype == model::LmHeadDtype::Q8) {
+      if (dtype != model::LmHeadDtype::NF4) {
         // The Int8 dot where the CPU runs it (x quantized per 64-block: each hidden value moves by at most
-        // absmax / 254 of its block), T <= 16 only; its exact bound is checked in CpuQ8Gemv.Int8Dot*. Measured here:
-        // at most 0.7% of the largest logit (2026-12-06), so 2% is the ceiling; a wrong scale or offset is ~100%.
+        // absmax / 254 of its block), T <= 16 only; its exact bound is checked in CpuQ8Gemv.Int8Dot* and
+        // CpuQ6Gemv.Int8Dot*. Measured here for Q8: at most 0.7% of the largest logit (2026-12-06), so 2% is the
+        // ceiling; a wrong scale or offset is ~100%.
         const graft::testing::ScopedEnv auto_dot("GRAFT_Q8_DOT", nullptr);
         for (int T : {1, 5}) {
           auto [d, mx] = max_diff(logits(q, *be, ids(T, cfg.vocab_size)), logits(ref, *be, ids(T, cfg.vocab_size)));
           const bool int8 = cpu::q8_dot_detect() == cpu::Q8Dot::Int8;
-          std::printf("[lm_head q8, %s dot] T=%d: max |logit diff| %.2e of max |logit| %.3f\n", int8 ? "int8" : "exact",
-                      T, double(d), double(mx));
+          std::printf("[lm_head %s, %s dot] T=%d: max |logit diff| %.2e of max |logit| %.3f\n",
+                      model::lm_head_dtype_name(dtype), int8 ? "int8" : "exact", T, double(d), double(mx));
           EXPECT_LE(d, (int8 ? 2e-2f : 2e-5f) * std::max(1.0f, mx)) << "T=" << T << " max |logit| " << mx;
           if (int8) {
             EXPECT_GT(d, 2e-5f * std::max(1.0f, mx)) << "the Int8 dot ran (it is not the exact product)";
@@ -165,6 +170,7 @@ TEST(LmHeadDtype, QuantizedLogitsEqualDequantizedF32Head) {
       const auto f = model::Model::from_tensors(cfg, tensors);
       EXPECT_FALSE(f.lm_head().quantized());
       EXPECT_EQ(f.lm_head().q8, nullptr);
+      EXPECT_EQ(f.lm_head().q6, nullptr);
       EXPECT_EQ(f.lm_head_dtype(), model::LmHeadDtype::F32);
     }
 }
@@ -174,7 +180,7 @@ TEST(LmHeadDtype, QualityOnStories260kAndTinyPreset) {
   auto be = cpu::make_backend();
   const fs::path dir = fs::path(GRAFT_SOURCE_DIR) / ".." / "shared" / "assets" / "models" / "stories260K_hf_llama";
   if (!fs::exists(dir / "config.json")) std::printf("stories260K rows skipped: ../shared/assets is absent\n");
-  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8}) {
+  for (auto dtype : {model::LmHeadDtype::NF4, model::LmHeadDtype::Q8, model::LmHeadDtype::Q6}) {
     struct Case {
       std::string name;
       model::Model f32, quant;
@@ -208,7 +214,7 @@ TEST(LmHeadDtype, QualityOnStories260kAndTinyPreset) {
       std::printf("[lm_head %s%s vs f32] %s: top-1 agreement %.1f%% of %zu positions, logit error max %.4f rms %.4f "
                   "(f32 logit std %.3f), greedy 40 tokens: first %zu identical\n",
                   model::lm_head_dtype_name(dtype),
-                  dtype == model::LmHeadDtype::Q8 && cpu::q8_dot_detect() == cpu::Q8Dot::Int8 ? ", int8 dot" : "",
+                  dtype != model::LmHeadDtype::NF4 && cpu::q8_dot_detect() == cpu::Q8Dot::Int8 ? ", int8 dot" : "",
                   c.name.c_str(), 100 * qq.top1_agree, text.size(), qq.max_err,
                   qq.rms_err, qq.logit_std, same);
       EXPECT_GT(qq.rms_err, 0.0);  // it is a different (quantized) head
@@ -217,10 +223,14 @@ TEST(LmHeadDtype, QualityOnStories260kAndTinyPreset) {
         // most positions keep their top-1 token (stories260K's hidden 64 is one NF4 block a row).
         EXPECT_LT(qq.rms_err, 0.1 * qq.logit_std);
         EXPECT_GE(qq.top1_agree, 0.75);
-      } else {
+      } else if (dtype == model::LmHeadDtype::Q8) {
         // Q8's step is 1/127 of a block's absmax: ~16x finer than NF4; the greedy text is the f32 model's.
         EXPECT_LT(qq.rms_err, 0.01 * qq.logit_std);
         EXPECT_GE(qq.top1_agree, 0.95);
+      } else {
+        // Q6's step is 1/31 of a block's absmax: ~4x coarser than Q8's, ~4x finer than NF4's.
+        EXPECT_LT(qq.rms_err, 0.03 * qq.logit_std);
+        EXPECT_GE(qq.top1_agree, 0.9);
       }
     }
   }
@@ -230,7 +240,8 @@ TEST(LmHeadDtype, ParseNamesTheFlagAndTheChoices) {
   EXPECT_EQ(model::parse_lm_head_dtype("f32"), model::LmHeadDtype::F32);
   EXPECT_EQ(model::parse_lm_head_dtype("nf4"), model::LmHeadDtype::NF4);
   EXPECT_EQ(model::parse_lm_head_dtype("q8"), model::LmHeadDtype::Q8);
-  for (auto d : {model::LmHeadDtype::F32, model::LmHeadDtype::NF4, model::LmHeadDtype::Q8})
+  EXPECT_EQ(model::parse_lm_head_dtype("q6"), model::LmHeadDtype::Q6);
+  for (auto d : {model::LmHeadDtype::F32, model::LmHeadDtype::NF4, model::LmHeadDtype::Q8, model::LmHeadDtype::Q6})
     EXPECT_EQ(model::parse_lm_head_dtype(model::lm_head_dtype_name(d)), d);
   try {
     model::parse_lm_head_dtype("q4", "--lm-head-dtype");
@@ -239,6 +250,6 @@ TEST(LmHeadDtype, ParseNamesTheFlagAndTheChoices) {
     const std::string w = e.what();
     EXPECT_NE(w.find("--lm-head-dtype"), std::string::npos) << w;
     EXPECT_NE(w.find("'q4'"), std::string::npos) << w;
-    EXPECT_NE(w.find("f32, q8, nf4"), std::string::npos) << w;
+    EXPECT_NE(w.find("f32, q8, q6, nf4"), std::string::npos) << w;
   }
 }

@@ -14,6 +14,7 @@
 
 #include "graft/backend/ops_desc.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q6.hpp"
 #include "graft/quant/q8.hpp"
 #include "graft/tensor.hpp"
 
@@ -27,7 +28,11 @@ struct LinearWeight {
   Tensor bias;                                       // [out] or undefined
   // [out, in] 8-bit or null: only the inference-only lm_head (LmHeadDtype::Q8); CPU backend only, never trained.
   std::shared_ptr<const q8::QuantizedWeight> q8;
-  bool defined() const { return dense.defined() && dense.numel() > 0 ? true : nf4 != nullptr || q8 != nullptr; }
+  // [out, in] 6-bit or null: likewise, for LmHeadDtype::Q6.
+  std::shared_ptr<const q6::QuantizedWeight> q6;
+  bool defined() const {
+    return dense.defined() && dense.numel() > 0 ? true : nf4 != nullptr || q8 != nullptr || q6 != nullptr;
+  }
   bool quantized() const { return nf4 != nullptr; }
   size_t bytes() const;
 };

@@ -23,10 +23,12 @@ class ExpertParallel;  // expert_parallel.hpp
 // 64, double quant, as load_in_4bit does to the body): on a tied model the embedding lookup keeps the f32 table
 // and only the projection reads the NF4 copy. Q8 quantizes it to 8 bits (graft/quant/q8.hpp: blocks of 64 along each
 // row, one f32 scale each, 8.5 bits per weight, llama.cpp's Q8_0 density; CPU backend only): 3.8x fewer bytes than
-// f32 per decoded token at a largest weight error of absmax/254 per block. Training refuses a model whose lm_head was
-// quantized either way.
-enum class LmHeadDtype : int { F32, NF4, Q8 };
-// "f32" | "nf4" | "q8"; anything else throws graft::Error naming `what` (e.g. "--lm-head-dtype") and the choices.
+// f32 per decoded token at a largest weight error of absmax/254 per block. Q6 quantizes it to 6 bits
+// (graft/quant/q6.hpp: blocks of 64, one f32 scale = absmax/31 each, 6.5 bits per weight, llama.cpp's Q6_K density,
+// the type llama-quantize gives the output tensor of its 4-bit models; CPU backend only): 4.9x fewer bytes than f32
+// at a largest weight error of absmax/62. Training refuses a model whose lm_head was quantized any of these ways.
+enum class LmHeadDtype : int { F32, NF4, Q8, Q6 };
+// "f32" | "nf4" | "q8" | "q6"; anything else throws graft::Error naming `what` (e.g. "--lm-head-dtype") and the choices.
 LmHeadDtype parse_lm_head_dtype(const std::string& value, const std::string& what = "lm_head dtype");
 const char* lm_head_dtype_name(LmHeadDtype d);
 

@@ -9,6 +9,7 @@
 
 #include "graft/backend/ops_desc.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q6.hpp"
 #include "graft/quant/q8.hpp"
 #include "graft/tensor.hpp"
 
@@ -25,6 +26,8 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y);
 // y = x · dequant(w)ᵀ with w Q8 [N, K] (the inference-only 8-bit lm_head): T <= 16 widens the int8 codes in
 // registers (q8_gemv), larger T dequantizes L2-sized row panels for the GEMM.  y [T, N] (=)
 void linear_q8(const Tensor& x, const q8::QuantizedWeight& w, Tensor& y);
+// The same with w Q6 [N, K] (the inference-only 6-bit lm_head; q6_gemv for T <= 16).  y [T, N] (=)
+void linear_q6(const Tensor& x, const q6::QuantizedWeight& w, Tensor& y);
 // LoRA delta for rows using one adapter: y += scale · (x · aᵀ) · bᵀ.
 // x [T, K], a [r, K], b [N, r], y [T, N] (+=)
 void lora_acc(const Tensor& x, const Tensor& a, const Tensor& b, float scale, Tensor& y);

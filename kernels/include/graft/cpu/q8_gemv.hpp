@@ -21,7 +21,10 @@ enum class Q8Dot { Auto, Exact, Int8 };
 // Whether Int8 runs at SIMD level `isa` (Auto: nf4_isa_detect()) on this CPU: Avx512 with AVX-512 F, BW and VNNI,
 // else Avx2 (and Avx512 without VNNI) with AVX2 + FMA; never Portable.
 bool q8_int8_dot_supported(Nf4Isa isa = Nf4Isa::Auto);
-// What Q8Dot::Auto means here: Int8 where supported, unless GRAFT_Q8_DOT=exact (GRAFT_Q8_DOT=int8|exact; a CPU
+// The kernel an Int8 dot (Q8 or Q6) runs for a resolved level `isa`: Avx512 (the VNNI kernel), Avx2 (also on AVX-512
+// CPUs without VNNI), or Portable (it cannot run).
+Nf4Isa int8_dot_level(Nf4Isa isa);
+// What Q8Dot::Auto means here, for the Q8 and the Q6 lm_head: Int8 where supported, unless GRAFT_Q8_DOT=exact (GRAFT_Q8_DOT=int8|exact; a CPU
 // without AVX2 runs Exact either way, as does GRAFT_NF4_ISA=portable). Read at every call.
 Q8Dot q8_dot_detect();
 
