@@ -4,8 +4,8 @@
 #   tokenizer from ../shared/assets). llama.cpp is built from the source in PyPI's llama-cpp-python sdist
 #   (bench/llamacpp/build.sh); models are converted with bench/llamacpp/hf_to_gguf.py (f32) and quantized with
 #   llama-quantize (Q4_0, Q4_K_M). graft runs f32 and NF4 (load_in_4bit) weights, and on the MoE NF4 with an NF4
-#   lm_head (--lm-head-dtype nf4) and with a Q8 lm_head (--lm-head-dtype q8); llama-quantize likewise stores the
-#   tied output in Q6_K.
+#   lm_head (--lm-head-dtype nf4), a Q8 lm_head (--lm-head-dtype q8) and a Q6 lm_head (--lm-head-dtype q6);
+#   llama-quantize likewise stores the tied output of its Q4_0 and Q4_K_M files in Q6_K.
 # Prints the median prefill (128 tokens) and decode (32 tokens) tokens/s of REPS interleaved repetitions at each
 # thread count (bench/model/side_by_side.py), with `uptime` load averages, OPENBLAS_CORETYPE unset.
 # Env: THREADS (1,2), REPS (5), BUILD_DIR (build).
