@@ -20,7 +20,12 @@ function(graft_add_gtest)
   cmake_parse_arguments(T "" "NAME;TIMEOUT;TEST_PREFIX" "LABELS;SOURCES;LIBS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
   graft_target_options(${T_NAME})
-  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main)
+  # stdc++ named right after GoogleTest: gtest's static library references out-of-line libstdc++ template members
+  # (std::string::_M_assign, ...) that C++20 objects also emit as weak copies. Without libstdc++ next on the link
+  # line, the linker takes the first archive member that defines one, and in the SIMT tests that can be the CUDA
+  # backend's object from libgraft_kernels_cuda.a (pulled in through graft_backend), whose make_cuda_backend then
+  # collides with the SIMT build's: "multiple definition", after an unrelated edit of cuda_backend.cu.
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main stdc++)
   target_compile_definitions(${T_NAME} PRIVATE
     GRAFT_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
     GRAFT_BINARY_DIR="${PROJECT_BINARY_DIR}"

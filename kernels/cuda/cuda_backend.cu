@@ -528,10 +528,9 @@ class CudaBackend final : public Backend {
 
   void base_linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
     GRAFT_CHECK(w.defined(), "linear: weight [{}, {}] is not loaded", w.out, w.in);
-    GRAFT_CHECK_FIX(!w.q8, "run on the CPU backend (--device cpu) or pass --lm-head-dtype f32 or nf4",
-                    "linear: the 8-bit lm_head [{}, {}] (--lm-head-dtype q8) has no CUDA kernel", w.out, w.in);
-    GRAFT_CHECK_FIX(!w.q6, "run on the CPU backend (--device cpu) or pass --lm-head-dtype f32 or nf4",
-                    "linear: the 6-bit lm_head [{}, {}] (--lm-head-dtype q6) has no CUDA kernel", w.out, w.in);
+    GRAFT_CHECK_FIX(!w.q8 && !w.q6, "run on the CPU backend (--device cpu) or pass --lm-head-dtype f32 or nf4",
+                    "linear: the {}-bit lm_head [{}, {}] (--lm-head-dtype {}) has no CUDA kernel", w.q8 ? 8 : 6, w.out,
+                    w.in, w.q8 ? "q8" : "q6");
     const int64_t T = x.size(0);
     if (T == 0) return;
     const Tensor bias = w.bias.defined() ? weights_.dense(w.bias, DType::BF16, stream_) : Tensor();
