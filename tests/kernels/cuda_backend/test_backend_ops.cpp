@@ -24,6 +24,8 @@
 #include "graft/cuda/device_info.hpp"
 #include "graft/error.hpp"
 #include "graft/quant/nf4.hpp"
+#include "graft/quant/q6.hpp"
+#include "graft/quant/q8.hpp"
 
 namespace graft {
 namespace {
@@ -527,6 +529,32 @@ TEST(BackendCuda, TransfersRoundTripAndErrorsNameTheFix) {
     EXPECT_NE(std::string(e.what()).find("to_device"), std::string::npos) << e.what();
   }
   EXPECT_THROW(cuda::make_cuda_backend(cuda::device_count() + 3), Error);
+}
+
+// The inference-only 8- and 6-bit lm_heads (--lm-head-dtype q8|q6) have no CUDA kernel: the error names the flag.
+TEST(BackendCuda, RefusesTheCpuOnlyQuantizedLmHeads) {
+  GRAFT_NEED_GPU();
+  Both b;
+  const Tensor wf = rnd({8, 64}, 5);
+  const std::span<const float> all(wf.data<float>(), size_t(wf.numel()));
+  LinearWeight q8w, q6w;
+  q8w.out = q6w.out = 8;
+  q8w.in = q6w.in = 64;
+  q8w.q8 = std::make_shared<q8::QuantizedWeight>(q8::quantize(all, wf.shape()));
+  q6w.q6 = std::make_shared<q6::QuantizedWeight>(q6::quantize(all, wf.shape()));
+  const Tensor x = b.up(rnd({2, 64}, 6));
+  for (const auto& [w, flag] : {std::pair<const LinearWeight*, const char*>{&q8w, "--lm-head-dtype q8"},
+                                {&q6w, "--lm-head-dtype q6"}}) {
+    Tensor y = b.gpu->empty({2, 8}, DType::BF16);
+    try {
+      b.gpu->linear(x, *w, {}, y);
+      ADD_FAILURE() << flag << ": expected an error";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(flag), std::string::npos) << what;
+      EXPECT_NE(what.find("--device cpu"), std::string::npos) << what;
+    }
+  }
 }
 
 }  // namespace
