@@ -109,7 +109,7 @@ void panel_gemm(const Tensor& x, int64_t N, Tensor& y, const DequantRows& dequan
   const int64_t panels = (N + rows - 1) / rows;
   MapC X(x.data<float>(), T, K);
   Map Y(y.data<float>(), T, N);
-  const SmallGemmX xt(x.data<float>(), T, K);  // x transposed once for every panel
+  const SmallGemmX xt(x.data<float>(), T, K, threads > 1 && panels > 1);  // x transposed once for every panel
   parallel_for(panels, threads > 1 && panels > 1, [&](int64_t p) {
     thread_local std::vector<float> buf;
     const int64_t r0 = p * rows, n = std::min(rows, N - r0);

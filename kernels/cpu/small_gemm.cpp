@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "graft/parallel.hpp"
+#include "parallel_for.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
 
@@ -263,9 +265,10 @@ SmallGemmX::~SmallGemmX() {
 namespace {
 // xt [K, Tp] (=) x [Tc, K]ᵀ, zero in columns [Tc, Tp): 16 x 16 blocks transposed in registers (masked loads past K
 // and Tc, masked stores past Tp). 1 thread, the small MoE's 128-token prefill: the scalar copy below was 5% of it.
+// Columns [kb, ke) of x (kb a multiple of 16).
 __attribute__((target("avx512f,avx512vl"))) void transpose_x_avx512(const float* x, int64_t Tc, int64_t Tp, int64_t K,
-                                                                    float* xt) {
-  for (int64_t k0 = 0; k0 < K; k0 += 16) {
+                                                                    int64_t kb, int64_t ke, float* xt) {
+  for (int64_t k0 = kb; k0 < ke; k0 += 16) {
     const int64_t kn = std::min<int64_t>(16, K - k0);
     const __mmask16 km = __mmask16((1u << kn) - 1);
     for (int64_t t0 = 0; t0 < Tp; t0 += 16) {
@@ -281,20 +284,25 @@ __attribute__((target("avx512f,avx512vl"))) void transpose_x_avx512(const float*
 }
 }  // namespace
 
-SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K) : T_(T), K_(K) {
+SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K, bool parallel) : T_(T), K_(K) {
   if (!small_gemm_runs(T) || K <= 0) return;
   xt_ = std::move(spare);
   spare = std::vector<float>();
   xt_.resize(static_cast<size_t>(((T + 63) / 64) * 64 * K));
-  for (int64_t c0 = 0; c0 < T; c0 += 64) {  // 64 columns of T per chunk: a chunk [K, Tp] stays in L2
+  // Work items: 64 columns of T (a chunk [K, Tp] stays in L2) x 256 columns of K.
+  constexpr int64_t kKSpan = 256;
+  const int64_t chunks = (T + 63) / 64, spans = (K + kKSpan - 1) / kKSpan;
+  const bool avx512 = level(Nf4Isa::Auto) == Nf4Isa::Avx512;
+  parallel_for(chunks * spans, parallel, [&](int64_t item) {
+    const int64_t c0 = item / spans * 64, kb = item % spans * kKSpan, ke = std::min(K, kb + kKSpan);
     const int64_t Tc = std::min<int64_t>(64, T - c0), Tp = (Tc + 7) / 8 * 8;
     float* xt = xt_.data() + c0 * K;
-    if (level(Nf4Isa::Auto) == Nf4Isa::Avx512) {
-      transpose_x_avx512(x + c0 * K, Tc, Tp, K, xt);
-      continue;
+    if (avx512) {
+      transpose_x_avx512(x + c0 * K, Tc, Tp, K, kb, ke, xt);
+      return;
     }
     // Transposed 16 columns of x at a time, so the 16 rows of xt being written stay in L1.
-    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+    for (int64_t k0 = kb; k0 < ke; k0 += 16) {
       const int64_t kn = std::min<int64_t>(16, K - k0);
       float* o = xt + k0 * Tp;
       for (int64_t t = 0; t < Tc; ++t) {
@@ -303,7 +311,7 @@ SmallGemmX::SmallGemmX(const float* x, int64_t T, int64_t K) : T_(T), K_(K) {
       }
       for (int64_t kk = 0; kk < kn; ++kk) std::fill(o + kk * Tp + Tc, o + kk * Tp + Tp, 0.0f);
     }
-  }
+  });
 }
 
 bool small_gemm(const SmallGemmX& x, const float* w, int64_t N, float* y, int64_t ldy, Nf4Isa isa) {

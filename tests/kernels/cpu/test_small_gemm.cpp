@@ -59,6 +59,42 @@ TEST(CpuSmallGemm, EqualsReferenceOnRaggedShapes) {
   }
 }
 
+// A SmallGemmX prepared with its transpose split over the thread pool (panel_gemm's, when its panels are split too)
+// gives the same bits as the one-call path and the double-precision product, on shapes with several 64-row chunks
+// and 256-column spans and ragged ends of both.
+TEST(CpuSmallGemm, PreparedXTransposedOnThePoolEqualsTheOneCallPath) {
+  if (levels().empty()) GTEST_SKIP() << "no AVX2 + FMA on this CPU: linear uses Eigen's GEMM";
+  std::mt19937 g(9);
+  std::normal_distribution<float> d;
+  struct S { int64_t T, N, K; };
+  for (const S s : {S{8, 5, 64}, S{64, 20, 256}, S{130, 13, 700}, S{200, 7, 172}, S{17, 31, 513}}) {
+    if (!small_gemm_runs(s.T)) continue;
+    SCOPED_TRACE(testing::Message() << "T=" << s.T << " N=" << s.N << " K=" << s.K);
+    std::vector<float> x(size_t(s.T * s.K)), w(size_t(s.N * s.K));
+    for (auto& v : x) v = d(g);
+    for (auto& v : w) v = d(g);
+    std::vector<float> want(size_t(s.T * s.N), -1.0f), got(size_t(s.T * s.N), -2.0f);
+    ASSERT_TRUE(small_gemm(x.data(), s.T, s.K, w.data(), s.N, want.data(), s.N));
+    // Another x through the one-call path, so the reused per-thread buffer holds other values: a part of the
+    // transpose that was skipped would show.
+    std::vector<float> other(x.size(), 3.0f), scratch(want.size());
+    ASSERT_TRUE(small_gemm(other.data(), s.T, s.K, w.data(), s.N, scratch.data(), s.N));
+    const SmallGemmX xt(x.data(), s.T, s.K, /*parallel=*/true);
+    ASSERT_TRUE(xt.ready());
+    ASSERT_TRUE(small_gemm(xt, w.data(), s.N, got.data(), s.N));
+    EXPECT_EQ(got, want);
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t n = 0; n < s.N; ++n) {
+        double ref = 0, mag = 0;
+        for (int64_t k = 0; k < s.K; ++k) {
+          ref += double(x[size_t(t * s.K + k)]) * w[size_t(n * s.K + k)];
+          mag += std::abs(double(x[size_t(t * s.K + k)]) * w[size_t(n * s.K + k)]);
+        }
+        ASSERT_NEAR(got[size_t(t * s.N + n)], ref, 1e-5 * mag + 1e-6) << "t=" << t << " n=" << n;
+      }
+  }
+}
+
 // small_gemv (linear's product for T <= 8 on AVX2 and AVX-512 CPUs), at each SIMD level: K below, at and past the
 // 8-lane step, the 32-element step and the 16-lane mask (K = 1, 7, 8, 9, 15, 16, 17, 31, 33, 512, 1000), N = 0 and 1,
 // T = 1 (AVX-512: its own two-accumulator kernel) and 2..16, a row stride ldy > N with nothing written past N, and T

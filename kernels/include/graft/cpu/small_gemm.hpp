@@ -43,9 +43,11 @@ bool small_gemm(const float* x, int64_t T, int64_t K, const float* w, int64_t N,
 
 // x [T, K] transposed once (in chunks of 64 rows, zero-padded to 8) for several small_gemm calls on slices or
 // panels of one weight; read-only afterwards, so threads share it. Not ready() when small_gemm_runs(T) is false.
+// `parallel`: the transpose itself is split over the CPU thread pool (for a caller about to split the panels over
+// it: otherwise the other threads wait while the caller transposes alone).
 class SmallGemmX {
  public:
-  SmallGemmX(const float* x, int64_t T, int64_t K);
+  SmallGemmX(const float* x, int64_t T, int64_t K, bool parallel = false);
   ~SmallGemmX();
   SmallGemmX(const SmallGemmX&) = delete;
   SmallGemmX& operator=(const SmallGemmX&) = delete;
