@@ -143,26 +143,28 @@ void linear_nf4(const Tensor& x, const nf4::QuantizedWeight& w, Tensor& y) {
   panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { nf4_dequant_rows(w, r0, r1, out); });
 }
 
-void linear_q8(const Tensor& x, const q8::QuantizedWeight& w, Tensor& y) {
-  check_quantized_linear(x, w.shape, y, "linear_q8");
+namespace {
+// The inference-only quantized heads: up to 16 rows through their decode kernel gemv(x, T, K, w, y), more through
+// dequantized panels (rows(w, r0, r1, out)).
+template <class W, class Gemv, class Rows>
+void linear_quant_head(const Tensor& x, const W& w, Tensor& y, const char* what, Gemv gemv, Rows rows) {
+  check_quantized_linear(x, w.shape, y, what);
   const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
   if (T == 0 || N == 0) return;
   if (T <= 16) {
-    q8_gemv(x.data<float>(), T, K, w, y.data<float>());
+    gemv(x.data<float>(), T, K, w, y.data<float>(), Nf4Isa::Auto, Q8Dot::Auto);
     return;
   }
-  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { q8_dequant_rows(w, r0, r1, out); });
+  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { rows(w, r0, r1, out, Nf4Isa::Auto); });
+}
+}  // namespace
+
+void linear_q8(const Tensor& x, const q8::QuantizedWeight& w, Tensor& y) {
+  linear_quant_head(x, w, y, "linear_q8", q8_gemv, q8_dequant_rows);
 }
 
 void linear_q6(const Tensor& x, const q6::QuantizedWeight& w, Tensor& y) {
-  check_quantized_linear(x, w.shape, y, "linear_q6");
-  const int64_t T = x.size(0), K = x.size(1), N = w.shape[0];
-  if (T == 0 || N == 0) return;
-  if (T <= 16) {
-    q6_gemv(x.data<float>(), T, K, w, y.data<float>());
-    return;
-  }
-  panel_gemm(x, N, y, [&](int64_t r0, int64_t r1, float* out) { q6_dequant_rows(w, r0, r1, out); });
+  linear_quant_head(x, w, y, "linear_q6", q6_gemv, q6_dequant_rows);
 }
 
 void lora_acc(const Tensor& x, const Tensor& a, const Tensor& b, float scale, Tensor& y) {

@@ -7,23 +7,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "graft/error.hpp"
-#include "graft/parallel.hpp"
-#include "parallel_for.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
+#include "quant_head_gemv.hpp"
 #include "x_int8.hpp"
 
 namespace graft::cpu {
 namespace {
 
-constexpr int64_t kMaxT = 16;
-constexpr int64_t kRows = 16;  // output rows per parallel chunk
+constexpr int64_t kMaxT = kQuantHeadMaxT;
 
 void rows_portable(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, int64_t n0, int64_t n1,
                    int64_t ldy, float* y) {
@@ -282,39 +278,22 @@ Q8Dot q8_dot_detect() { return parse_dot() == Q8Dot::Int8 && q8_int8_dot_support
 void q8_gemv(const float* x, int64_t T, int64_t K, const q8::QuantizedWeight& w, float* y, Nf4Isa isa, Q8Dot dot) {
   check_weight(w, "q8_gemv");
   GRAFT_CHECK(w.cols() == K, "q8_gemv: Q8 weight {} must be [N, {}]", w.shape.str(), K);
-  GRAFT_CHECK(T >= 0 && T <= kMaxT, "q8_gemv: T = {} rows, at most {} (use linear_q8 for more)", T, kMaxT);
-  GRAFT_CHECK(dot != Q8Dot::Int8 || q8_int8_dot_supported(isa),
-              "q8_gemv: Q8Dot::Int8 needs AVX2 (or AVX-512 VNNI) at the requested ISA, which this CPU lacks; use "
-              "Q8Dot::Auto");
-  isa = resolve(isa, w, "q8_gemv");
-  if (dot == Q8Dot::Auto) dot = q8_dot_detect();
+  const Nf4Isa level = resolve(isa, w, "q8_gemv");
   const int64_t N = w.rows();
-  if (T == 0 || N == 0) return;
-  if (K == 0) {
-    std::fill(y, y + T * N, 0.0f);
-    return;
-  }
-  const int64_t chunks = (N + kRows - 1) / kRows;
-  const Nf4Isa int8 = dot == Q8Dot::Int8 ? int8_dot_level(isa) : Nf4Isa::Portable;
-  if (int8 != Nf4Isa::Portable && w.blocksize % 64 == 0 && K % w.blocksize == 0) {
-    thread_local XInt8 buf;  // this (calling) thread's; the workers must see it through `xq`, not by name
-    quantize_x(x, T, K, w.blocksize, /*offset=*/128, buf);
-    const XInt8& xq = buf;
-    parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
-      const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
-      if (int8 == Nf4Isa::Avx512) rows_vnni(xq, T, K, w, n0, n1, N, y);
-      else rows_int8_avx2(xq, T, K, w, n0, n1, N, y);
-    });
-    return;
-  }
-  parallel_for(chunks, graft::parallel_worth(T * N * K), [&](int64_t c) {
-    const int64_t n0 = c * kRows, n1 = std::min(N, n0 + kRows);
-    switch (isa) {
-      case Nf4Isa::Avx512: rows_avx512(x, T, K, w, n0, n1, N, y); break;
-      case Nf4Isa::Avx2: rows_avx2(x, T, K, w, n0, n1, N, y); break;
-      default: rows_portable(x, T, K, w, n0, n1, N, y); break;
-    }
-  });
+  quant_head_gemv(
+      "q8_gemv", x, T, K, N, y, level, isa, dot, w.blocksize % 64 == 0 && K % w.blocksize == 0, w.blocksize,
+      /*offset=*/128,
+      [&](Nf4Isa int8, const XInt8& xq, int64_t n0, int64_t n1) {
+        if (int8 == Nf4Isa::Avx512) rows_vnni(xq, T, K, w, n0, n1, N, y);
+        else rows_int8_avx2(xq, T, K, w, n0, n1, N, y);
+      },
+      [&](int64_t n0, int64_t n1) {
+        switch (level) {
+          case Nf4Isa::Avx512: rows_avx512(x, T, K, w, n0, n1, N, y); break;
+          case Nf4Isa::Avx2: rows_avx2(x, T, K, w, n0, n1, N, y); break;
+          default: rows_portable(x, T, K, w, n0, n1, N, y); break;
+        }
+      });
 }
 
 void q8_dequant_rows(const q8::QuantizedWeight& w, int64_t n0, int64_t n1, float* out, Nf4Isa isa) {

@@ -463,18 +463,14 @@ struct Loader {
       m.lm_head_.nf4 = std::make_shared<nf4::QuantizedWeight>(std::move(q));
       m.lm_head_.dense = Tensor();
     }
-    if (opts.lm_head_dtype == LmHeadDtype::Q8) {
+    if (opts.lm_head_dtype == LmHeadDtype::Q8 || opts.lm_head_dtype == LmHeadDtype::Q6) {
       // Inference only, like NF4 above; an lm_head stored in NF4 by the checkpoint (bnb) is dequantized first.
       const Tensor w = m.lm_head_.quantized() ? nf4::dequantize(*m.lm_head_.nf4) : m.lm_head_.dense;
-      m.lm_head_.q8 = std::make_shared<q8::QuantizedWeight>(
-          q8::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape()));
-      m.lm_head_.dense = Tensor();
-      m.lm_head_.nf4 = nullptr;
-    }
-    if (opts.lm_head_dtype == LmHeadDtype::Q6) {
-      const Tensor w = m.lm_head_.quantized() ? nf4::dequantize(*m.lm_head_.nf4) : m.lm_head_.dense;
-      m.lm_head_.q6 = std::make_shared<q6::QuantizedWeight>(
-          q6::quantize(std::span<const float>(w.data<float>(), static_cast<size_t>(w.numel())), w.shape()));
+      const std::span<const float> all(w.data<float>(), static_cast<size_t>(w.numel()));
+      if (opts.lm_head_dtype == LmHeadDtype::Q8)
+        m.lm_head_.q8 = std::make_shared<q8::QuantizedWeight>(q8::quantize(all, w.shape()));
+      else
+        m.lm_head_.q6 = std::make_shared<q6::QuantizedWeight>(q6::quantize(all, w.shape()));
       m.lm_head_.dense = Tensor();
       m.lm_head_.nf4 = nullptr;
     }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "graft/error.hpp"
+#include "row_blocked.hpp"
 
 namespace graft::q8 {
 
@@ -23,12 +24,7 @@ QuantizedWeight quantize(std::span<const float> w, const Dims& shape, int64_t bl
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t k0 = b * blocksize, k1 = std::min(K, k0 + blocksize);
       const float* src = w.data() + n * K;
-      float amax = 0.0f;
-      for (int64_t k = k0; k < k1; ++k) {
-        GRAFT_CHECK(std::isfinite(src[k]), "q8::quantize: weight [{}, {}] of {} is {}: the checkpoint holds a "
-                    "non-finite value", n, k, shape.str(), src[k]);
-        amax = std::max(amax, std::fabs(src[k]));
-      }
+      const float amax = quant_detail::block_absmax(src, n, k0, k1, shape, "q8::quantize");
       const float s = amax / 127.0f;
       out.scale[static_cast<size_t>(n * nb + b)] = s;
       const float inv = s > 0.0f ? 1.0f / s : 0.0f;
@@ -49,15 +45,9 @@ void dequantize_rows(const QuantizedWeight& w, int64_t n0, int64_t n1, float* ou
 }
 
 void dequantize(const QuantizedWeight& w, std::span<float> out) {
-  GRAFT_CHECK(static_cast<int64_t>(out.size()) == w.shape.numel(), "q8::dequantize: {} outputs for a weight of shape {}",
-              out.size(), w.shape.str());
-  dequantize_rows(w, 0, w.rows(), out.data());
+  quant_detail::dequantize_all(w, out, "q8::dequantize", dequantize_rows);
 }
 
-Tensor dequantize(const QuantizedWeight& w) {
-  Tensor t = Tensor::empty(w.shape, DType::F32);
-  dequantize(w, std::span<float>(t.data<float>(), static_cast<size_t>(t.numel())));
-  return t;
-}
+Tensor dequantize(const QuantizedWeight& w) { return quant_detail::dequantize_tensor(w, dequantize_rows); }
 
 }  // namespace graft::q8
