@@ -18,9 +18,9 @@
 #include <algorithm>
 
 #include "graft/error.hpp"
+#include "quant_head_gemv.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
-#include "quant_head_gemv.hpp"
 #include "x_int8.hpp"
 
 namespace graft::cpu {

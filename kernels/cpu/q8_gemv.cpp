@@ -11,9 +11,9 @@
 #include <string>
 
 #include "graft/error.hpp"
+#include "quant_head_gemv.hpp"
 #include "simd_reduce.hpp"
 #include "static_rows.hpp"
-#include "quant_head_gemv.hpp"
 #include "x_int8.hpp"
 
 namespace graft::cpu {
