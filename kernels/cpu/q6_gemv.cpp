@@ -29,10 +29,6 @@ namespace {
 constexpr int64_t kMaxT = kQuantHeadMaxT;
 constexpr int64_t kB = q6::kBlock, kBB = q6::kBlockBytes;
 
-const uint8_t* block_ptr(const q6::QuantizedWeight& w, int64_t n, int64_t b) {
-  return w.packed.data() + (n * w.blocks_per_row() + b) * kBB;
-}
-
 // Any K (a row's last block padded with zero codes).
 void rows_portable(const float* x, int64_t T, int64_t K, const q6::QuantizedWeight& w, int64_t n0, int64_t n1,
                    int64_t ldy, float* y) {
@@ -92,7 +88,7 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512_t(const float* x, i
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      const __m512i q = _mm512_sub_epi8(unpack64(block_ptr(w, n, b)), _mm512_set1_epi8(32));
+      const __m512i q = _mm512_sub_epi8(unpack64(w.block(n, b)), _mm512_set1_epi8(32));
       __m512 bsum[kMaxT];
 #pragma GCC unroll 16
       for (int64_t t = 0; t < T; ++t) bsum[t] = _mm512_setzero_ps();
@@ -124,7 +120,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni_t(const XI
   const int64_t nb = K / kB;
   for (int64_t n = n0; n < n1; ++n) {
     const float* ws = w.scale.data() + n * nb;
-    const uint8_t* row = block_ptr(w, n, 0);
+    const uint8_t* row = w.block(n, 0);
     __m512 acc[kMaxT];
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -149,7 +145,7 @@ __attribute__((target("avx512f,avx512bw"))) void dequant_avx512(const q6::Quanti
   const int64_t K = w.cols(), nb = K / kB;
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t b = 0; b < nb; ++b) {
-      const __m512i q = _mm512_sub_epi8(unpack64(block_ptr(w, n, b)), _mm512_set1_epi8(32));
+      const __m512i q = _mm512_sub_epi8(unpack64(w.block(n, b)), _mm512_set1_epi8(32));
       const __m512 s = _mm512_set1_ps(w.scale[static_cast<size_t>(n * nb + b)]);
       float* o = out + (n - n0) * K + b * kB;
       for (int j = 0; j < 4; ++j) _mm512_storeu_ps(o + 16 * j, _mm512_mul_ps(quarter_f32(q, j), s));
@@ -191,7 +187,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2_t(const float* x, int64_t T_,
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       __m256i ua, ub;
-      unpack32x2(block_ptr(w, n, b), ua, ub);
+      unpack32x2(w.block(n, b), ua, ub);
       const __m256i qh[2] = {_mm256_sub_epi8(ua, off), _mm256_sub_epi8(ub, off)};
       __m256 bsum[kMaxT];
 #pragma GCC unroll 16
@@ -223,7 +219,7 @@ __attribute__((target("avx2,fma"))) void rows_int8_avx2_t(const XInt8& xq, int64
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t n = n0; n < n1; ++n) {
     const float* ws = w.scale.data() + n * nb;
-    const uint8_t* row = block_ptr(w, n, 0);
+    const uint8_t* row = w.block(n, 0);
     __m256 acc[kMaxT];
 #pragma GCC unroll 16
     for (int64_t t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -254,7 +250,7 @@ __attribute__((target("avx2,fma"))) void dequant_avx2(const q6::QuantizedWeight&
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t b = 0; b < nb; ++b) {
       __m256i ua, ub;
-      unpack32x2(block_ptr(w, n, b), ua, ub);
+      unpack32x2(w.block(n, b), ua, ub);
       const __m256i qh[2] = {_mm256_sub_epi8(ua, off), _mm256_sub_epi8(ub, off)};
       const __m256 s = _mm256_set1_ps(w.scale[static_cast<size_t>(n * nb + b)]);
       float* o = out + (n - n0) * K + b * kB;

@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "graft/error.hpp"
-#include "row_blocked.hpp"
 #include "graft/huge_pages.hpp"
+#include "row_blocked.hpp"
 
 namespace graft::q6 {
 
@@ -29,7 +29,7 @@ QuantizedWeight quantize(std::span<const float> w, const Dims& shape) {
       uint8_t u[kBlock];
       for (int64_t i = 0; i < kBlock; ++i)
         u[i] = k0 + i < k1 ? static_cast<uint8_t>(std::clamp(std::lround(src[k0 + i] * inv), -31L, 31L) + 32) : 32;
-      uint8_t* dst = out.packed.data() + (n * nb + b) * kBlockBytes;
+      uint8_t* dst = out.block(n, b);
       for (int i = 0; i < 32; ++i) dst[i] = static_cast<uint8_t>((u[i] & 15) | (u[i + 32] & 15) << 4);
       for (int i = 0; i < 16; ++i)
         dst[32 + i] = static_cast<uint8_t>(u[i] >> 4 | (u[i + 16] >> 4) << 2 | (u[i + 32] >> 4) << 4 |
@@ -41,7 +41,7 @@ QuantizedWeight quantize(std::span<const float> w, const Dims& shape) {
 
 int code(const QuantizedWeight& w, int64_t n, int64_t k) {
   const int64_t i = k % kBlock;
-  const uint8_t* blk = w.packed.data() + (n * w.blocks_per_row() + k / kBlock) * kBlockBytes;
+  const uint8_t* blk = w.block(n, k / kBlock);
   const int lo = i < 32 ? blk[i] & 15 : blk[i - 32] >> 4;
   const int hi = (blk[32 + (i & 15)] >> (2 * (i >> 4))) & 3;
   return (lo | hi << 4) - 32;

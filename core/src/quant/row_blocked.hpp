@@ -1,4 +1,5 @@
-// Whole-weight dequantization of the row-blocked lm_head formats (q8, q6), from their dequantize_rows.
+// Shared by the row-blocked lm_head formats (q8, q6): a block's absmax with the non-finite check, and whole-weight
+// dequantization from their dequantize_rows.
 #pragma once
 
 #include <algorithm>

@@ -33,6 +33,9 @@ struct QuantizedWeight {
   int64_t cols() const { return shape[1]; }
   int64_t blocks_per_row() const { return (cols() + kBlock - 1) / kBlock; }
   size_t bytes() const { return packed.size() + scale.size() * sizeof(float); }
+  // The 48 packed bytes of block b of row n.
+  const uint8_t* block(int64_t n, int64_t b) const { return packed.data() + (n * blocks_per_row() + b) * kBlockBytes; }
+  uint8_t* block(int64_t n, int64_t b) { return packed.data() + (n * blocks_per_row() + b) * kBlockBytes; }
 };
 
 // Quantizes w (numel = shape.numel(), f32, row-major 2-d shape). Throws on a non-2-d shape, a size mismatch or a
